@@ -1,0 +1,269 @@
+"""`ace-ros`: map, localize and evaluate offline, from dataset folders (no ROS needed)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from ace_ros import __version__
+from ace_ros.cli_args import add_config_flags, config_from_args
+from ace_ros.core import geometry, metrics
+from ace_ros.core.config import LocalizationConfig, MappingConfig
+from ace_ros.core.types import Frame
+
+_logger = logging.getLogger('ace_ros')
+
+
+def _progress_bar(desc: str, total: int):
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, unit='it', dynamic_ncols=True, file=sys.stderr,
+                disable=None, mininterval=1.0)
+
+
+class _MappingProgress:
+    """Turns core progress callbacks into tqdm bars with rates and ETA."""
+
+    def __init__(self) -> None:
+        self._bars: Dict[str, Any] = {}
+
+    def __call__(self, p) -> None:
+        bar = self._bars.get(p.stage)
+        if bar is None:
+            desc = 'buffer (encoding images)' if p.stage == 'buffer' else 'training head'
+            bar = self._bars[p.stage] = _progress_bar(desc, p.total)
+        bar.update(p.done - bar.n)
+        if p.stage == 'train':
+            bar.set_postfix(loss=f'{p.loss:.2f}', valid=f'{p.valid_fraction:.2f}',
+                            err_px=f'{p.median_error_px:.1f}', refresh=False)
+        if p.done >= p.total:
+            bar.close()
+
+    def close(self) -> None:
+        for bar in self._bars.values():
+            bar.close()
+
+
+def _add_source_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('source', help='dataset folder (ACE layout, 7-Scenes or TUM RGB-D)')
+    parser.add_argument('--format', default='auto', choices=['auto', 'ace', 'seven_scenes', 'tum'],
+                        help='source format (default: detected)')
+    parser.add_argument('--split', default=None,
+                        help="ACE layout / 7-Scenes split: 'train' or 'test' (default: all)")
+    parser.add_argument('--block-split', default=None, metavar='N:PARITY',
+                        help='keep frame i when (i // N) %% 2 == PARITY, e.g. 25:0 (mapping) '
+                             'and 25:1 (queries) for the TUM benchmark split')
+
+
+def _open_frames(args: argparse.Namespace):
+    from ace_ros.data.base import Subset, block_split
+    from ace_ros.data.sources import open_source
+    source = open_source(args.source, fmt=args.format, split=args.split)
+    if args.block_split:
+        try:
+            block, parity = (int(v) for v in args.block_split.split(':'))
+        except ValueError:
+            raise ValueError(f"--block-split expects N:PARITY like 25:0, got "
+                             f"'{args.block_split}'") from None
+        source = Subset(source, block_split(len(source), block, parity))
+    if len(source) == 0:
+        raise ValueError(f'{args.source}: no frames selected')
+    return source
+
+
+def _load_all(source) -> List[Frame]:
+    from tqdm import tqdm
+    return [f for f in tqdm(source, desc='reading frames', unit='img', file=sys.stderr,
+                            disable=None, mininterval=1.0)]
+
+
+def run_map(frames: Sequence[Frame], cfg: MappingConfig, output: str,
+            world_frame_id: str = 'map') -> Dict[str, Any]:
+    """Map `frames`, save atomically to `output`; returns the report dict."""
+    from ace_ros.core.mapfile import save_map
+    from ace_ros.core.mapper import map_frames
+    start = time.perf_counter()
+    progress = _MappingProgress()
+    try:
+        scene_map, stats, device = map_frames(frames, cfg, world_frame_id, progress)
+    finally:
+        progress.close()
+    save_map(output, scene_map)
+    report = {
+        'wall_s': time.perf_counter() - start, 'buffer_s': stats.buffer_s,
+        'train_s': stats.train_s, 'iterations': stats.iterations,
+        'buffer_size': stats.buffer_size, 'buffer_images': stats.buffer_images,
+        'frames_used': stats.frames_used, 'frames_without_pose': stats.frames_without_pose,
+        'final_loss': stats.final_loss, 'final_median_error_px': stats.final_median_error_px,
+        'map_bytes': os.path.getsize(output), 'device': device, 'preset': cfg.preset,
+        'map': str(output)}
+    _logger.info('map written to %s (%.1f MB) in %.0f s: buffer %.0f s, training %.0f s '
+                 '(%d iterations)', output, report['map_bytes'] / 1e6, report['wall_s'],
+                 stats.buffer_s, stats.train_s, stats.iterations)
+    return report
+
+
+def run_localize(map_path: str, frames, cfg: LocalizationConfig):
+    """Localize every frame of `frames`; yields (frame, result)."""
+    from ace_ros.core.localizer import Localizer
+    from tqdm import tqdm
+    localizer = Localizer.from_file(map_path, cfg)
+    for frame in tqdm(frames, desc='localizing', unit='img', file=sys.stderr, disable=None,
+                      mininterval=1.0):
+        yield frame, localizer.localize(frame)
+
+
+def run_evaluate(map_path: str, frames, cfg: LocalizationConfig) -> Dict[str, float]:
+    """Localize `frames` and score them against their ground-truth poses."""
+    from ace_ros.core.localizer import pose_errors
+    errors, timings = [], []
+    for frame, result in run_localize(map_path, frames, cfg):
+        if frame.world_from_cam is None:
+            continue  # no ground truth to score against
+        errors.append(pose_errors(result, frame.world_from_cam))
+        timings.append(result.timings_ms)
+    if not errors:
+        raise ValueError('no query frame has a ground-truth pose to evaluate against')
+    return metrics.summarize(errors, timings)
+
+
+def _write_json(path: Optional[str], data: Dict[str, Any]) -> None:
+    if path:
+        Path(path).write_text(json.dumps(data, indent=2, sort_keys=True) + '\n')
+
+
+def cmd_map(args: argparse.Namespace) -> int:
+    cfg = config_from_args(MappingConfig, args)
+    frames = _load_all(_open_frames(args))
+    report = run_map(frames, cfg, args.output, args.world_frame_id)
+    _write_json(args.report, report)
+    return 0
+
+
+def cmd_localize(args: argparse.Namespace) -> int:
+    cfg = config_from_args(LocalizationConfig, args)
+    lines = ['# name qw qx qy qz tx ty tz inliers confidence (camera-to-world; failed frames '
+             'have success=0 and an identity pose)']
+    n_ok = 0
+    for frame, result in run_localize(args.map, _open_frames(args), cfg):
+        t, q = geometry.pose_to_translation_quaternion(result.world_from_cam)
+        lines.append(f'{frame.name} {q[3]:.8f} {q[0]:.8f} {q[1]:.8f} {q[2]:.8f} '
+                     f'{t[0]:.6f} {t[1]:.6f} {t[2]:.6f} {result.inlier_count} '
+                     f'{result.confidence:.4f}')
+        n_ok += result.success
+    Path(args.output).write_text('\n'.join(lines) + '\n')
+    _logger.info('%d of %d frames localized; poses written to %s', n_ok, len(lines) - 1,
+                 args.output)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    cfg = config_from_args(LocalizationConfig, args)
+    summary = run_evaluate(args.map, _open_frames(args), cfg)
+    print(metrics.format_table(summary))
+    _write_json(args.json, summary)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ace_ros.core.config import mapping_config
+    from ace_ros.data.sources import open_source
+    from ace_ros.data.synthetic import SyntheticSceneConfig, write_synthetic_scene
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix='ace_ros_demo_'))
+    scene_cfg = SyntheticSceneConfig(seed=args.seed, n_train=args.frames,
+                                     n_test=args.queries)
+    _logger.info('rendering a synthetic room (%d mapping + %d query frames) into %s',
+                 args.frames, args.queries, workdir)
+    scene = write_synthetic_scene(workdir / 'scene', scene_cfg)
+    train = _load_all(open_source(str(scene), split='train'))
+    map_path = str(workdir / 'room.ace')
+    report = run_map(train, mapping_config(args.preset, device=args.device), map_path)
+    summary = run_evaluate(map_path, open_source(str(scene), split='test'),
+                           LocalizationConfig(device=args.device))
+    summary.update({f'mapping_{k}': v for k, v in report.items()
+                    if k in ('wall_s', 'buffer_s', 'train_s', 'iterations', 'map_bytes')})
+    print(f'\nace_ros demo: mapped {len(train)} frames in {report["wall_s"]:.0f} s '
+          f'({report["map_bytes"] / 1e6:.1f} MB map), localized {summary["n_frames"]} '
+          'held-out frames:')
+    print(metrics.format_table(summary))
+    _write_json(args.json, summary)
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from ace_ros.core.mapfile import map_info
+    print(json.dumps(map_info(args.map), indent=2, sort_keys=True))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog='ace-ros', description='ACE relocalization offline: map a scene from posed '
+        'images, localize images in it, evaluate against ground truth.')
+    parser.add_argument('--version', action='version', version=f'ace_ros {__version__}')
+    parser.add_argument('-v', '--verbose', action='store_true', help='debug logging')
+    sub = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
+
+    p = sub.add_parser('map', help='train a scene map from posed images')
+    _add_source_flags(p)
+    p.add_argument('-o', '--output', required=True, metavar='MAP', help='map file to write')
+    p.add_argument('--report', metavar='REPORT.json', help='write timings and sizes here')
+    p.add_argument('--world-frame-id', default='map', help='frame id of the map (default: map)')
+    add_config_flags(p, MappingConfig)
+    p.set_defaults(func=cmd_map)
+
+    p = sub.add_parser('localize', help='localize images in a map; writes one pose per line')
+    p.add_argument('map', help='map file (.ace)')
+    _add_source_flags(p)
+    p.add_argument('-o', '--output', required=True, metavar='POSES.txt')
+    add_config_flags(p, LocalizationConfig)
+    p.set_defaults(func=cmd_localize)
+
+    p = sub.add_parser('evaluate', help='localize images and score them against ground truth')
+    p.add_argument('map', help='map file (.ace)')
+    _add_source_flags(p)
+    p.add_argument('--json', metavar='OUT.json', help='write the summary here')
+    add_config_flags(p, LocalizationConfig)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser('demo', help='render a synthetic room, map it, localize in it')
+    p.add_argument('--json', metavar='OUT.json', help='write the summary here')
+    p.add_argument('--workdir', help='where to write the scene and map (default: a temp dir)')
+    p.add_argument('--frames', type=int, default=300, help='mapping frames (default: 300)')
+    p.add_argument('--queries', type=int, default=100, help='query frames (default: 100)')
+    p.add_argument('--preset', default='cpu', help='mapping preset (default: cpu)')
+    p.add_argument('--device', default='auto', help="'auto', 'cpu' or 'cuda'")
+    p.add_argument('--seed', type=int, default=0, help='scene seed')
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser('info', help="print a map file's metadata")
+    p.add_argument('map', help='map file (.ace)')
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format='%(levelname)s %(name)s: %(message)s')
+    np.set_printoptions(precision=4, suppress=True)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as error:
+        _logger.error('%s', error)
+        return 2
+    except KeyboardInterrupt:
+        _logger.error('interrupted')
+        return 130
+
+
+if __name__ == '__main__':
+    sys.exit(main())

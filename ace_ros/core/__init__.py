@@ -1,0 +1,1 @@
+"""ROS-free engine: torch / numpy / OpenCV only."""

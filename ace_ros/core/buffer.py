@@ -1,0 +1,154 @@
+"""The training buffer: encoder features of sampled cells from augmented mapping images.
+
+Encoding each image once and training the head on shuffled cells from thousands of images
+(instead of whole images) is what makes ACE's mapping fast and its gradients decorrelated.
+The buffer lives on the training device (GPU memory when there is one).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Optional
+
+import cv2
+import numpy as np
+import torch
+
+from ace_ros.core import geometry
+from ace_ros.core.config import MappingConfig
+from ace_ros.core.device import autocast
+from ace_ros.core.network import ENCODER_STRIDE, Encoder, cell_centers, image_to_network_input
+from ace_ros.core.types import Frame
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EncoderInput:
+    """An image ready for the encoder, with the geometry that goes with it."""
+
+    gray: np.ndarray            # (H, W) float32 in [0, 1]
+    K: np.ndarray               # (3, 3) intrinsics of `gray`
+    cam_from_world: np.ndarray  # (4, 4), or identity when unknown
+    valid: np.ndarray           # (H, W) bool: pixels that come from the source image
+
+
+def to_gray(image: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> (H, W) float32 in [0, 1]."""
+    return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
+
+
+def prepare_image(frame: Frame, target_height: int, rng: Optional[np.random.Generator] = None,
+                  cfg: Optional[MappingConfig] = None) -> EncoderInput:
+    """Resize `frame` to `target_height` and, when `rng` and `cfg` are given, augment it.
+
+    Augmentation (mapping only): height scale in [aug_scale_min, aug_scale_max], an
+    in-plane camera rotation in [-aug_rotation_deg, aug_rotation_deg] applied as the exact
+    homography K R K^-1 (so fx != fy stays correct) with the pose rotated alike, and
+    brightness/contrast jitter. Corners the rotation pads are marked invalid.
+    """
+    augment = rng is not None and cfg is not None and cfg.augment
+    height = target_height
+    if augment:
+        height = int(round(target_height * rng.uniform(cfg.aug_scale_min, cfg.aug_scale_max)))
+    scale = height / frame.height
+    width = max(ENCODER_STRIDE, int(round(frame.width * scale)))
+    K = geometry.scale_intrinsics(frame.K, width / frame.width, height / frame.height)
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    gray = to_gray(cv2.resize(frame.image, (width, height), interpolation=interp))
+    cam_from_world = (geometry.invert_pose(frame.world_from_cam)
+                      if frame.world_from_cam is not None else np.eye(4))
+    valid = np.ones((height, width), dtype=bool)
+    if augment:
+        angle = np.radians(rng.uniform(-cfg.aug_rotation_deg, cfg.aug_rotation_deg))
+        rot = geometry.axis_angle_to_matrix(np.array([0.0, 0.0, angle]))
+        homography = K @ rot @ np.linalg.inv(K)
+        gray = cv2.warpPerspective(gray, homography, (width, height), flags=cv2.INTER_LINEAR,
+                                   borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        valid = cv2.warpPerspective(np.ones((height, width), np.uint8), homography,
+                                    (width, height), flags=cv2.INTER_NEAREST,
+                                    borderValue=0).astype(bool)
+        cam_from_world = geometry.make_pose(rot, np.zeros(3)) @ cam_from_world
+        contrast = rng.uniform(1 - cfg.aug_contrast, 1 + cfg.aug_contrast)
+        brightness = rng.uniform(1 - cfg.aug_brightness, 1 + cfg.aug_brightness)
+        mean = float(gray[valid].mean()) if valid.any() else 0.0
+        gray = np.clip(((gray - mean) * contrast + mean) * brightness, 0.0, 1.0)
+    return EncoderInput(gray.astype(np.float32), K, cam_from_world, valid)
+
+
+def valid_cells(valid_pixels: np.ndarray) -> np.ndarray:
+    """(H, W) bool pixels -> (ceil(H/8), ceil(W/8)) bool: cells whose block is all valid."""
+    h, w = valid_pixels.shape
+    rows, cols = -(-h // ENCODER_STRIDE), -(-w // ENCODER_STRIDE)
+    padded = np.zeros((rows * ENCODER_STRIDE, cols * ENCODER_STRIDE), dtype=bool)
+    padded[:h, :w] = valid_pixels
+    return padded.reshape(rows, ENCODER_STRIDE, cols, ENCODER_STRIDE).all(axis=(1, 3))
+
+
+def encode(encoder: Encoder, gray: np.ndarray, device: torch.device,
+           mixed_precision: bool = True) -> torch.Tensor:
+    """(H, W) float32 gray -> (512, ceil(H/8), ceil(W/8)) features (autocast dtype)."""
+    image = torch.from_numpy(gray)[None, None].to(device)
+    image = image_to_network_input(image).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), autocast(device, mixed_precision):
+        return encoder(image)[0]
+
+
+class TrainingBuffer:
+    """Fixed-capacity store of (feature, pixel, image) samples on `device`.
+
+    Per-image geometry (pose, K, K^-1) is kept once per encoded image and gathered by
+    index, so each sample costs 512 fp16 values + 3 numbers.
+    """
+
+    def __init__(self, capacity: int, device: torch.device, feature_dim: int = 512) -> None:
+        self.capacity = capacity
+        self.device = device
+        self.features = torch.empty((capacity, feature_dim), dtype=torch.float16, device=device)
+        self.pixels = torch.empty((capacity, 2), dtype=torch.float32, device=device)
+        self.image_index = torch.empty(capacity, dtype=torch.int32, device=device)
+        self._cam_from_world: list = []
+        self._K: list = []
+        self.size = 0
+
+    @property
+    def full(self) -> bool:
+        return self.size >= self.capacity
+
+    @property
+    def n_images(self) -> int:
+        return len(self._K)
+
+    def add_image(self, encoded: EncoderInput, features: torch.Tensor, max_samples: int,
+                  generator: torch.Generator) -> int:
+        """Sample up to `max_samples` valid cells of one encoded image; returns the count."""
+        cells = torch.from_numpy(valid_cells(encoded.valid)).to(self.device).flatten()
+        candidates = torch.nonzero(cells).squeeze(1)
+        n = min(max_samples, candidates.numel(), self.capacity - self.size)
+        if n <= 0:
+            return 0
+        order = torch.randperm(candidates.numel(), generator=generator)[:n].to(self.device)
+        chosen = candidates[order]
+        c, h, w = features.shape
+        centers = cell_centers(encoded.gray.shape[0], encoded.gray.shape[1], self.device)
+        sl = slice(self.size, self.size + n)
+        self.features[sl] = features.reshape(c, h * w)[:, chosen].T.to(torch.float16)
+        self.pixels[sl] = centers.reshape(2, h * w)[:, chosen].T
+        self.image_index[sl] = len(self._K)
+        self._cam_from_world.append(encoded.cam_from_world[:3])
+        self._K.append(encoded.K)
+        self.size += n
+        return n
+
+    def geometry_tables(self) -> tuple:
+        """(M, 3, 4) cam_from_world, (M, 3, 3) K, (M, 3, 3) K^-1 as float32 on the device."""
+        cam_from_world = torch.tensor(np.stack(self._cam_from_world), dtype=torch.float32)
+        K = np.stack(self._K)
+        return (cam_from_world.to(self.device),
+                torch.tensor(K, dtype=torch.float32, device=self.device),
+                torch.tensor(np.linalg.inv(K), dtype=torch.float32, device=self.device))
+
+    def nbytes(self) -> int:
+        return (self.features.numel() * 2 + self.pixels.numel() * 4
+                + self.image_index.numel() * 4)

@@ -1,0 +1,66 @@
+"""ACE's mapping loss: an annealed robust reprojection loss on predicted scene coordinates."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+def soft_clamp_tau(progress: float, tau_max: float = 50.0, tau_min: float = 1.0) -> float:
+    """Curriculum for the robust loss's soft clamp (px) at `progress` = iteration / total.
+
+    tau = (1 - w) * tau_max + tau_min with w = 1 - sqrt(1 - t^2): it stays wide for most of
+    training (tolerating wrong early predictions) and closes quickly at the end.
+    """
+    t = min(max(progress, 0.0), 1.0)
+    w = 1.0 - math.sqrt(1.0 - t * t)
+    return (1.0 - w) * tau_max + tau_min
+
+
+@dataclass(frozen=True)
+class LossOutput:
+    loss: torch.Tensor          # scalar, differentiable
+    valid_fraction: float       # share of predictions in front of the camera and sane
+    median_error_px: float      # over valid predictions (nan when none)
+
+
+def reprojection_loss(points_world: torch.Tensor, pixels: torch.Tensor,
+                      cam_from_world: torch.Tensor, K: torch.Tensor, K_inv: torch.Tensor,
+                      tau: float, depth_min: float = 0.1, depth_max: float = 1000.0,
+                      max_error_px: float = 1000.0,
+                      invalid_target_depth: float = 10.0) -> LossOutput:
+    """Robust reprojection loss for a batch of cells from many images.
+
+    Args:
+        points_world: (B, 3) predicted scene coordinates, world frame.
+        pixels: (B, 2) pixel position (x, y) of each cell in its (augmented) image.
+        cam_from_world: (B, 3, 4) pose of each cell's image.
+        K, K_inv: (B, 3, 3) intrinsics of each cell's image and their inverse.
+        tau: soft clamp (px) from `soft_clamp_tau`.
+
+    Valid predictions (depth in [depth_min, depth_max], L1 error < max_error_px) add
+    tau * tanh(e / tau); invalid ones add the camera-frame L1 distance to a point
+    `invalid_target_depth` along the cell's ray, pulling them back in front of the camera.
+    """
+    points = points_world.float()
+    points_cam = torch.einsum('bij,bj->bi', cam_from_world[:, :, :3], points) \
+        + cam_from_world[:, :, 3]
+    depth = points_cam[:, 2]
+    projected = torch.einsum('bij,bj->bi', K, points_cam)
+    uv = projected[:, :2] / projected[:, 2:3].clamp(min=depth_min)
+    error = (uv - pixels).abs().sum(dim=1)
+
+    valid = (depth >= depth_min) & (depth <= depth_max) & (error < max_error_px)
+    valid_term = tau * torch.tanh(error[valid] / tau)
+
+    invalid = ~valid
+    pixel_h = torch.cat([pixels[invalid], torch.ones_like(pixels[invalid, :1])], dim=1)
+    target = torch.einsum('bij,bj->bi', K_inv[invalid], pixel_h) * invalid_target_depth
+    invalid_term = (points_cam[invalid] - target).abs().sum(dim=1)
+
+    loss = (valid_term.sum() + invalid_term.sum()) / points.shape[0]
+    n_valid = int(valid.sum())
+    median = float(error[valid].detach().median()) if n_valid else float('nan')
+    return LossOutput(loss, n_valid / points.shape[0], median)

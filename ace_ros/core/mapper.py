@@ -1,0 +1,200 @@
+"""Mapping: fill the training buffer from posed frames, then train the scene head."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ace_ros.core import device as device_lib
+from ace_ros.core.buffer import TrainingBuffer, encode, prepare_image
+from ace_ros.core.config import MappingConfig, config_to_dict
+from ace_ros.core.mapfile import SceneMap
+from ace_ros.core.loss import reprojection_loss, soft_clamp_tau
+from ace_ros.core.network import Encoder, Head, HeadConfig
+from ace_ros.core.types import Frame
+from ace_ros.core.weights import build_encoder
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One progress report: stage is 'buffer' or 'train'."""
+
+    stage: str
+    done: int
+    total: int
+    loss: float = math.nan
+    valid_fraction: float = math.nan
+    median_error_px: float = math.nan
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+@dataclass
+class MappingStats:
+    buffer_s: float = 0.0
+    train_s: float = 0.0
+    iterations: int = 0
+    buffer_size: int = 0
+    buffer_images: int = 0
+    frames_used: int = 0
+    frames_without_pose: int = 0
+    final_loss: float = math.nan
+    final_median_error_px: float = math.nan
+    loss_history: List[float] = field(default_factory=list)
+
+
+@dataclass
+class TrainedHead:
+    head: Head
+    stats: MappingStats
+    frame_names: List[str]
+    intrinsics: List[List[float]]
+
+
+class Mapper:
+    """Trains a Head for one scene against a frozen encoder, on `cfg.device`."""
+
+    def __init__(self, cfg: MappingConfig, encoder: Encoder, device: torch.device) -> None:
+        self.cfg = cfg
+        self.encoder = encoder
+        self.device = device
+        torch.manual_seed(cfg.seed)
+        self._rng = np.random.default_rng(cfg.seed)
+        self._torch_rng = torch.Generator().manual_seed(cfg.seed)
+
+    def fill_buffer(self, frames: Sequence[Frame],
+                    progress: Optional[ProgressCallback] = None) -> TrainingBuffer:
+        """Encode augmented passes over `frames` until the buffer is full or passes run out."""
+        cfg = self.cfg
+        capacity = min(cfg.buffer_size,
+                       len(frames) * cfg.max_buffer_passes * cfg.samples_per_image)
+        buffer = TrainingBuffer(capacity, self.device)
+        total = len(frames) * cfg.max_buffer_passes
+        done = 0
+        for _ in range(cfg.max_buffer_passes):
+            for index in self._rng.permutation(len(frames)):
+                encoded = prepare_image(frames[index], cfg.image_height, self._rng, cfg)
+                features = encode(self.encoder, encoded.gray, self.device, cfg.mixed_precision)
+                buffer.add_image(encoded, features, cfg.samples_per_image, self._torch_rng)
+                done += 1
+                if progress:
+                    progress(Progress('buffer', done, total))
+                if buffer.full:
+                    return buffer
+        return buffer
+
+    def iterations_for(self, buffer_size: int) -> int:
+        cfg = self.cfg
+        iterations = max(1, int(math.ceil(cfg.epochs * buffer_size / cfg.batch_size)))
+        return min(iterations, cfg.max_iterations) if cfg.max_iterations else iterations
+
+    def train(self, buffer: TrainingBuffer, scene_mean: np.ndarray,
+              progress: Optional[ProgressCallback] = None) -> tuple:
+        """Train a fresh head on `buffer`; returns (head, iterations, loss history)."""
+        cfg = self.cfg
+        head = Head(HeadConfig(num_blocks=cfg.head_blocks)).to(self.device)
+        head.scene_mean.copy_(torch.as_tensor(scene_mean, dtype=torch.float32))
+        head.train()
+        iterations = self.iterations_for(buffer.size)
+        optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.learning_rate,
+                                      weight_decay=cfg.weight_decay)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=cfg.learning_rate, total_steps=iterations, cycle_momentum=False)
+        use_scaler = self.device.type == 'cuda' and cfg.mixed_precision
+        scaler = torch.amp.GradScaler('cuda', enabled=use_scaler)
+        cam_from_world, K, K_inv = buffer.geometry_tables()
+        batch = min(cfg.batch_size, buffer.size)
+        order = torch.randperm(buffer.size, generator=self._torch_rng).to(self.device)
+        cursor = 0
+        history: List[float] = []
+        report_every = max(1, iterations // 200)
+        for iteration in range(iterations):
+            if cursor + batch > buffer.size:  # a new epoch: reshuffle the whole buffer
+                order = torch.randperm(buffer.size, generator=self._torch_rng).to(self.device)
+                cursor = 0
+            index = order[cursor:cursor + batch]
+            cursor += batch
+            image = buffer.image_index[index].long()
+            with device_lib.autocast(self.device, cfg.mixed_precision):
+                points = head(buffer.features[index])
+            out = reprojection_loss(
+                points, buffer.pixels[index], cam_from_world[image], K[image], K_inv[image],
+                tau=soft_clamp_tau(iteration / iterations, cfg.loss_tau_max, cfg.loss_tau_min),
+                depth_min=cfg.depth_min, depth_max=cfg.depth_max,
+                max_error_px=cfg.max_reprojection_px,
+                invalid_target_depth=cfg.invalid_target_depth)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(out.loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            schedule.step()
+            if iteration % report_every == 0 or iteration == iterations - 1:
+                history.append(float(out.loss.detach()))
+                if progress:
+                    progress(Progress('train', iteration + 1, iterations, history[-1],
+                                      out.valid_fraction, out.median_error_px))
+        head.eval()
+        return head, iterations, history, out
+
+    def map(self, frames: Sequence[Frame],
+            progress: Optional[ProgressCallback] = None) -> TrainedHead:
+        """Buffer + training for the posed frames in `frames`."""
+        posed = [f for f in frames if f.world_from_cam is not None]
+        stats = MappingStats(frames_used=len(posed),
+                             frames_without_pose=len(frames) - len(posed))
+        if stats.frames_without_pose:
+            _logger.warning('%d of %d frames have no pose and are not used',
+                            stats.frames_without_pose, len(frames))
+        if len(posed) < 2:
+            raise ValueError(f'mapping needs at least 2 posed frames, got {len(posed)}')
+        start = time.perf_counter()
+        buffer = self.fill_buffer(posed, progress)
+        stats.buffer_s = time.perf_counter() - start
+        stats.buffer_size, stats.buffer_images = buffer.size, buffer.n_images
+        scene_mean = np.mean([f.world_from_cam[:3, 3] for f in posed], axis=0)
+        start = time.perf_counter()
+        head, stats.iterations, stats.loss_history, last = self.train(
+            buffer, scene_mean, progress)
+        stats.train_s = time.perf_counter() - start
+        stats.final_loss = float(last.loss.detach())
+        stats.final_median_error_px = last.median_error_px
+        intrinsics = _distinct_intrinsics(posed)
+        return TrainedHead(head, stats, [f.name for f in posed], intrinsics)
+
+
+def _distinct_intrinsics(frames: Sequence[Frame], limit: int = 16) -> List[list]:
+    """Up to `limit` distinct (3, 3) K of the mapping frames, for the map file."""
+    seen: Dict[tuple, list] = {}
+    for f in frames:
+        seen.setdefault(tuple(np.round(f.K, 4).ravel()), f.K.tolist())
+        if len(seen) >= limit:
+            break
+    return list(seen.values())
+
+
+def map_frames(frames: Sequence[Frame], cfg: MappingConfig, world_frame_id: str = 'map',
+               progress: Optional[ProgressCallback] = None) -> tuple:
+    """Map a scene end to end -> (SceneMap, MappingStats, device description)."""
+    device = device_lib.resolve_device(cfg.device)
+    encoder, encoder_sha256, label = build_encoder(cfg.encoder, device)
+    _logger.info('mapping %d frames on %s with encoder %s, preset %s', len(frames),
+                 device_lib.describe(device), label, cfg.preset)
+    trained = Mapper(cfg, encoder, device).map(frames, progress)
+    stats = trained.stats
+    scene_map = SceneMap(
+        head_state=trained.head.weights(), scene_mean=trained.head.scene_mean,
+        encoder_sha256=encoder_sha256, head_config=trained.head.config.to_dict(),
+        world_frame_id=world_frame_id, mapping_config=config_to_dict(cfg),
+        intrinsics=trained.intrinsics, frame_names=trained.frame_names,
+        extras={'iterations': stats.iterations, 'buffer_size': stats.buffer_size,
+                'final_loss': stats.final_loss, 'encoder': label})
+    return scene_map, stats, device_lib.describe(device)

@@ -1,0 +1,1 @@
+"""Readers of posed image sources; every reader yields core.types.Frame."""
