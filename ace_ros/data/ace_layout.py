@@ -1,0 +1,188 @@
+"""Reader and writer of the ACE / DSAC* dataset layout.
+
+A scene folder holds `rgb/`, `poses/` and `calibration/`, either directly (a *flat* scene)
+or under `train/` and `test/` split folders::
+
+    <scene>/[<split>/]rgb/<name>.png|.jpg|.jpeg   colour image
+    <scene>/[<split>/]poses/<name>.txt            4x4 camera-to-world matrix
+    <scene>/[<split>/]calibration/<name>.txt      focal length (1 number) or 3x3 K
+
+Files are matched by name (file stem). `poses/` may be absent (frames without poses).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Iterable, Optional
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from ace_ros.core.geometry import intrinsics_from_focal
+from ace_ros.core.types import Frame
+from ace_ros.data.base import FrameSource, load_rgb, read_numbers, read_pose_file
+
+_logger = logging.getLogger(__name__)
+
+RGB_EXTENSIONS = ('.png', '.jpg', '.jpeg')
+SPLITS = ('train', 'test')
+LAYOUT_DIRS = ('rgb', 'poses', 'calibration')
+
+
+def is_ace_scene(path: str | Path) -> bool:
+    """Whether `path` directly holds `rgb/` and `calibration/` folders (a flat ACE scene)."""
+    path = Path(path)
+    return (path / 'rgb').is_dir() and (path / 'calibration').is_dir()
+
+
+def ace_splits(path: str | Path) -> list[str]:
+    """The split folders ('test', 'train') under `path` that are ACE scenes, sorted."""
+    return [s for s in SPLITS if is_ace_scene(Path(path) / s)]
+
+
+class AceLayoutSource(FrameSource):
+    """Frames of one ACE-layout folder, i.e. the folder holding rgb/, poses/, calibration/.
+
+    Poses and calibrations are read and checked when the source is opened; images load
+    on access.
+
+    Args:
+        root: a flat scene, or one split folder of a scene (e.g. `<scene>/train`).
+
+    Raises:
+        ValueError: if a folder is missing, the file names of rgb/, poses/ and calibration/
+            differ, or a pose or calibration file is malformed.
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        root = Path(root)
+        if not is_ace_scene(root):
+            raise ValueError(f'{root}: not an ACE-layout folder; expected rgb/ and calibration/ '
+                             f'(and usually poses/) inside it')
+        self._rgb_paths = _rgb_files(root / 'rgb')
+        names = list(self._rgb_paths)
+        has_poses = (root / 'poses').is_dir()
+        super().__init__(root, names, has_poses)
+
+        calibration = _text_files(root / 'calibration')
+        _check_same_names(root, names, list(calibration), 'calibration')
+        self._calibration = [_read_calibration(calibration[n]) for n in names]
+        self._poses: list[Optional[npt.NDArray[np.float64]]] = [None] * len(names)
+        if has_poses:
+            poses = _text_files(root / 'poses')
+            _check_same_names(root, names, list(poses), 'pose')
+            self._poses = [read_pose_file(poses[n]) for n in names]
+        _logger.debug('opened %s: %d frames, poses: %s', root, len(names), has_poses)
+
+    def _load(self, index: int) -> Frame:
+        name = self.names[index]
+        image = load_rgb(self._rgb_paths[name])
+        calibration = self._calibration[index]
+        if calibration.shape == (3, 3):
+            K = calibration
+        else:
+            K = intrinsics_from_focal(float(calibration[0]), image.shape[1], image.shape[0])
+        pose = self._poses[index]
+        return Frame(name=name, image=image, K=K.copy(),
+                     world_from_cam=None if pose is None else pose.copy())
+
+
+def write_ace_scene(out_dir: str | Path, frames: Iterable[Frame],
+                    split: Optional[str] = None) -> Path:
+    """Write frames in ACE layout: PNG images, 4x4 poses and 3x3 K as text (`%.9f`).
+
+    Args:
+        out_dir: the scene folder; created if needed.
+        frames: frames to write. Either all or none must have a pose; with none, no
+            poses/ folder is written.
+        split: 'train' or 'test' to write under `out_dir/<split>/`, or None for a flat scene.
+
+    Returns:
+        The folder holding rgb/, poses/ and calibration/ (open it with AceLayoutSource).
+
+    Raises:
+        ValueError: for a bad split, bad or duplicate frame names, or mixed posed and
+            unposed frames.
+        FileExistsError: if the target rgb/ folder already holds files.
+    """
+    if split is not None and split not in SPLITS:
+        raise ValueError(f'split must be one of {SPLITS} or None, got {split!r}')
+    frames = list(frames)
+    target = Path(out_dir) if split is None else Path(out_dir) / split
+    names = [f.name for f in frames]
+    bad = [n for n in names if not n or '/' in n or '\\' in n or n in ('.', '..')]
+    if bad:
+        raise ValueError(f'frame names must be usable as file names, got {bad[:5]}')
+    if len(set(names)) != len(names):
+        raise ValueError(f'frame names must be unique, got {len(names)} frames but '
+                         f'{len(set(names))} distinct names')
+    n_posed = sum(f.world_from_cam is not None for f in frames)
+    if n_posed not in (0, len(frames)):
+        raise ValueError(f'either all or no frames must have a pose, got {n_posed} posed of '
+                         f'{len(frames)}')
+    if (target / 'rgb').is_dir() and any((target / 'rgb').iterdir()):
+        raise FileExistsError(f'{target / "rgb"} already holds files; write to an empty folder')
+
+    dirs = LAYOUT_DIRS if n_posed else ('rgb', 'calibration')
+    for sub in dirs:
+        (target / sub).mkdir(parents=True, exist_ok=True)
+    for frame in frames:
+        image_path = target / 'rgb' / f'{frame.name}.png'
+        if not cv2.imwrite(str(image_path), cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR)):
+            raise ValueError(f'cannot write image {image_path}')
+        np.savetxt(target / 'calibration' / f'{frame.name}.txt', frame.K, fmt='%.9f')
+        if frame.world_from_cam is not None:
+            np.savetxt(target / 'poses' / f'{frame.name}.txt', frame.world_from_cam, fmt='%.9f')
+    _logger.info('wrote %d frames in ACE layout to %s', len(frames), target)
+    return target
+
+
+def _rgb_files(folder: Path) -> dict[str, Path]:
+    files = sorted(p for p in folder.iterdir()
+                   if p.is_file() and p.suffix.lower() in RGB_EXTENSIONS)
+    by_name: dict[str, Path] = {}
+    for path in files:
+        if path.stem in by_name:
+            raise ValueError(f'{folder}: two images named {path.stem!r}: '
+                             f'{by_name[path.stem].name} and {path.name}')
+        by_name[path.stem] = path
+    if not by_name:
+        raise ValueError(f'{folder}: no images; expected files ending in {RGB_EXTENSIONS}')
+    return dict(sorted(by_name.items()))
+
+
+def _text_files(folder: Path) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise ValueError(f'{folder}: folder missing')
+    return {p.stem: p for p in sorted(folder.glob('*.txt')) if p.is_file()}
+
+
+def _check_same_names(root: Path, rgb_names: list[str], other_names: list[str],
+                      kind: str) -> None:
+    if set(rgb_names) == set(other_names):
+        return
+    missing = sorted(set(rgb_names) - set(other_names))
+    extra = sorted(set(other_names) - set(rgb_names))
+    raise ValueError(f'{root}: {len(rgb_names)} images but {len(other_names)} {kind} files; '
+                     f'images without a {kind} file: {missing[:5]}, {kind} files without an '
+                     f'image: {extra[:5]}')
+
+
+def _read_calibration(path: Path) -> npt.NDArray[np.float64]:
+    """(1,) focal length or (3, 3) K, checked."""
+    values = read_numbers(path)
+    if values.size == 1:
+        if not np.isfinite(values[0]) or values[0] <= 0:
+            raise ValueError(f'{path}: focal length must be finite and > 0, got {values[0]}')
+        return values
+    if values.size != 9:
+        raise ValueError(f'{path}: expected 1 number (focal length) or 9 (3x3 K), got '
+                         f'{values.size}')
+    K = values.reshape(3, 3)
+    valid = np.all(np.isfinite(K)) and K[0, 0] > 0 and K[1, 1] > 0 and K[1, 0] == 0
+    if not valid or not np.allclose(K[2], [0.0, 0.0, 1.0]):
+        raise ValueError(f'{path}: K must be finite, upper triangular with fx, fy > 0 and last '
+                         f'row [0, 0, 1], got {K.tolist()}')
+    return K

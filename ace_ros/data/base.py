@@ -1,0 +1,195 @@
+"""Common base of the dataset readers: a lazy, indexable sequence of Frames."""
+
+from __future__ import annotations
+
+import abc
+from collections import Counter
+from collections.abc import Sequence
+import logging
+import operator
+from pathlib import Path
+from typing import Iterable, Iterator, overload
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from ace_ros.core.types import Frame
+
+_logger = logging.getLogger(__name__)
+
+#: Largest |R^T R - I| entry accepted for the rotation block of a pose read from text.
+ROTATION_TOLERANCE = 1e-3
+#: Largest deviation accepted in the last row (0, 0, 0, 1) of a pose read from text.
+LAST_ROW_TOLERANCE = 1e-6
+
+
+class FrameSource(Sequence[Frame], abc.ABC):
+    """A read-only, indexable sequence of Frames whose images load on access.
+
+    Subclasses call `super().__init__(root, names, has_poses)` and implement `_load(index)`
+    for `0 <= index < len(self)`. Indexing with an int returns a Frame (negative indices
+    count from the end); indexing with a slice returns a `Subset`.
+
+    Attributes:
+        root: folder the source was read from.
+        names: frame names, unique within the source, in frame order.
+        has_poses: whether the source provides ground-truth poses at all. Individual frames
+            may still have `world_from_cam=None` (e.g. TUM frames outside the ground truth).
+    """
+
+    def __init__(self, root: str | Path, names: Sequence[str], has_poses: bool) -> None:
+        self.root = Path(root)
+        self.names = list(names)
+        self.has_poses = bool(has_poses)
+        if len(set(self.names)) != len(self.names):
+            duplicates = sorted(n for n, c in Counter(self.names).items() if c > 1)
+            raise ValueError(f'{self.root}: frame names must be unique, got duplicates '
+                             f'{duplicates[:5]}')
+
+    @abc.abstractmethod
+    def _load(self, index: int) -> Frame:
+        """Load frame `index`, already range-checked and non-negative."""
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @overload
+    def __getitem__(self, index: int) -> Frame:
+        ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Subset:
+        ...
+
+    def __getitem__(self, index: int | slice) -> Frame | Subset:
+        if isinstance(index, slice):
+            return Subset(self, range(len(self))[index])
+        return self._load(_normalise_index(index, len(self), self.root))
+
+    def __iter__(self) -> Iterator[Frame]:
+        for i in range(len(self)):
+            yield self._load(i)
+
+    def __repr__(self) -> str:
+        return (f'{type(self).__name__}(root={str(self.root)!r}, frames={len(self)}, '
+                f'has_poses={self.has_poses})')
+
+
+class Subset(FrameSource):
+    """The frames of `source` at `indices`, in the order given, as a FrameSource.
+
+    Args:
+        source: the source to select from.
+        indices: indices into `source`; negative values count from the end.
+
+    Raises:
+        IndexError: if an index is out of range for `source`.
+    """
+
+    def __init__(self, source: FrameSource, indices: Iterable[int]) -> None:
+        self.source = source
+        self.indices = [_normalise_index(i, len(source), source.root) for i in indices]
+        super().__init__(source.root, [source.names[i] for i in self.indices],
+                         source.has_poses)
+
+    def _load(self, index: int) -> Frame:
+        return self.source[self.indices[index]]
+
+    def __repr__(self) -> str:
+        return f'Subset({self.source!r}, frames={len(self)})'
+
+
+def block_split(n: int, block: int, parity: int) -> list[int]:
+    """Indices i in [0, n) with (i // block) % 2 == parity: alternating blocks of frames.
+
+    Used for sequence splits such as TUM's: mapping frames are parity 0, queries parity 1.
+
+    Args:
+        n: number of frames.
+        block: block length in frames, >= 1.
+        parity: 0 for the even blocks (the first block included), 1 for the odd ones.
+
+    Returns:
+        The selected indices, ascending.
+
+    >>> block_split(7, 2, 0)
+    [0, 1, 4, 5]
+    """
+    if n < 0:
+        raise ValueError(f'n must be >= 0, got {n}')
+    if block < 1:
+        raise ValueError(f'block must be >= 1, got {block}')
+    if parity not in (0, 1):
+        raise ValueError(f'parity must be 0 or 1, got {parity}')
+    return [i for i in range(n) if (i // block) % 2 == parity]
+
+
+def load_rgb(path: str | Path) -> npt.NDArray[np.uint8]:
+    """Read an image file as (H, W, 3) uint8 RGB (grey images are expanded to 3 channels).
+
+    Raises:
+        ValueError: if the file is missing or cannot be decoded.
+    """
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f'cannot read image {path}: missing, unreadable or not an image')
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def read_numbers(path: str | Path) -> npt.NDArray[np.float64]:
+    """All whitespace-separated numbers of a small text file, flattened, as float64.
+
+    Raises:
+        ValueError: if the file cannot be read or holds something that is not a number.
+    """
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ValueError(f'cannot read {path}: {exc}') from exc
+    try:
+        return np.array(text.split(), dtype=np.float64)
+    except ValueError as exc:
+        raise ValueError(f'{path}: expected only numbers, got {text[:80]!r}') from exc
+
+
+def check_rigid_pose(pose: npt.NDArray[np.float64], name: str) -> None:
+    """Raise ValueError unless `pose` is a finite (4, 4) rigid transform.
+
+    Checks that the last row is (0, 0, 0, 1) and that the rotation block is orthonormal
+    with determinant +1, within the module tolerances (text files carry rounded values).
+
+    Args:
+        pose: the matrix to check.
+        name: what to call it in the error, e.g. the file it came from.
+    """
+    if pose.shape != (4, 4):
+        raise ValueError(f'{name}: pose must be 4x4, got shape {pose.shape}')
+    if not np.all(np.isfinite(pose)):
+        raise ValueError(f'{name}: pose has non-finite values: {pose.tolist()}')
+    if np.max(np.abs(pose[3] - [0.0, 0.0, 0.0, 1.0])) > LAST_ROW_TOLERANCE:
+        raise ValueError(f'{name}: pose last row must be [0, 0, 0, 1], got {pose[3].tolist()}')
+    rotation = pose[:3, :3]
+    error = float(np.max(np.abs(rotation.T @ rotation - np.eye(3))))
+    if error > ROTATION_TOLERANCE or np.linalg.det(rotation) <= 0:
+        raise ValueError(
+            f'{name}: pose rotation must be orthonormal with det +1 (|R^T R - I| <= '
+            f'{ROTATION_TOLERANCE}), got |R^T R - I| = {error:.3g}, '
+            f'det = {np.linalg.det(rotation):.6g}')
+
+
+def read_pose_file(path: str | Path) -> npt.NDArray[np.float64]:
+    """Read and check a text file holding a 4x4 camera-to-world matrix (16 numbers)."""
+    values = read_numbers(path)
+    if values.size != 16:
+        raise ValueError(f'{path}: expected 16 numbers (a 4x4 pose), got {values.size}')
+    pose = values.reshape(4, 4)
+    check_rigid_pose(pose, str(path))
+    return pose
+
+
+def _normalise_index(index: int, length: int, root: Path) -> int:
+    index = operator.index(index)
+    if not -length <= index < length:
+        raise IndexError(f'{root}: frame index {index} out of range for {length} frames')
+    return index + length if index < 0 else index

@@ -1,0 +1,93 @@
+"""Open any supported dataset folder as a FrameSource: `open_source(path)`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+from ace_ros.data.ace_layout import ace_splits, AceLayoutSource, is_ace_scene
+from ace_ros.data.base import block_split, FrameSource, Subset
+from ace_ros.data.seven_scenes import is_seven_scenes, SevenScenesSource
+from ace_ros.data.tum import is_tum_sequence, TumSource
+
+FORMATS = ('ace', 'seven_scenes', 'tum')
+SPLITS = ('train', 'test')
+#: TUM sequences have no official split: alternate blocks of this many frames, the even
+#: blocks (starting with the first) for mapping ('train') and the odd ones as queries.
+TUM_SPLIT_BLOCK = 25
+
+
+def detect_format(path: str | Path) -> str:
+    """Which of FORMATS the folder `path` holds.
+
+    Raises:
+        FileNotFoundError: if `path` is not a folder.
+        ValueError: if no format matches; the message lists what was looked for.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f'{path}: not a folder')
+    if is_ace_scene(path) or ace_splits(path):
+        return 'ace'
+    if is_tum_sequence(path):
+        return 'tum'
+    if is_seven_scenes(path):
+        return 'seven_scenes'
+    raise ValueError(
+        f'{path}: unknown dataset layout; looked for ACE (rgb/ and calibration/ folders, '
+        f'directly or under train/ or test/), TUM (rgb.txt) and 7-Scenes (TrainSplit.txt, '
+        f'TestSplit.txt or seq-XX/frame-XXXXXX.color.png)')
+
+
+def open_source(path: str | Path, fmt: str = 'auto', split: Optional[str] = None,
+                **kwargs: Any) -> FrameSource:
+    """Open a dataset folder as a FrameSource.
+
+    Args:
+        path: scene or sequence folder.
+        fmt: one of FORMATS, or 'auto' to call `detect_format`.
+        split: None for all frames, or 'train' / 'test':
+            - ACE layout: the `train/` or `test/` folder (None for a flat scene, or a scene
+              with a single split folder);
+            - 7-Scenes: the sequences listed in TrainSplit.txt / TestSplit.txt;
+            - TUM: alternate blocks of TUM_SPLIT_BLOCK frames (see `block_split`).
+        **kwargs: passed to the reader (`SevenScenesSource` or `TumSource`), e.g. `K`.
+
+    Raises:
+        ValueError: for an unknown format or split, or a split the folder does not have.
+    """
+    path = Path(path)
+    if split is not None and split not in SPLITS:
+        raise ValueError(f'split must be one of {SPLITS} or None, got {split!r}')
+    if fmt == 'auto':
+        fmt = detect_format(path)
+    if fmt == 'ace':
+        if kwargs:
+            raise ValueError(f'ACE-layout reader takes no options, got {sorted(kwargs)}')
+        return AceLayoutSource(_ace_folder(path, split))
+    if fmt == 'seven_scenes':
+        return SevenScenesSource(path, split=split, **kwargs)
+    if fmt == 'tum':
+        source = TumSource(path, **kwargs)
+        if split is None:
+            return source
+        return Subset(source, block_split(len(source), TUM_SPLIT_BLOCK, SPLITS.index(split)))
+    raise ValueError(f'fmt must be one of {FORMATS} or \'auto\', got {fmt!r}')
+
+
+def _ace_folder(path: Path, split: Optional[str]) -> Path:
+    """The folder holding rgb/, poses/, calibration/ for `split`."""
+    splits = ace_splits(path)
+    if is_ace_scene(path):
+        if split is not None:
+            raise ValueError(f'{path}: flat ACE scene (no train/ or test/ folders), so split '
+                             f'must be None, got {split!r}')
+        return path
+    if split is None:
+        if len(splits) == 1:
+            return path / splits[0]
+        raise ValueError(f'{path}: ACE scene with split folders {splits}; pass split='
+                         f'\'train\' or \'test\'')
+    if split not in splits:
+        raise ValueError(f'{path}: no {split}/ folder in ACE layout; found {splits}')
+    return path / split
