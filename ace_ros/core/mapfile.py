@@ -1,0 +1,409 @@
+"""The map file: one trained scene head in a self-describing, versioned safetensors file.
+
+Layout (format 'ace_ros.map', version 1; '.ace' by convention). A plain safetensors file, so it
+is never unpickled and any safetensors reader can open it:
+
+- tensors ``head.<name>``: the head's state dict (``Head.weights()``), float tensors as fp16;
+- tensor ``scene_mean``: (3,) fp32, the world-frame offset the head predicts around;
+- string metadata: ``format``, ``ace_ros_version``, ``encoder_sha256`` (see
+  `encoder_identity`), ``world_frame_id``, ``created_utc`` (ISO 8601), ``payload_sha256``
+  (see `_payload_sha256`) as plain strings; ``format_version`` (int), ``head_config``,
+  ``mapping_config``, ``intrinsics`` (distinct 3x3 K, row-major), ``frame_names``,
+  ``extras`` as JSON text.
+"""
+
+from __future__ import annotations
+
+from contextlib import suppress
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import stat
+import tempfile
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+from ace_ros import __version__
+import numpy as np
+from safetensors import SafetensorError
+import safetensors.torch
+import torch
+
+_logger = logging.getLogger(__name__)
+
+FORMAT = 'ace_ros.map'
+FORMAT_VERSION = 1
+#: load_map refuses bigger files before reading them (a default head is ~4.2 MB).
+MAX_MAP_BYTES = 64 * 1024 * 1024
+_HEAD_PREFIX = 'head.'
+_JSON_KEYS = ('format_version', 'head_config', 'mapping_config', 'intrinsics', 'frame_names',
+              'extras')
+_REQUIRED_KEYS = ('format', 'format_version', 'ace_ros_version', 'encoder_sha256',
+                  'head_config', 'mapping_config', 'intrinsics', 'frame_names',
+                  'world_frame_id', 'created_utc', 'payload_sha256')
+_SHA256_RE = re.compile(r'[0-9a-f]{64}')
+
+
+class MapFileError(ValueError):
+    """A map file is missing, unreadable, corrupt, or not usable by this ace_ros."""
+
+
+class EncoderMismatchError(MapFileError):
+    """The map's head was trained against a different encoder than the one loaded."""
+
+
+def encoder_identity(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 identity of an encoder's weights, independent of their storage precision.
+
+    Keys are hashed in sorted order, each as its name, shape and values. Float values are
+    cast to fp32 and then rounded to fp16 before hashing, so fp64/fp32 weights and an fp16
+    copy made from them give the same identity (bf16 copies do not: they lose mantissa bits
+    that fp16 keeps). Changing any weight by more than fp16 rounding changes the identity.
+
+    Args:
+        state_dict: encoder tensors by name, e.g. ``Encoder().state_dict()``.
+
+    Returns:
+        64 lowercase hex characters.
+
+    Raises:
+        ValueError: if `state_dict` is empty or holds a non-tensor.
+    """
+    if not state_dict:
+        raise ValueError('encoder_identity: got an empty state dict, expected encoder tensors')
+    digest = hashlib.sha256(b'ace_ros.encoder_identity.v1\0')
+    for name in sorted(state_dict):
+        tensor = state_dict[name]
+        if not isinstance(tensor, torch.Tensor):
+            raise ValueError(f'encoder_identity: {name} is a {type(tensor).__name__}, '
+                             f'expected a torch.Tensor')
+        tensor = tensor.detach().cpu()
+        if tensor.is_floating_point():
+            tensor = tensor.to(torch.float32).to(torch.float16)
+        elif tensor.dtype != torch.bool:
+            tensor = tensor.to(torch.int64)
+        digest.update(f'{name}\0{tuple(tensor.shape)}\0{tensor.dtype}\0'.encode())
+        digest.update(_tensor_bytes(tensor))
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True, eq=False)
+class SceneMap:
+    """A trained scene: the head's weights plus everything needed to use them safely.
+
+    Construction validates and normalises: float head tensors become fp16 on the CPU,
+    `scene_mean` becomes (3,) fp32, dict/list fields become their JSON form, so a SceneMap
+    equals (tensor for tensor, field for field) the copy `load_map` returns after `save_map`.
+
+    Attributes:
+        head_state: head tensors by name as in ``Head.weights()`` (no ``scene_mean``).
+        scene_mean: (3,) world-frame mean of the mapping scene coordinates.
+        encoder_sha256: `encoder_identity` of the encoder the head was trained with.
+        head_config: ``HeadConfig.to_dict()``.
+        world_frame_id: frame id of the world (map) frame the head predicts in.
+        mapping_config: the training settings (JSON-serialisable).
+        intrinsics: distinct (3, 3) K of the mapping images, as nested lists.
+        frame_names: names of the mapping frames.
+        extras: any further JSON-serialisable facts (e.g. training statistics).
+        created_utc: ISO 8601 time the map was first saved; '' until then.
+        ace_ros_version: version of ace_ros that wrote the file; '' for a new map.
+    """
+
+    head_state: Dict[str, torch.Tensor]
+    scene_mean: torch.Tensor
+    encoder_sha256: str
+    head_config: Dict[str, Any]
+    world_frame_id: str
+    mapping_config: Dict[str, Any] = field(default_factory=dict)
+    intrinsics: List[List[List[float]]] = field(default_factory=list)
+    frame_names: List[str] = field(default_factory=list)
+    extras: Dict[str, Any] = field(default_factory=dict)
+    created_utc: str = ''
+    ace_ros_version: str = ''
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.head_state, Mapping) or not self.head_state:
+            raise ValueError(f'head_state must be a non-empty dict of tensors, got '
+                             f'{self.head_state!r:.80}')
+        head = {}
+        for name, tensor in self.head_state.items():
+            if not isinstance(name, str) or not name or name == 'scene_mean':
+                raise ValueError(f'head_state key {name!r} is not allowed: expected tensor names '
+                                 f'from Head.weights() (scene_mean is passed separately)')
+            if not isinstance(tensor, torch.Tensor):
+                raise ValueError(f'head_state[{name!r}] is a {type(tensor).__name__}, '
+                                 f'expected a torch.Tensor')
+            tensor = tensor.detach().cpu()
+            if tensor.is_floating_point():
+                tensor = tensor.to(torch.float16)
+                if not bool(torch.isfinite(tensor).all()):
+                    raise ValueError(f'head_state[{name!r}] has values that are non-finite or '
+                                     f'outside the fp16 range (|x| <= 65504)')
+            head[name] = tensor.contiguous()
+        mean = torch.as_tensor(self.scene_mean).detach().cpu().to(torch.float32)
+        if tuple(mean.shape) != (3,) or not bool(torch.isfinite(mean).all()):
+            raise ValueError(f'scene_mean must be (3,) finite, got shape {tuple(mean.shape)} '
+                             f'values {mean.flatten()[:6].tolist()}')
+        if not isinstance(self.encoder_sha256, str) or not _SHA256_RE.fullmatch(
+                self.encoder_sha256):
+            raise ValueError(f'encoder_sha256 must be 64 lowercase hex characters, got '
+                             f'{self.encoder_sha256!r}')
+        if not isinstance(self.world_frame_id, str) or not self.world_frame_id:
+            raise ValueError(f'world_frame_id must be a non-empty str, got '
+                             f'{self.world_frame_id!r}')
+        intrinsics = []
+        for i, K in enumerate(self.intrinsics):
+            K = np.asarray(K, dtype=np.float64)
+            if K.shape != (3, 3) or not np.all(np.isfinite(K)):
+                raise ValueError(f'intrinsics[{i}] must be a finite (3, 3) K, got shape '
+                                 f'{K.shape}')
+            intrinsics.append(K.tolist())
+        if isinstance(self.frame_names, str) or not all(
+                isinstance(n, str) for n in self.frame_names):
+            raise ValueError(f'frame_names must be a list of str, got {self.frame_names!r:.80}')
+        for name, value in (('head_config', self.head_config),
+                            ('mapping_config', self.mapping_config), ('extras', self.extras)):
+            if not isinstance(value, Mapping):
+                raise ValueError(f'{name} must be a dict, got {type(value).__name__}')
+            object.__setattr__(self, name, _json_copy(dict(value), name))
+        object.__setattr__(self, 'head_state', head)
+        object.__setattr__(self, 'scene_mean', mean.contiguous())
+        object.__setattr__(self, 'intrinsics', intrinsics)
+        object.__setattr__(self, 'frame_names', list(self.frame_names))
+
+
+def save_map(path: str, scene_map: SceneMap) -> None:
+    """Write `scene_map` to `path` atomically.
+
+    The bytes go to a temporary file in the same directory, are flushed and fsynced, then
+    ``os.replace`` puts them at `path` and the directory is fsynced. On any error the file
+    previously at `path` (if any) is untouched and the temporary file is removed. A new file
+    gets mode 0644; an existing file keeps its mode.
+
+    Raises:
+        FileNotFoundError: if the directory of `path` does not exist.
+        OSError: if writing fails (e.g. disk full).
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f'{path}: cannot save map: directory {directory} does not exist')
+    tensors = {_HEAD_PREFIX + k: v for k, v in scene_map.head_state.items()}
+    tensors['scene_mean'] = scene_map.scene_mean
+    created = scene_map.created_utc or datetime.now(timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')
+    metadata = {
+        'format': FORMAT, 'format_version': FORMAT_VERSION, 'ace_ros_version': __version__,
+        'encoder_sha256': scene_map.encoder_sha256, 'head_config': scene_map.head_config,
+        'mapping_config': scene_map.mapping_config, 'intrinsics': scene_map.intrinsics,
+        'frame_names': scene_map.frame_names, 'world_frame_id': scene_map.world_frame_id,
+        'created_utc': created, 'extras': scene_map.extras,
+        'payload_sha256': _payload_sha256(tensors)}
+    blob = safetensors.torch.save(tensors, metadata={
+        k: json.dumps(v, allow_nan=False) if k in _JSON_KEYS else v for k, v in metadata.items()})
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        mode = 0o644
+    fd, tmp = tempfile.mkstemp(prefix=f'.{os.path.basename(path)}.', suffix='.tmp',
+                               dir=directory)
+    try:
+        with os.fdopen(fd, 'wb') as fh:
+            fh.write(blob)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_directory(directory)
+    _logger.info('saved map %s (%d head tensors, %.1f MB)', path, len(scene_map.head_state),
+                 len(blob) / 1e6)
+
+
+def load_map(path: str, expected_encoder_sha256: Optional[str] = None, *,
+             max_bytes: int = MAX_MAP_BYTES) -> SceneMap:
+    """Read and verify a map file written by `save_map`.
+
+    Args:
+        path: the map file.
+        expected_encoder_sha256: `encoder_identity` of the encoder that will run the head;
+            when given, a map built with another encoder is refused.
+        max_bytes: files larger than this are refused before being read.
+
+    Returns:
+        The SceneMap, with fp16 head tensors and an fp32 scene mean on the CPU.
+
+    Raises:
+        EncoderMismatchError: if the map was built with another encoder.
+        MapFileError: if the file is missing, too big, truncated, corrupt, not an ace_ros map,
+            of an unsupported format version, or incomplete.
+    """
+    path = os.fspath(path)
+    size = _stat_map(path, max_bytes)
+    with open(path, 'rb') as fh:
+        data = fh.read(max_bytes + 1)
+    if len(data) != size:
+        raise MapFileError(f'{path}: file changed while reading ({size} then {len(data)} bytes)')
+    metadata, _ = _parse_header(path, data[:8 + _header_length(path, data[:8], size)], size)
+    try:
+        tensors = safetensors.torch.load(data)
+    except SafetensorError as e:
+        raise MapFileError(f'{path}: not a valid safetensors file: {e}') from e
+    if _payload_sha256(tensors) != metadata['payload_sha256']:
+        raise MapFileError(f'{path}: tensor data is corrupt: its SHA-256 does not match the '
+                           f'payload_sha256 {metadata["payload_sha256"][:12]} in the header')
+    unknown = sorted(k for k in tensors if k != 'scene_mean' and not k.startswith(_HEAD_PREFIX))
+    if 'scene_mean' not in tensors or unknown:
+        raise MapFileError(f'{path}: expected tensors scene_mean and head.*, got scene_mean '
+                           f'{"present" if "scene_mean" in tensors else "missing"}, '
+                           f'unexpected {unknown[:5]}')
+    head = {k[len(_HEAD_PREFIX):]: v for k, v in tensors.items() if k.startswith(_HEAD_PREFIX)}
+    mean = tensors['scene_mean']
+    if mean.dtype != torch.float32 or tuple(mean.shape) != (3,) or not mean.isfinite().all():
+        raise MapFileError(f'{path}: scene_mean must be (3,) finite float32, got '
+                           f'{tuple(mean.shape)} {mean.dtype} {mean.flatten()[:6].tolist()}')
+    try:
+        scene_map = SceneMap(
+            head_state=head, scene_mean=mean, encoder_sha256=metadata['encoder_sha256'],
+            head_config=metadata['head_config'], world_frame_id=metadata['world_frame_id'],
+            mapping_config=metadata['mapping_config'], intrinsics=metadata['intrinsics'],
+            frame_names=metadata['frame_names'], extras=metadata.get('extras', {}),
+            created_utc=metadata['created_utc'], ace_ros_version=metadata['ace_ros_version'])
+    except (ValueError, TypeError) as e:
+        raise MapFileError(f'{path}: invalid map contents: {e}') from e
+    if expected_encoder_sha256 is not None and (
+            expected_encoder_sha256.lower() != scene_map.encoder_sha256):
+        raise EncoderMismatchError(
+            f'{path}: the map was built with encoder {scene_map.encoder_sha256[:12]} but the '
+            f'loaded encoder is {expected_encoder_sha256[:12]}; re-map with this encoder or '
+            f'pass --encoder with the encoder file the map was built with')
+    return scene_map
+
+
+def map_info(path: str, max_bytes: int = MAX_MAP_BYTES) -> Dict[str, Any]:
+    """The metadata of a map file, reading only its header (for ``ace-ros info``).
+
+    The format, version, required keys and file length are checked; the tensor data is
+    neither read nor hashed. Returns the decoded metadata plus ``file_bytes`` and
+    ``num_parameters`` (head elements, scene mean excluded).
+
+    Raises:
+        MapFileError: as `load_map`, except for corrupt tensor data.
+    """
+    path = os.fspath(path)
+    size = _stat_map(path, max_bytes)
+    with open(path, 'rb') as fh:
+        prefix = fh.read(8)
+        header = prefix + fh.read(_header_length(path, prefix, size))
+    metadata, entries = _parse_header(path, header, size)
+    metadata['file_bytes'] = size
+    metadata['num_parameters'] = sum(math.prod(e['shape']) for k, e in entries.items()
+                                     if k.startswith(_HEAD_PREFIX))
+    return metadata
+
+
+def _stat_map(path: str, max_bytes: int) -> int:
+    """Size of the regular file `path`, refusing missing, special and oversized files."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError as e:
+        raise MapFileError(f'{path}: map file does not exist') from e
+    except OSError as e:
+        raise MapFileError(f'{path}: cannot read map file: {e}') from e
+    if not stat.S_ISREG(st.st_mode):
+        raise MapFileError(f'{path}: not a regular file')
+    if st.st_size > max_bytes:
+        raise MapFileError(f'{path}: file is {st.st_size} bytes, more than the {max_bytes} '
+                           f'bytes a map file may have')
+    return st.st_size
+
+
+def _header_length(path: str, prefix: bytes, size: int) -> int:
+    """The JSON header length from the safetensors 8-byte prefix."""
+    if len(prefix) < 8:
+        raise MapFileError(f'{path}: not a map file: {size} bytes is too short for a '
+                           f'safetensors header')
+    length = int.from_bytes(prefix, 'little')
+    if length > size - 8:
+        if length > MAX_MAP_BYTES:
+            raise MapFileError(f'{path}: not a safetensors map file (header length field '
+                               f'{length} is implausible)')
+        raise MapFileError(f'{path}: file is truncated: its header alone needs {8 + length} '
+                           f'bytes but the file has {size}')
+    return length
+
+
+def _parse_header(path: str, header: bytes, size: int
+                  ) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """Check the header of a file of `size` bytes; return (decoded metadata, tensor entries)."""
+    try:
+        entries = json.loads(header[8:].decode('utf-8'))
+        metadata = entries.pop('__metadata__', None) or {}
+        end = max((int(e['data_offsets'][1]) for e in entries.values()), default=0)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
+        raise MapFileError(f'{path}: not a safetensors map file: bad header ({e})') from e
+    if size != len(header) + end:
+        problem = 'truncated' if size < len(header) + end else 'too long'
+        raise MapFileError(f'{path}: file is {problem}: its header describes '
+                           f'{len(header) + end} bytes but the file has {size}')
+    if not isinstance(metadata, dict) or not all(
+            isinstance(v, str) for v in metadata.values()):
+        raise MapFileError(f'{path}: not a safetensors map file: metadata must map str to str')
+    if metadata.get('format') != FORMAT:
+        raise MapFileError(f'{path}: not an ace_ros map: format is {metadata.get("format")!r}, '
+                           f'expected {FORMAT!r}')
+    version = metadata.get('format_version', str(FORMAT_VERSION))
+    if version != str(FORMAT_VERSION):
+        age = 'newer' if version.isdigit() and int(version) > FORMAT_VERSION else 'older'
+        raise MapFileError(f'{path}: map format version {version} is {age} than version '
+                           f'{FORMAT_VERSION}, the one this ace_ros ({__version__}) reads; '
+                           + ('upgrade ace_ros' if age == 'newer' else 're-map the scene'))
+    missing = [k for k in _REQUIRED_KEYS if k not in metadata]
+    if missing:
+        raise MapFileError(f'{path}: map header lacks metadata keys {missing}')
+    try:
+        decoded = {k: json.loads(v) if k in _JSON_KEYS else v for k, v in metadata.items()}
+    except ValueError as e:
+        raise MapFileError(f'{path}: map metadata is not valid JSON: {e}') from e
+    return decoded, entries
+
+
+def _payload_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes, in sorted name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name]
+        digest.update(f'{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0'.encode())
+        digest.update(_tensor_bytes(tensor))
+    return digest.hexdigest()
+
+
+def _tensor_bytes(tensor: torch.Tensor) -> bytes:
+    """Raw element bytes (host order, i.e. little-endian on supported platforms)."""
+    return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+def _json_copy(value: Any, name: str) -> Any:
+    """`value` as it will read back from JSON; ValueError if it is not JSON-serialisable."""
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f'{name} must be JSON-serialisable: {e}') from e
+
+
+def _fsync_directory(directory: str) -> None:
+    """Make the rename durable; best effort, as not every platform can fsync a directory."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        _logger.debug('fsync of directory %s failed: %s', directory, e)
