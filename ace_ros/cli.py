@@ -23,23 +23,37 @@ from ace_ros.core.types import Frame
 _logger = logging.getLogger('ace_ros')
 
 
-def _progress_bar(desc: str, total: int):
-    from tqdm import tqdm
-    return tqdm(total=total, desc=desc, unit='it', dynamic_ncols=True, file=sys.stderr,
-                disable=None, mininterval=1.0)
-
-
 class _MappingProgress:
-    """Turns core progress callbacks into tqdm bars with rates and ETA."""
+    """Core progress callbacks -> a tqdm bar on a terminal, else log lines with ETA."""
 
     def __init__(self) -> None:
         self._bars: Dict[str, Any] = {}
+        self._interactive = sys.stderr.isatty()
+        self._started: Dict[str, float] = {}
+        self._next_log: Dict[str, int] = {}
 
     def __call__(self, p) -> None:
+        if p.stage not in self._started:
+            self._started[p.stage] = time.perf_counter()
+            self._next_log[p.stage] = 0
+        if self._interactive:
+            self._update_bar(p)
+        elif p.done >= self._next_log[p.stage] or p.done == p.total:
+            self._next_log[p.stage] = p.done + max(1, p.total // 10)
+            elapsed = time.perf_counter() - self._started[p.stage]
+            rate = p.done / elapsed if elapsed > 0 else float('nan')
+            eta = (p.total - p.done) / rate if rate > 0 else float('nan')
+            extra = (f', loss {p.loss:.2f}, median error {p.median_error_px:.1f} px'
+                     if p.stage == 'train' else '')
+            _logger.info('%s %d/%d (%.1f/s, ETA %.0f s%s)', _STAGE_NAMES[p.stage], p.done,
+                         p.total, rate, eta, extra)
+
+    def _update_bar(self, p) -> None:
+        from tqdm import tqdm
         bar = self._bars.get(p.stage)
         if bar is None:
-            desc = 'buffer (encoding images)' if p.stage == 'buffer' else 'training head'
-            bar = self._bars[p.stage] = _progress_bar(desc, p.total)
+            bar = self._bars[p.stage] = tqdm(total=p.total, desc=_STAGE_NAMES[p.stage],
+                                             unit='it', dynamic_ncols=True, file=sys.stderr)
         bar.update(p.done - bar.n)
         if p.stage == 'train':
             bar.set_postfix(loss=f'{p.loss:.2f}', valid=f'{p.valid_fraction:.2f}',
@@ -50,6 +64,9 @@ class _MappingProgress:
     def close(self) -> None:
         for bar in self._bars.values():
             bar.close()
+
+
+_STAGE_NAMES = {'buffer': 'buffer (encoding images)', 'train': 'training head'}
 
 
 def _add_source_flags(parser: argparse.ArgumentParser) -> None:

@@ -83,7 +83,8 @@ class LocalizationConfig:
     inlier_threshold_px: float = _f(10.0, 'inlier reprojection error (px at image_height)')
     max_reprojection_px: float = _f(100.0, 'reprojection errors are clamped here for scoring')
     refinement_iterations: int = _f(100, 'iterative refinement steps at most')
-    min_inliers: int = _f(10, 'fewer inliers than this is a failure')
+    min_inliers: int = _f(50, 'fewer inliers than this is a failure (random '
+                          'correspondences reach ~15 of 4800 by chance)')
     seed: int = _f(0, 'RANSAC random seed')
 
     def __post_init__(self) -> None:
@@ -94,6 +95,11 @@ class LocalizationConfig:
         if self.refinement_iterations < 0:
             raise ValueError('refinement_iterations must be >= 0, got '
                              f'{self.refinement_iterations}')
+        if self.min_inliers < 4:
+            raise ValueError(f'min_inliers must be >= 4 (PnP needs 4), got {self.min_inliers}')
+        if self.max_reprojection_px <= self.inlier_threshold_px:
+            raise ValueError(f'max_reprojection_px ({self.max_reprojection_px}) must exceed '
+                             f'inlier_threshold_px ({self.inlier_threshold_px})')
 
 
 def _positive(cfg: Any, *names: str) -> None:

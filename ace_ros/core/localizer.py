@@ -15,7 +15,7 @@ from ace_ros.core.buffer import encode, prepare_image
 from ace_ros.core.config import LocalizationConfig
 from ace_ros.core.mapfile import SceneMap, load_map
 from ace_ros.core.network import Encoder, Head, HeadConfig, cell_centers
-from ace_ros.core.ransac import RansacSettings, estimate_pose
+from ace_ros.core.ransac import RansacSettings, ransac_pnp
 from ace_ros.core.types import Frame, LocalizationResult
 from ace_ros.core.weights import build_encoder
 
@@ -84,7 +84,7 @@ class Localizer:
         start = time.perf_counter()
         pixels, points, K, timings = self.predict_scene_coordinates(frame)
         ransac_start = time.perf_counter()
-        estimate = estimate_pose(pixels, points, K, self.ransac, self._rng)
+        estimate = ransac_pnp(pixels, points, K, self.ransac, self._rng)
         timings['ransac'] = time.perf_counter() - ransac_start
         timings['total'] = time.perf_counter() - start
         timings_ms = {k: v * 1000.0 for k, v in timings.items()}

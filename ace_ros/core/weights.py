@@ -22,7 +22,8 @@ _logger = logging.getLogger(__name__)
 
 MAX_ENCODER_BYTES = 128 * 1024 * 1024
 #: The encoder shipped inside the package (fp16 safetensors), once the project has one.
-SHIPPED_ENCODER = Path(__file__).resolve().parent.parent / 'weights' / 'ace_ros_encoder.safetensors'
+SHIPPED_ENCODER = (Path(__file__).resolve().parent.parent / 'weights'
+                   / 'ace_ros_encoder.safetensors')
 #: Spec of the deterministic random encoder: the fallback until weights are shipped.
 RANDOM_ENCODER = 'random'
 
