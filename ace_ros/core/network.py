@@ -66,6 +66,9 @@ def check_encoder_state(state: Mapping[str, torch.Tensor], source: str) -> None:
         raise ValueError(f'{source}: not an ACE encoder state dict: missing keys {missing[:5]}, '
                          f'unexpected keys {unexpected[:5]}')
     for name, shape in ENCODER_SHAPES.items():
+        if not isinstance(state[name], torch.Tensor):
+            raise ValueError(f'{source}: {name} is a {type(state[name]).__name__}, '
+                             'expected a tensor')
         if tuple(state[name].shape) != shape:
             raise ValueError(f'{source}: {name} has shape {tuple(state[name].shape)}, '
                              f'expected {shape}')
