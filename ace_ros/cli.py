@@ -18,6 +18,7 @@ from ace_ros import __version__
 from ace_ros.cli_args import add_config_flags, config_from_args
 from ace_ros.core import geometry, metrics
 from ace_ros.core.config import LocalizationConfig, MappingConfig
+from ace_ros.core.mapper import Progress as _Progress
 from ace_ros.core.types import Frame
 
 _logger = logging.getLogger('ace_ros')
@@ -43,8 +44,8 @@ class _MappingProgress:
             elapsed = time.perf_counter() - self._started[p.stage]
             rate = p.done / elapsed if elapsed > 0 else float('nan')
             eta = (p.total - p.done) / rate if rate > 0 else float('nan')
-            extra = (f', loss {p.loss:.2f}, median error {p.median_error_px:.1f} px'
-                     if p.stage == 'train' else '')
+            extra = {'train': f', loss {p.loss:.2f}, median error {p.median_error_px:.1f} px',
+                     'pretrain': f', median error {p.median_error_px:.3f} m'}.get(p.stage, '')
             _logger.info('%s %d/%d (%.1f/s, ETA %.0f s%s)', _STAGE_NAMES[p.stage], p.done,
                          p.total, rate, eta, extra)
 
@@ -66,7 +67,8 @@ class _MappingProgress:
             bar.close()
 
 
-_STAGE_NAMES = {'buffer': 'buffer (encoding images)', 'train': 'training head'}
+_STAGE_NAMES = {'buffer': 'buffer (encoding images)', 'train': 'training head',
+                'pretrain': 'pretraining encoder'}
 
 
 def _add_source_flags(parser: argparse.ArgumentParser) -> None:
@@ -215,6 +217,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from ace_ros.pretrain import PretrainConfig, pretrain
+    cfg = config_from_args(PretrainConfig, args)
+    progress = _MappingProgress()
+
+    def report(step: int, total: int, median_error_m: float) -> None:
+        progress(_Progress('pretrain', step, total, median_error_px=median_error_m))
+
+    path = pretrain(cfg, Path(args.workdir), report)
+    progress.close()
+    _logger.info('encoder written to %s', path)
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from ace_ros.core.mapfile import map_info
     print(json.dumps(map_info(args.map), indent=2, sort_keys=True))
@@ -260,6 +276,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--device', default='auto', help="'auto', 'cpu' or 'cuda'")
     p.add_argument('--seed', type=int, default=0, help='scene seed')
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser('pretrain-encoder', help='train the scene-agnostic encoder on many '
+                       'synthetic rooms (resumable)')
+    p.add_argument('--workdir', required=True,
+                   help='checkpoint and output folder; an existing checkpoint is resumed')
+    from ace_ros.pretrain import PretrainConfig
+    add_config_flags(p, PretrainConfig)
+    p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser('info', help="print a map file's metadata")
     p.add_argument('map', help='map file (.ace)')
