@@ -109,33 +109,36 @@ def write_ace_scene(out_dir: str | Path, frames: Iterable[Frame],
     """
     if split is not None and split not in SPLITS:
         raise ValueError(f'split must be one of {SPLITS} or None, got {split!r}')
-    frames = list(frames)
     target = Path(out_dir) if split is None else Path(out_dir) / split
-    names = [f.name for f in frames]
-    bad = [n for n in names if not n or '/' in n or '\\' in n or n in ('.', '..')]
-    if bad:
-        raise ValueError(f'frame names must be usable as file names, got {bad[:5]}')
-    if len(set(names)) != len(names):
-        raise ValueError(f'frame names must be unique, got {len(names)} frames but '
-                         f'{len(set(names))} distinct names')
-    n_posed = sum(f.world_from_cam is not None for f in frames)
-    if n_posed not in (0, len(frames)):
-        raise ValueError(f'either all or no frames must have a pose, got {n_posed} posed of '
-                         f'{len(frames)}')
     if (target / 'rgb').is_dir() and any((target / 'rgb').iterdir()):
         raise FileExistsError(f'{target / "rgb"} already holds files; write to an empty folder')
-
-    dirs = LAYOUT_DIRS if n_posed else ('rgb', 'calibration')
-    for sub in dirs:
-        (target / sub).mkdir(parents=True, exist_ok=True)
+    # Streams: a long synthetic sequence never has to sit in memory at once.
+    seen: set = set()
+    posed: Optional[bool] = None
     for frame in frames:
-        image_path = target / 'rgb' / f'{frame.name}.png'
+        name = frame.name
+        if not name or '/' in name or '\\' in name or name in ('.', '..'):
+            raise ValueError(f'frame names must be usable as file names, got {name!r}')
+        if name in seen:
+            raise ValueError(f'frame names must be unique, got {name!r} twice')
+        seen.add(name)
+        if posed is None:
+            posed = frame.world_from_cam is not None
+            for sub in (LAYOUT_DIRS if posed else ('rgb', 'calibration')):
+                (target / sub).mkdir(parents=True, exist_ok=True)
+        elif posed != (frame.world_from_cam is not None):
+            raise ValueError(f'either all or no frames must have a pose; frame {name!r} '
+                             'differs from the first frame')
+        image_path = target / 'rgb' / f'{name}.png'
         if not cv2.imwrite(str(image_path), cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR)):
             raise ValueError(f'cannot write image {image_path}')
-        np.savetxt(target / 'calibration' / f'{frame.name}.txt', frame.K, fmt='%.9f')
-        if frame.world_from_cam is not None:
-            np.savetxt(target / 'poses' / f'{frame.name}.txt', frame.world_from_cam, fmt='%.9f')
-    _logger.info('wrote %d frames in ACE layout to %s', len(frames), target)
+        np.savetxt(target / 'calibration' / f'{name}.txt', frame.K, fmt='%.9f')
+        if posed:
+            np.savetxt(target / 'poses' / f'{name}.txt', frame.world_from_cam, fmt='%.9f')
+    if posed is None:
+        for sub in ('rgb', 'calibration'):
+            (target / sub).mkdir(parents=True, exist_ok=True)
+    _logger.info('wrote %d frames in ACE layout to %s', len(seen), target)
     return target
 
 

@@ -86,7 +86,7 @@ def test_ace_unposed_frames(tmp_path: Path) -> None:
     assert not source.has_poses and source[0].world_from_cam is None
     mixed = _frames(2)
     mixed[1].world_from_cam = None
-    with pytest.raises(ValueError, match='1 posed of 2'):
+    with pytest.raises(ValueError, match='either all or no frames must have a pose'):
         write_ace_scene(tmp_path / 'mixed', mixed)
     with pytest.raises(FileExistsError):
         write_ace_scene(tmp_path, _frames(1))
