@@ -26,7 +26,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: Type[Any]) -> None:
     group = parser.add_argument_group(f'{cls.__name__} settings')
     for f in dataclasses.fields(cls):
         flag = '--' + f.name.replace('_', '-')
-        help_text = f"{f.metadata.get('help', '')} (default: {f.default!r})"
+        help_text = f"{f.metadata.get('help', '')} (default: {f.default!r})".replace('%', '%%')
         if isinstance(f.default, bool):
             group.add_argument(flag, dest=f.name, default=None,
                                action=argparse.BooleanOptionalAction, help=help_text)

@@ -82,13 +82,16 @@ class LocalizationConfig:
     ransac_hypotheses: int = _f(64, 'PnP-RANSAC hypotheses per frame')
     inlier_threshold_px: float = _f(10.0, 'inlier reprojection error (px at image_height)')
     max_reprojection_px: float = _f(100.0, 'reprojection errors are clamped here for scoring')
+    ransac_max_tries: int = _f(20_000, 'random 4-tuples drawn at most per frame (70 percent '
+                               'outliers needs ~10k; caps the time spent on hopeless frames)')
     refinement_iterations: int = _f(100, 'iterative refinement steps at most')
     min_inliers: int = _f(50, 'fewer inliers than this is a failure (random '
                           'correspondences reach ~15 of 4800 by chance)')
     seed: int = _f(0, 'RANSAC random seed')
 
     def __post_init__(self) -> None:
-        _positive(self, 'image_height', 'ransac_hypotheses', 'inlier_threshold_px',
+        _positive(self, 'image_height', 'ransac_hypotheses', 'ransac_max_tries',
+                  'inlier_threshold_px',
                   'max_reprojection_px', 'min_inliers')
         if self.image_height % 8:
             raise ValueError(f'image_height must be a multiple of 8, got {self.image_height}')

@@ -52,7 +52,8 @@ class Localizer:
         self.ransac = RansacSettings(
             hypotheses=cfg.ransac_hypotheses, inlier_threshold_px=cfg.inlier_threshold_px,
             max_reprojection_px=cfg.max_reprojection_px,
-            max_refinement_iterations=cfg.refinement_iterations, min_inliers=cfg.min_inliers)
+            max_refinement_iterations=cfg.refinement_iterations, min_inliers=cfg.min_inliers,
+            max_hypothesis_tries=cfg.ransac_max_tries)
         self._rng = np.random.default_rng(cfg.seed)
 
     @classmethod
