@@ -37,7 +37,8 @@ def main() -> None:
     train = list(generate_frames(scene, 'train'))
     render_s = time.perf_counter() - start
     map_path = os.path.join(tempfile.mkdtemp(prefix='ace_bench_'), 'room.ace')
-    report = cli.run_map(train, mapping_config(args.preset, encoder=args.encoder), map_path)
+    map_cfg = mapping_config(args.preset, encoder=args.encoder)
+    report = cli.run_map(train, map_cfg, map_path)
     result = {'frames': args.frames, 'preset': args.preset, 'render_s': render_s,
               **{k: report[k] for k in ('wall_s', 'buffer_s', 'train_s', 'iterations',
                                         'buffer_size', 'map_bytes', 'device')}}
@@ -45,7 +46,9 @@ def main() -> None:
     result['train_ms_per_iteration'] = 1000 * report['train_s'] / report['iterations']
     if args.queries:
         test = list(generate_frames(scene, 'test'))
-        result.update(cli.run_evaluate(map_path, test, LocalizationConfig(encoder=args.encoder)))
+        # Localize at the height the preset mapped at (the tiny preset maps at 240 px).
+        result.update(cli.run_evaluate(map_path, test, LocalizationConfig(
+            encoder=args.encoder, image_height=map_cfg.image_height)))
     result['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     for key, value in result.items():
         print(f'{key:>24}: {value:.2f}' if isinstance(value, float) else f'{key:>24}: {value}')
