@@ -1,4 +1,5 @@
-"""`ace-ros`: map, localize and evaluate offline, from dataset folders (no ROS needed)."""
+"""`ace-ros`: map, localize and evaluate offline from dataset folders or ROS bags (no ROS
+needed); export datasets as bags; play bags over ROS 2 (`play` needs rclpy)."""
 
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ class _MappingProgress:
             rate = p.done / elapsed if elapsed > 0 else float('nan')
             eta = (p.total - p.done) / rate if rate > 0 else float('nan')
             extra = {'train': f', loss {p.loss:.2f}, median error {p.median_error_px:.1f} px',
-                     'pretrain': f', median error {p.median_error_px:.3f} m'}.get(p.stage, '')
+                     'pretrain': f', loss {p.loss:.2f}, match {p.valid_fraction:.2f}'
+                     }.get(p.stage, '')
             _logger.info('%s %d/%d (%.1f/s, ETA %.0f s%s)', _STAGE_NAMES[p.stage], p.done,
                          p.total, rate, eta, extra)
 
@@ -68,24 +70,50 @@ class _MappingProgress:
 
 
 _STAGE_NAMES = {'buffer': 'buffer (encoding images)', 'train': 'training head',
-                'pretrain': 'pretraining encoder'}
+                'pretrain': 'pretraining encoder', 'export': 'writing bag'}
+#: Flags that select what is read from a ROS bag SOURCE -> RosbagSource arguments.
+_BAG_FLAGS = {'image_topic': 'image_topic', 'camera_info_topic': 'camera_info_topic',
+              'pose_topic': 'pose_topic', 'world_frame': 'world_frame',
+              'camera_frame': 'camera_frame', 'max_pose_gap': 'max_pose_gap_s'}
 
 
 def _add_source_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument('source', help='dataset folder (ACE layout, 7-Scenes or TUM RGB-D)')
-    parser.add_argument('--format', default='auto', choices=['auto', 'ace', 'seven_scenes', 'tum'],
+    parser.add_argument('source', help='dataset folder (ACE layout, 7-Scenes, TUM RGB-D) or '
+                        'ROS bag (rosbag2 folder with mcap or sqlite3, ROS 1 .bag)')
+    parser.add_argument('--format', default='auto',
+                        choices=['auto', 'ace', 'seven_scenes', 'tum', 'rosbag'],
                         help='source format (default: detected)')
     parser.add_argument('--split', default=None,
-                        help="ACE layout / 7-Scenes split: 'train' or 'test' (default: all)")
+                        help="'train' or 'test' (default: all): ACE layout / 7-Scenes split "
+                             'folders; TUM and bags: alternate blocks of 25 frames')
     parser.add_argument('--block-split', default=None, metavar='N:PARITY',
                         help='keep frame i when (i // N) %% 2 == PARITY, e.g. 25:0 (mapping) '
                              'and 25:1 (queries) for the TUM benchmark split')
+    bag = parser.add_argument_group('ROS bag sources (topics are detected when unique)')
+    bag.add_argument('--image-topic', help='sensor_msgs/Image or CompressedImage topic')
+    bag.add_argument('--camera-info-topic', help='sensor_msgs/CameraInfo topic')
+    bag.add_argument('--pose-topic', help='poses from a PoseStamped, PoseWithCovarianceStamped '
+                     'or Odometry topic (default: the only one in the bag)')
+    bag.add_argument('--world-frame', help='poses from TF instead: this fixed frame -> the '
+                     'camera frame, through /tf and /tf_static')
+    bag.add_argument('--camera-frame', help="the camera's optical frame in TF (default: the "
+                     "images' frame_id)")
+    bag.add_argument('--max-pose-gap', type=float, metavar='S',
+                     help='largest spacing of the pose / TF samples around an image stamp '
+                          '(default: 0.05 s); frames farther from poses get none')
 
 
 def _open_frames(args: argparse.Namespace):
     from ace_ros.data.base import Subset, block_split
-    from ace_ros.data.sources import open_source
-    source = open_source(args.source, fmt=args.format, split=args.split)
+    from ace_ros.data.sources import detect_format, open_source
+    fmt = detect_format(args.source) if args.format == 'auto' else args.format
+    bag_options = {arg: getattr(args, flag) for flag, arg in _BAG_FLAGS.items()
+                   if getattr(args, flag, None) is not None}
+    if bag_options and fmt != 'rosbag':
+        flags = ', '.join('--' + f.replace('_', '-') for f in _BAG_FLAGS
+                          if getattr(args, f, None) is not None)
+        raise ValueError(f'{flags} apply to ROS bags only; {args.source} is {fmt}')
+    source = open_source(args.source, fmt=fmt, split=args.split, **bag_options)
     if args.block_split:
         try:
             block, parity = (int(v) for v in args.block_split.split(':'))
@@ -96,6 +124,13 @@ def _open_frames(args: argparse.Namespace):
     if len(source) == 0:
         raise ValueError(f'{args.source}: no frames selected')
     return source
+
+
+def _pose_frame(source) -> Optional[str]:
+    """The frame a bag's poses are given in (None for dataset folders)."""
+    while hasattr(source, 'source'):  # unwrap Subsets
+        source = source.source
+    return getattr(source, 'pose_frame', None) or None
 
 
 def _load_all(source) -> List[Frame]:
@@ -161,8 +196,11 @@ def _write_json(path: Optional[str], data: Dict[str, Any]) -> None:
 
 def cmd_map(args: argparse.Namespace) -> int:
     cfg = config_from_args(MappingConfig, args)
-    frames = _load_all(_open_frames(args))
-    report = run_map(frames, cfg, args.output, args.world_frame_id)
+    source = _open_frames(args)
+    frames = _load_all(source)
+    # A bag says which frame its poses are in; that is the map's frame unless overridden.
+    world_frame_id = args.world_frame_id or _pose_frame(source) or 'map'
+    report = run_map(frames, cfg, args.output, world_frame_id)
     _write_json(args.report, report)
     return 0
 
@@ -225,12 +263,55 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     cfg = config_from_args(PretrainConfig, args)
     progress = _MappingProgress()
 
-    def report(step: int, total: int, median_error_m: float) -> None:
-        progress(_Progress('pretrain', step, total, median_error_px=median_error_m))
+    def report(record: dict, total: int) -> None:
+        progress(_Progress('pretrain', int(record['step']), total, loss=record['loss'],
+                           valid_fraction=record['accuracy']))
 
     path = pretrain(cfg, Path(args.workdir), report)
     progress.close()
     _logger.info('encoder written to %s', path)
+    return 0
+
+
+def cmd_export_bag(args: argparse.Namespace) -> int:
+    from ace_ros import bag_tools
+    options = config_from_args(bag_tools.ExportOptions, args)
+    if bag_tools.is_synthetic_spec(args.dataset):
+        scene = bag_tools.parse_synthetic_spec(args.dataset)
+        frames = bag_tools.synthetic_frames(scene, args.split)
+        counts = {'train': scene.n_train, 'test': scene.n_test}
+        total = counts.get(args.split, scene.n_train + scene.n_test)
+        stamped = False  # the generator's stamps restart per split: use --rate
+    else:
+        from ace_ros.data.sources import open_source
+        frames = open_source(args.dataset, fmt=args.format, split=args.split)
+        total, stamped = len(frames), True
+    progress = _MappingProgress()
+    try:
+        report = bag_tools.export_bag(
+            frames, args.output, options, stamped,
+            lambda done: progress(_Progress('export', done, total)))
+    finally:
+        progress.close()
+    print(f'{report.path}: {report.frames} frames ({report.posed_frames} posed), '
+          f'{report.first_stamp:.3f}..{report.last_stamp:.3f} s, {report.bytes / 1e6:.1f} MB')
+    return 0
+
+
+def cmd_play(args: argparse.Namespace) -> int:
+    from ace_ros.bag_player import play_bag
+    try:
+        import rclpy  # noqa: F401  (only to give a clear message when ROS is missing)
+    except ImportError as error:
+        raise ValueError(f'ace-ros play needs rclpy (ROS 2 Python): source a ROS 2 '
+                         f'installation or run scripts/setup.sh ({error})') from None
+    stats = play_bag(args.bag, rate=args.rate, loop=args.loop, clock_hz=args.clock_hz,
+                     topics=args.topics, wait_for_subscribers=args.wait_for,
+                     wait_timeout_s=args.wait_timeout)
+    counts = ', '.join(f'{t} {n}' for t, n in sorted(stats.messages.items()))
+    _logger.info('played %s in %.1f s (%d loops): %s; /clock %d; max lateness %.1f ms',
+                 args.bag, stats.wall_s, stats.loops, counts, stats.clock_messages,
+                 stats.max_lateness_s * 1e3)
     return 0
 
 
@@ -252,7 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_source_flags(p)
     p.add_argument('-o', '--output', required=True, metavar='MAP', help='map file to write')
     p.add_argument('--report', metavar='REPORT.json', help='write timings and sizes here')
-    p.add_argument('--world-frame-id', default='map', help='frame id of the map (default: map)')
+    p.add_argument('--world-frame-id', default=None,
+                   help="frame id of the map (default: a bag's pose frame, else 'map')")
     add_config_flags(p, MappingConfig)
     p.set_defaults(func=cmd_map)
 
@@ -287,6 +369,35 @@ def build_parser() -> argparse.ArgumentParser:
     from ace_ros.pretrain import PretrainConfig
     add_config_flags(p, PretrainConfig)
     p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser('export-bag', help='write a dataset or a synthetic room as a ROS bag '
+                       '(Image, CameraInfo, PoseStamped, TF)')
+    p.add_argument('dataset', help='dataset folder, ROS bag, or a generated room: synthetic, '
+                   'synthetic:SEED or synthetic:KEY=VALUE,... (SyntheticSceneConfig fields, '
+                   'e.g. synthetic:seed=2,n_train=100,n_test=0)')
+    p.add_argument('-o', '--output', required=True, metavar='BAG',
+                   help='rosbag2 folder to create (a .bag file with --storage ros1)')
+    p.add_argument('--format', default='auto',
+                   choices=['auto', 'ace', 'seven_scenes', 'tum', 'rosbag'],
+                   help='dataset format (default: detected)')
+    p.add_argument('--split', default=None, help="'train' or 'test' (default: all frames)")
+    from ace_ros.bag_tools import ExportOptions
+    add_config_flags(p, ExportOptions)
+    p.set_defaults(func=cmd_export_bag)
+
+    p = sub.add_parser('play', help='publish a bag over ROS 2 with its timing and /clock '
+                       '(for machines without ros2 bag; needs rclpy)')
+    p.add_argument('bag', help='rosbag2 folder or ROS 1 .bag')
+    p.add_argument('--rate', type=float, default=1.0, help='speed factor (default: 1.0)')
+    p.add_argument('--loop', action='store_true', help='start over at the end')
+    p.add_argument('--clock-hz', type=float, default=100.0,
+                   help='publish /clock at this rate, 0 for none (default: 100)')
+    p.add_argument('--topics', nargs='+', metavar='TOPIC', help='only these topics')
+    p.add_argument('--wait-for', nargs='+', default=[], metavar='TOPIC',
+                   help='wait until each TOPIC has a subscriber before playing')
+    p.add_argument('--wait-timeout', type=float, default=10.0, metavar='S',
+                   help='how long --wait-for waits (default: 10 s)')
+    p.set_defaults(func=cmd_play)
 
     p = sub.add_parser('info', help="print a map file's metadata")
     p.add_argument('map', help='map file (.ace)')

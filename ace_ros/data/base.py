@@ -125,6 +125,37 @@ def block_split(n: int, block: int, parity: int) -> list[int]:
     return [i for i in range(n) if (i // block) % 2 == parity]
 
 
+class Undistorter:
+    """Removes lens distortion keeping the same K (OpenCV model), caching maps per size.
+
+    Args:
+        K: (3, 3) intrinsics of the distorted image; also those of the undistorted one.
+        dist_coeffs: OpenCV distortion coefficients (k1 k2 p1 p2 [k3 [k4 k5 k6 ...]]).
+    """
+
+    def __init__(self, K: npt.ArrayLike, dist_coeffs: npt.ArrayLike) -> None:
+        self.K = np.array(K, dtype=np.float64)
+        self.dist_coeffs = np.array(dist_coeffs, dtype=np.float64).reshape(-1)
+        self._maps: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+
+    @property
+    def distorted(self) -> bool:
+        """Whether `__call__` changes images (some coefficient is non-zero)."""
+        return bool(np.any(self.dist_coeffs != 0))
+
+    def __call__(self, image: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+        """(H, W, C) image -> the same image undistorted (returned as is when undistorted)."""
+        if not self.distorted:
+            return image
+        height, width = image.shape[:2]
+        if (width, height) not in self._maps:
+            # The new camera matrix is K itself, so the undistorted image keeps K.
+            self._maps[(width, height)] = cv2.initUndistortRectifyMap(
+                self.K, self.dist_coeffs, None, self.K, (width, height), cv2.CV_16SC2)
+        map_x, map_y = self._maps[(width, height)]
+        return cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR)
+
+
 def load_rgb(path: str | Path) -> npt.NDArray[np.uint8]:
     """Read an image file as (H, W, 3) uint8 RGB (grey images are expanded to 3 channels).
 

@@ -1,4 +1,4 @@
-"""Open any supported dataset folder as a FrameSource: `open_source(path)`."""
+"""Open any supported dataset folder or ROS bag as a FrameSource: `open_source(path)`."""
 
 from __future__ import annotations
 
@@ -7,26 +7,29 @@ from typing import Any, Optional
 
 from ace_ros.data.ace_layout import ace_splits, AceLayoutSource, is_ace_scene
 from ace_ros.data.base import block_split, FrameSource, Subset
+from ace_ros.data.rosbag_source import is_rosbag, RosbagSource
 from ace_ros.data.seven_scenes import is_seven_scenes, SevenScenesSource
 from ace_ros.data.tum import is_tum_sequence, TumSource
 
-FORMATS = ('ace', 'seven_scenes', 'tum')
+FORMATS = ('ace', 'seven_scenes', 'tum', 'rosbag')
 SPLITS = ('train', 'test')
-#: TUM sequences have no official split: alternate blocks of this many frames, the even
-#: blocks (starting with the first) for mapping ('train') and the odd ones as queries.
-TUM_SPLIT_BLOCK = 25
+#: Sequences (TUM, ROS bags) have no official split: alternate blocks of this many frames,
+#: the even blocks (starting with the first) for mapping ('train') and the odd ones as queries.
+SEQUENCE_SPLIT_BLOCK = 25
 
 
 def detect_format(path: str | Path) -> str:
-    """Which of FORMATS the folder `path` holds.
+    """Which of FORMATS the folder (or bag file) `path` holds.
 
     Raises:
-        FileNotFoundError: if `path` is not a folder.
+        FileNotFoundError: if `path` is neither a folder nor a bag file.
         ValueError: if no format matches; the message lists what was looked for.
     """
     path = Path(path)
+    if is_rosbag(path):
+        return 'rosbag'
     if not path.is_dir():
-        raise FileNotFoundError(f'{path}: not a folder')
+        raise FileNotFoundError(f'{path}: not a folder or a ROS bag (.bag, .mcap, .db3)')
     if is_ace_scene(path) or ace_splits(path):
         return 'ace'
     if is_tum_sequence(path):
@@ -36,22 +39,25 @@ def detect_format(path: str | Path) -> str:
     raise ValueError(
         f'{path}: unknown dataset layout; looked for ACE (rgb/ and calibration/ folders, '
         f'directly or under train/ or test/), TUM (rgb.txt) and 7-Scenes (TrainSplit.txt, '
-        f'TestSplit.txt or seq-XX/frame-XXXXXX.color.png)')
+        f'TestSplit.txt or seq-XX/frame-XXXXXX.color.png) and rosbag2 (metadata.yaml, '
+        f'.mcap or .db3)')
 
 
 def open_source(path: str | Path, fmt: str = 'auto', split: Optional[str] = None,
                 **kwargs: Any) -> FrameSource:
-    """Open a dataset folder as a FrameSource.
+    """Open a dataset folder or ROS bag as a FrameSource.
 
     Args:
-        path: scene or sequence folder.
+        path: scene or sequence folder, rosbag2 folder or ROS 1 `.bag`.
         fmt: one of FORMATS, or 'auto' to call `detect_format`.
         split: None for all frames, or 'train' / 'test':
             - ACE layout: the `train/` or `test/` folder (None for a flat scene, or a scene
               with a single split folder);
             - 7-Scenes: the sequences listed in TrainSplit.txt / TestSplit.txt;
-            - TUM: alternate blocks of TUM_SPLIT_BLOCK frames (see `block_split`).
-        **kwargs: passed to the reader (`SevenScenesSource` or `TumSource`), e.g. `K`.
+            - TUM, ROS bags: alternate blocks of SEQUENCE_SPLIT_BLOCK frames (see
+              `block_split`).
+        **kwargs: passed to the reader (`SevenScenesSource`, `TumSource`, `RosbagSource`),
+            e.g. `K` or `image_topic`.
 
     Raises:
         ValueError: for an unknown format or split, or a split the folder does not have.
@@ -67,11 +73,12 @@ def open_source(path: str | Path, fmt: str = 'auto', split: Optional[str] = None
         return AceLayoutSource(_ace_folder(path, split))
     if fmt == 'seven_scenes':
         return SevenScenesSource(path, split=split, **kwargs)
-    if fmt == 'tum':
-        source = TumSource(path, **kwargs)
+    if fmt in ('tum', 'rosbag'):
+        source = TumSource(path, **kwargs) if fmt == 'tum' else RosbagSource(path, **kwargs)
         if split is None:
             return source
-        return Subset(source, block_split(len(source), TUM_SPLIT_BLOCK, SPLITS.index(split)))
+        return Subset(source, block_split(len(source), SEQUENCE_SPLIT_BLOCK,
+                                          SPLITS.index(split)))
     raise ValueError(f'fmt must be one of {FORMATS} or \'auto\', got {fmt!r}')
 
 

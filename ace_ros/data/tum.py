@@ -19,13 +19,12 @@ from pathlib import Path
 import re
 from typing import Optional, Sequence
 
-import cv2
 import numpy as np
 import numpy.typing as npt
 
 from ace_ros.core.geometry import check_shape, pose_from_translation_quaternion, slerp_pose
 from ace_ros.core.types import Frame
-from ace_ros.data.base import FrameSource, load_rgb
+from ace_ros.data.base import FrameSource, load_rgb, Undistorter
 
 _logger = logging.getLogger(__name__)
 
@@ -81,7 +80,7 @@ class TumSource(FrameSource):
             self.K, self.dist_coeffs, self._size = read_tum_intrinsics(root / 'intrinsics.txt')
         else:
             raise ValueError(f'{root}: no intrinsics.txt and no K argument; give one of them')
-        self._maps: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+        self._undistort = Undistorter(self.K, self.dist_coeffs)
 
         self.poses: list[Optional[FloatArray]] = [None] * len(self)
         gt_path = root / groundtruth
@@ -100,7 +99,7 @@ class TumSource(FrameSource):
     @property
     def distorted(self) -> bool:
         """Whether images are undistorted on load (non-zero distortion coefficients)."""
-        return bool(np.any(self.dist_coeffs != 0))
+        return self._undistort.distorted
 
     def _load(self, index: int) -> Frame:
         image = load_rgb(self._image_paths[index])
@@ -108,20 +107,11 @@ class TumSource(FrameSource):
         if self._size is not None and (width, height) != self._size:
             raise ValueError(f'{self._image_paths[index]}: image is {width}x{height} but '
                              f'intrinsics.txt is for {self._size[0]}x{self._size[1]}')
-        if self.distorted:
-            map_x, map_y = self._undistort_maps(width, height)
-            image = cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR)
+        image = self._undistort(image)
         pose = self.poses[index]
         return Frame(name=self.names[index], image=image, K=self.K.copy(),
                      world_from_cam=None if pose is None else pose.copy(),
                      stamp=float(self.stamps[index]))
-
-    def _undistort_maps(self, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
-        if (width, height) not in self._maps:
-            # The new camera matrix is K itself, so the undistorted image keeps K.
-            self._maps[(width, height)] = cv2.initUndistortRectifyMap(
-                self.K, self.dist_coeffs, None, self.K, (width, height), cv2.CV_16SC2)
-        return self._maps[(width, height)]
 
 
 def read_tum_intrinsics(

@@ -1,0 +1,442 @@
+"""Reader of ROS bags as a FrameSource: rosbag2 (mcap or sqlite3 folders) and ROS 1 `.bag`.
+
+Uses the pure-Python `rosbags` library, so no ROS installation is needed. Opening a bag scans
+the chosen topics once (image headers, camera infos, poses, TF); images are decoded only when
+a frame is loaded, and frames load in bag order through one open message stream, so reading
+a whole bag is a single sequential pass (deserialisation is zero-copy).
+
+- Images: sensor_msgs/Image (rgb8, bgr8, mono8) or sensor_msgs/CompressedImage (anything
+  OpenCV decodes); other encodings are refused when the bag is opened.
+- Intrinsics: sensor_msgs/CameraInfo in effect at the image stamp (the latest one at or
+  before it, else the first); plumb_bob / rational_polynomial distortion is removed keeping K.
+- Poses (`world_from_cam` of the image's optical frame), from one of:
+  a pose topic (geometry_msgs/PoseStamped, PoseWithCovarianceStamped: the camera's optical
+  frame; nav_msgs/Odometry: its child_frame_id, chained to the camera through TF when that
+  differs), or TF (/tf and /tf_static) from `world_frame` to the camera frame. Poses are
+  interpolated at the image stamp between the two samples bracketing it when those are at most
+  `max_pose_gap_s` apart; other frames get no pose (counted and logged, never guessed).
+- Frames are named by their header stamp `SEC.NANOSEC`; `Frame.stamp` is that stamp in s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+import logging
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from ace_ros.core.geometry import pose_from_translation_quaternion
+from ace_ros.core.types import Frame
+from ace_ros.data.base import FrameSource, Undistorter
+from ace_ros.data.tf_tree import TfTree
+from ace_ros.data.tum import interpolate_trajectory
+
+_logger = logging.getLogger(__name__)
+
+FloatArray = npt.NDArray[np.float64]
+
+IMAGE = 'sensor_msgs/msg/Image'
+COMPRESSED_IMAGE = 'sensor_msgs/msg/CompressedImage'
+CAMERA_INFO = 'sensor_msgs/msg/CameraInfo'
+POSE_STAMPED = 'geometry_msgs/msg/PoseStamped'
+POSE_WITH_COVARIANCE = 'geometry_msgs/msg/PoseWithCovarianceStamped'
+ODOMETRY = 'nav_msgs/msg/Odometry'
+TF_MESSAGE = 'tf2_msgs/msg/TFMessage'
+IMAGE_TYPES = (IMAGE, COMPRESSED_IMAGE)
+POSE_TYPES = (POSE_STAMPED, POSE_WITH_COVARIANCE, ODOMETRY)
+TF_TOPICS = ('/tf', '/tf_static')
+#: Channels of the raw encodings read; anything else is refused.
+ENCODINGS = {'rgb8': 3, 'bgr8': 3, 'mono8': 1}
+#: Distortion models whose coefficients are OpenCV's k1 k2 p1 p2 k3 [k4 k5 k6].
+OPENCV_DISTORTION_MODELS = ('plumb_bob', 'rational_polynomial', '')
+BAG_SUFFIXES = ('.bag', '.mcap', '.db3')
+#: A frame this many images ahead of the open stream is reached by reading on; further
+#: ahead (or behind) the stream is reopened at the frame's time.
+_READ_AHEAD = 64
+
+
+def is_rosbag(path: str | Path) -> bool:
+    """Whether `path` is a ROS 1 `.bag`, a rosbag2 folder, or a file inside one."""
+    path = Path(path)
+    if path.is_file():
+        return path.suffix in BAG_SUFFIXES
+    return path.is_dir() and ((path / 'metadata.yaml').is_file()
+                              or any(p.suffix in ('.mcap', '.db3') for p in path.iterdir()))
+
+
+def bag_path(path: str | Path) -> Path:
+    """The path `rosbags` opens for `path`: a `.bag` file or a rosbag2 folder.
+
+    Raises:
+        ValueError: for a rosbag2 storage file or folder without metadata.yaml.
+    """
+    path = Path(path)
+    if path.is_file() and path.suffix == '.bag':
+        return path
+    folder = path.parent if path.is_file() else path
+    if not (folder / 'metadata.yaml').is_file():
+        raise ValueError(f'{path}: rosbag2 storage without {folder / "metadata.yaml"}; '
+                         f'rosbags needs it (`ros2 bag reindex {folder}` recreates it)')
+    return folder
+
+
+@dataclass(frozen=True)
+class _Calibration:
+    K: FloatArray
+    width: int
+    height: int
+    undistort: Undistorter
+
+
+class RosbagSource(FrameSource):
+    """Posed frames of one camera in a ROS bag, in bag order.
+
+    Args:
+        root: a ROS 1 `.bag`, a rosbag2 folder (metadata.yaml + .mcap / .db3 files), or a
+            storage file inside such a folder.
+        image_topic: Image or CompressedImage topic; None: the only one in the bag.
+        camera_info_topic: CameraInfo topic; None: the only one in the bag.
+        pose_topic: PoseStamped / PoseWithCovarianceStamped / Odometry topic for poses.
+        world_frame: fixed TF frame: poses come from TF (`world_frame` -> camera frame)
+            instead of a pose topic. With neither, the only pose topic is used if there is
+            one, else frames have no poses.
+        camera_frame: the camera's optical frame in TF; None: the images' header frame_id.
+        max_pose_gap_s: largest spacing (s) of the two pose (or TF) samples bracketing an
+            image stamp for the pose to be interpolated there.
+
+    Raises:
+        ValueError: for missing or ambiguous topics (the message lists what the bag has),
+            unsupported encodings or distortion models, or a TF tree without the chain.
+    """
+
+    def __init__(self, root: str | Path, image_topic: Optional[str] = None,
+                 camera_info_topic: Optional[str] = None, pose_topic: Optional[str] = None,
+                 world_frame: Optional[str] = None, camera_frame: Optional[str] = None,
+                 max_pose_gap_s: float = 0.05) -> None:
+        if max_pose_gap_s <= 0:
+            raise ValueError(f'max_pose_gap_s must be > 0, got {max_pose_gap_s}')
+        if pose_topic and world_frame:
+            raise ValueError(f'give a pose topic or a TF world frame, not both; got '
+                             f'pose_topic={pose_topic!r} and world_frame={world_frame!r}')
+        self._path = bag_path(root)
+        self._reader: Any = None
+        self._stream: Optional[Iterator] = None
+        self._next_ordinal = 0
+        with contextlib.closing(open_reader(self._path)) as reader:
+            topics = {name: info.msgtype for name, info in reader.topics.items()}
+            self.image_topic = _pick_topic(self._path, topics, image_topic, IMAGE_TYPES,
+                                           'image', '--image-topic')
+            self.camera_info_topic = _pick_topic(self._path, topics, camera_info_topic,
+                                                 (CAMERA_INFO,), 'camera info',
+                                                 '--camera-info-topic')
+            if not pose_topic and not world_frame:
+                pose_topic = _auto_pose_topic(self._path, topics)
+            elif pose_topic:
+                _pick_topic(self._path, topics, pose_topic, POSE_TYPES, 'pose', '--pose-topic')
+            self.pose_topic, self.world_frame = pose_topic, world_frame
+            self._image_type = topics[self.image_topic]
+            wanted = {self.image_topic, self.camera_info_topic, pose_topic}
+            if world_frame or (pose_topic and topics[pose_topic] == ODOMETRY):
+                wanted.update(TF_TOPICS)
+            scan = _scan(reader, [c for c in reader.connections if c.topic in wanted],
+                         self.image_topic, self.camera_info_topic, pose_topic)
+        if not scan.images:
+            raise ValueError(f'{self._path}: topic {self.image_topic} has no messages')
+        self._log_times = np.array([m[0] for m in scan.images], dtype=np.int64)
+        self._ordinals, stamps_ns, frame_ids = _unique_stamps(self._path, scan.images)
+        self._stamps_ns = stamps_ns
+        self.stamps = stamps_ns / 1e9
+        names = [f'{s // 1_000_000_000}.{s % 1_000_000_000:09d}' for s in stamps_ns]
+        super().__init__(self._path, names, has_poses=bool(pose_topic or world_frame))
+
+        self.camera_frame = camera_frame or _single_frame_id(self._path, self.image_topic,
+                                                             frame_ids)
+        self._calibrations, self._calibration_index = _calibrations(
+            self._path, self.camera_info_topic, scan.camera_infos, stamps_ns)
+        #: The frame the poses are given in (TF world frame, or the pose topic's frame_id).
+        self.pose_frame = (world_frame or scan.pose_frame.lstrip('/')) if self.has_poses else ''
+        self.poses: list[Optional[FloatArray]] = [None] * len(self)
+        self.frames_without_pose = len(self)
+        if self.has_poses:
+            self.poses = self._match_poses(scan, max_pose_gap_s)
+
+    def _match_poses(self, scan: _Scan, max_gap_s: float) -> list[Optional[FloatArray]]:
+        if self.world_frame:
+            what = f'TF {self.world_frame} -> {self.camera_frame}'
+            poses = scan.tf.lookup(self.world_frame, self.camera_frame, self.stamps, max_gap_s)
+        else:
+            if not scan.poses:
+                raise ValueError(f'{self._path}: pose topic {self.pose_topic} has no messages')
+            what = f'pose topic {self.pose_topic}'
+            scan.poses.sort(key=lambda p: p[0])
+            times = np.array([p[0] for p in scan.poses])
+            keep = np.append(times[1:] != times[:-1], True)
+            poses = interpolate_trajectory(times[keep], [p[1] for p, k in zip(scan.poses, keep)
+                                                         if k], self.stamps, max_gap_s)
+            child = scan.pose_child_frame.lstrip('/')
+            if child and child != self.camera_frame.lstrip('/'):
+                # Odometry gives the pose of its child frame (e.g. base_link): chain to the
+                # camera through TF (usually a static mount transform).
+                what += f' ({child}) + TF {child} -> {self.camera_frame}'
+                if not scan.tf:
+                    raise ValueError(
+                        f'{self._path}: {self.pose_topic} gives poses of {child!r} but images '
+                        f'are in {self.camera_frame!r}, and the bag has no TF to chain them')
+                mounts = scan.tf.lookup(child, self.camera_frame, self.stamps, max_gap_s)
+                poses = [None if p is None or m is None else p @ m
+                         for p, m in zip(poses, mounts)]
+        self.frames_without_pose = sum(p is None for p in poses)
+        if self.frames_without_pose:
+            _logger.warning('%s: %d of %d frames have no pose from %s within %.3f s of the '
+                            'image stamp', self._path, self.frames_without_pose, len(self),
+                            what, max_gap_s)
+        else:
+            _logger.info('%s: %d frames, poses from %s', self._path, len(self), what)
+        return poses
+
+    def _load(self, index: int) -> Frame:
+        msg = self._message(self._ordinals[index])
+        if _stamp_ns(msg.header) != self._stamps_ns[index]:
+            raise RuntimeError(f'{self._path}: bag order changed between reads at frame '
+                               f'{self.names[index]}')
+        calibration = self._calibrations[self._calibration_index[index]]
+        image = _decode(msg, self._image_type, self.image_topic)
+        height, width = image.shape[:2]
+        if calibration.width and (width, height) != (calibration.width, calibration.height):
+            raise ValueError(f'{self._path}: image {self.names[index]} on {self.image_topic} is '
+                             f'{width}x{height} but the camera info is for '
+                             f'{calibration.width}x{calibration.height}')
+        image = calibration.undistort(image)
+        pose = self.poses[index]
+        return Frame(name=self.names[index], image=image, K=calibration.K.copy(),
+                     world_from_cam=None if pose is None else pose.copy(),
+                     stamp=float(self.stamps[index]))
+
+    def _message(self, ordinal: int) -> Any:
+        """The deserialised image message number `ordinal` (in bag order) of the topic."""
+        if self._reader is None:
+            self._reader = open_reader(self._path)
+            self._connections = [c for c in self._reader.connections
+                                 if c.topic == self.image_topic]
+        if (self._stream is None or ordinal < self._next_ordinal
+                or ordinal >= self._next_ordinal + _READ_AHEAD):
+            start = int(self._log_times[ordinal])
+            self._stream = self._reader.messages(connections=self._connections, start=start)
+            self._next_ordinal = int(np.searchsorted(self._log_times, start, side='left'))
+        for connection, _, raw in self._stream:
+            current, self._next_ordinal = self._next_ordinal, self._next_ordinal + 1
+            if current == ordinal:
+                return self._reader.deserialize(raw, connection.msgtype)
+        raise RuntimeError(f'{self._path}: image message {ordinal} missing on second read')
+
+    def close(self) -> None:
+        """Close the bag files held open for loading (reopened on the next load)."""
+        self._stream = None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+    def __enter__(self) -> RosbagSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass
+class _Scan:
+    images: list  # (log time ns, stamp ns, frame_id) in bag order
+    camera_infos: list  # (stamp ns, K, D, model, width, height)
+    poses: list  # (stamp s, world_from_child)
+    pose_child_frame: str
+    pose_frame: str
+    tf: TfTree
+
+
+def open_reader(path: Path) -> Any:
+    """An opened `rosbags` AnyReader for a `bag_path` result; close it when done.
+
+    Raises:
+        ValueError: if the bag cannot be read (corrupt, unknown storage, ...).
+    """
+    from rosbags.highlevel import AnyReader, AnyReaderError
+    from rosbags.typesys import get_typestore, Stores
+    # Bags normally embed their message definitions; the store covers those that do not.
+    store = Stores.ROS1_NOETIC if path.suffix == '.bag' else Stores.LATEST
+    reader = AnyReader([path], default_typestore=get_typestore(store))
+    try:
+        reader.open()
+    except AnyReaderError as error:
+        raise ValueError(f'{path}: cannot read the bag: {error}') from error
+    return reader
+
+
+def _pick_topic(path: Path, topics: dict[str, str], given: Optional[str],
+                types: tuple[str, ...], what: str, flag: str) -> str:
+    """`given` checked against the bag, or the only topic of `types`."""
+    listing = ', '.join(f'{t} ({m})' for t, m in sorted(topics.items())) or 'none'
+    if given:
+        if given not in topics:
+            raise ValueError(f'{path}: no topic {given}; the bag has: {listing}')
+        if topics[given] not in types:
+            raise ValueError(f'{path}: {given} is {topics[given]}, expected one of {types} '
+                             f'for the {what} topic')
+        return given
+    candidates = sorted(t for t, m in topics.items() if m in types)
+    if len(candidates) == 1:
+        return candidates[0]
+    if not candidates:
+        raise ValueError(f'{path}: no {what} topic ({" or ".join(types)}); the bag has: '
+                         f'{listing}')
+    raise ValueError(f'{path}: {len(candidates)} {what} topics {candidates}; choose one '
+                     f'with {flag}')
+
+
+def _auto_pose_topic(path: Path, topics: dict[str, str]) -> Optional[str]:
+    candidates = sorted(t for t, m in topics.items() if m in POSE_TYPES)
+    if len(candidates) > 1:
+        raise ValueError(f'{path}: {len(candidates)} pose topics {candidates}; choose one with '
+                         f'--pose-topic, or use TF with --world-frame')
+    if not candidates:
+        tf = ' (it has TF: give --world-frame to take poses from it)' if any(
+            t in topics for t in TF_TOPICS) else ''
+        _logger.warning('%s: no pose topic (%s) and no TF world frame given: frames have no '
+                        'poses%s', path, ', '.join(POSE_TYPES), tf)
+        return None
+    _logger.info('%s: poses from %s (%s)', path, candidates[0], topics[candidates[0]])
+    return candidates[0]
+
+
+def _stamp_ns(header: Any) -> int:
+    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+
+
+def _pose_from_msg(pose: Any) -> FloatArray:
+    """geometry_msgs/Pose (rosbags message) -> (4, 4)."""
+    t, q = pose.position, pose.orientation
+    return pose_from_translation_quaternion([t.x, t.y, t.z], [q.x, q.y, q.z, q.w])
+
+
+def _transform_from_msg(transform: Any) -> FloatArray:
+    """geometry_msgs/Transform (rosbags message) -> (4, 4) parent_from_child."""
+    t, q = transform.translation, transform.rotation
+    return pose_from_translation_quaternion([t.x, t.y, t.z], [q.x, q.y, q.z, q.w])
+
+
+def _scan(reader: Any, connections: list, image_topic: str, info_topic: str,
+          pose_topic: Optional[str]) -> _Scan:
+    """One pass over the chosen topics, keeping headers and small messages only."""
+    scan = _Scan([], [], [], '', '', TfTree())
+    compressed = any(c.topic == image_topic and c.msgtype == COMPRESSED_IMAGE
+                     for c in connections)
+    for connection, log_time, raw in reader.messages(connections=connections):
+        msg = reader.deserialize(raw, connection.msgtype)
+        topic = connection.topic
+        if topic == image_topic:
+            if compressed and 'compresseddepth' in msg.format.lower():
+                raise ValueError(f'{image_topic}: compressed depth images ({msg.format!r}) '
+                                 'are not colour images')
+            if not compressed and msg.encoding not in ENCODINGS:
+                raise ValueError(f'{image_topic}: image encoding {msg.encoding!r} is not '
+                                 f'supported; expected one of {sorted(ENCODINGS)}')
+            scan.images.append((log_time, _stamp_ns(msg.header), msg.header.frame_id))
+        elif topic == info_topic:
+            # ROS 1 CameraInfo spells the arrays in capitals.
+            K = np.array(getattr(msg, 'k', getattr(msg, 'K', None)), dtype=np.float64)
+            D = np.array(getattr(msg, 'd', getattr(msg, 'D', None)), dtype=np.float64)
+            scan.camera_infos.append((_stamp_ns(msg.header), K.reshape(3, 3), D,
+                                      msg.distortion_model, int(msg.width), int(msg.height)))
+        elif topic == pose_topic:
+            pose = msg.pose.pose if connection.msgtype in (ODOMETRY, POSE_WITH_COVARIANCE) \
+                else msg.pose
+            scan.poses.append((_stamp_ns(msg.header) / 1e9, _pose_from_msg(pose)))
+            scan.pose_frame = msg.header.frame_id
+            if connection.msgtype == ODOMETRY:
+                scan.pose_child_frame = msg.child_frame_id
+        elif topic in TF_TOPICS:
+            for tf in msg.transforms:
+                scan.tf.add(tf.header.frame_id, tf.child_frame_id, _stamp_ns(tf.header) / 1e9,
+                            _transform_from_msg(tf.transform), static=topic == '/tf_static')
+    return scan
+
+
+def _unique_stamps(path: Path, images: list) -> tuple[list[int], npt.NDArray[np.int64], list]:
+    """Ordinals, stamps (ns) and frame ids of the images, dropping repeated header stamps."""
+    seen: set = set()
+    ordinals = []
+    for ordinal, image in enumerate(images):
+        if image[1] not in seen:
+            seen.add(image[1])
+            ordinals.append(ordinal)
+    if len(ordinals) < len(images):
+        _logger.warning('%s: %d images repeat an earlier header stamp; keeping the first of '
+                        'each', path, len(images) - len(ordinals))
+    stamps = np.array([images[o][1] for o in ordinals], dtype=np.int64)
+    return ordinals, stamps, [images[o][2] for o in ordinals]
+
+
+def _single_frame_id(path: Path, topic: str, frame_ids: list) -> str:
+    distinct = sorted(set(frame_ids))
+    if len(distinct) != 1:
+        raise ValueError(f'{path}: images on {topic} carry {len(distinct)} frame ids '
+                         f'{distinct[:5]}; give the camera frame with --camera-frame')
+    return distinct[0]
+
+
+def _calibrations(path: Path, topic: str, infos: list,
+                  stamps_ns: npt.NDArray[np.int64]) -> tuple[list[_Calibration], list[int]]:
+    """Distinct calibrations and, per image, the one in effect at its stamp."""
+    if not infos:
+        raise ValueError(f'{path}: camera info topic {topic} has no messages')
+    infos.sort(key=lambda info: info[0])
+    distinct: dict[tuple, int] = {}
+    calibrations: list[_Calibration] = []
+    per_info = []
+    for _, K, D, model, width, height in infos:
+        key = (K.tobytes(), D.tobytes(), model, width, height)
+        if key not in distinct:
+            if model not in OPENCV_DISTORTION_MODELS and np.any(D != 0):
+                raise ValueError(f'{topic}: distortion model {model!r} is not supported; '
+                                 f'expected one of {OPENCV_DISTORTION_MODELS[:2]} or no '
+                                 'distortion (rectified images)')
+            if not (K[0, 0] > 0 and K[1, 1] > 0 and np.allclose(K[2], [0, 0, 1])):
+                raise ValueError(f'{topic}: K must have fx, fy > 0 and last row [0, 0, 1], '
+                                 f'got {K.tolist()}')
+            distinct[key] = len(calibrations)
+            calibrations.append(_Calibration(K, width, height, Undistorter(K, D)))
+        per_info.append(distinct[key])
+    if len(calibrations) > 1:
+        _logger.info('%s: %d distinct calibrations on %s; each image uses the latest at its '
+                     'stamp', path, len(calibrations), topic)
+    info_stamps = np.array([info[0] for info in infos], dtype=np.int64)
+    latest = np.searchsorted(info_stamps, stamps_ns, side='right') - 1
+    return calibrations, [per_info[max(int(i), 0)] for i in latest]
+
+
+def _decode(msg: Any, msgtype: str, topic: str) -> npt.NDArray[np.uint8]:
+    """Image or CompressedImage message -> (H, W, 3) uint8 RGB (a new array)."""
+    if msgtype == COMPRESSED_IMAGE:
+        bgr = cv2.imdecode(np.asarray(msg.data, dtype=np.uint8), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise ValueError(f'{topic}: cannot decode compressed image ({msg.format!r}) at '
+                             f'{_stamp_ns(msg.header)} ns')
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    channels = ENCODINGS[msg.encoding]
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    data = np.asarray(msg.data, dtype=np.uint8)
+    if step < width * channels or data.size < step * height:
+        raise ValueError(f'{topic}: {msg.encoding} image {width}x{height} needs step >= '
+                         f'{width * channels} and {step * height} bytes, got step {step} and '
+                         f'{data.size} bytes')
+    # Rows may be padded (step > width * channels): slice the padding off.
+    pixels = data[:step * height].reshape(height, step)[:, :width * channels]
+    pixels = pixels.reshape(height, width, channels)
+    if msg.encoding == 'rgb8':
+        return pixels.copy()  # the message buffer is read-only and shared
+    code = cv2.COLOR_BGR2RGB if msg.encoding == 'bgr8' else cv2.COLOR_GRAY2RGB
+    return cv2.cvtColor(pixels, code)
