@@ -15,7 +15,7 @@ setup(
         ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
         ('share/' + package_name, ['package.xml']),
         ('share/' + package_name + '/launch', glob('launch/*.launch.py')),
-        ('share/' + package_name + '/config', glob('config/*.yaml')),
+        ('share/' + package_name + '/config', glob('config/*.yaml') + glob('config/*.xml')),
     ],
     install_requires=['setuptools'],
     zip_safe=False,
@@ -27,6 +27,8 @@ setup(
     entry_points={
         'console_scripts': [
             'ace-ros = ace_ros.cli:main',
+            'localization_node = ace_ros.ros.localization_node:main',
+            'mapping_node = ace_ros.ros.mapping_node:main',
         ],
     },
 )

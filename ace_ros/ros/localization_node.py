@@ -1,0 +1,381 @@
+"""localization_node: camera images in, camera pose in the map frame out (pose, covariance, TF).
+
+Subscribes `image` + `camera_info` (sensor-data QoS unless `image_qos` is 'reliable'); a
+worker thread localizes only the newest image (`LatestSlot`: one slot, older unprocessed
+images are dropped and counted, so latency never builds up); publishes `~/pose`,
+`~/pose_with_covariance` and TF (map -> odom when `odom_frame` is set, as AMCL does, else
+map -> camera/base) only for poses that pass `min_confidence`; `/diagnostics`;
+`~/reload_map` (std_srvs/Trigger) re-reads the parameters and the map file.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Dict, Optional
+
+from ace_ros.core import device as device_lib
+from ace_ros.core import geometry
+from ace_ros.core.config import LocalizationConfig
+from ace_ros.core.localizer import Localizer
+from ace_ros.core.mapfile import load_map
+from ace_ros.core.types import Frame, LocalizationResult
+from ace_ros.core.weights import build_encoder
+from ace_ros.ros import conversions, diagnostics, params
+from ace_ros.ros.diagnostics import Report
+from ace_ros.ros.params import ParamSpec
+from ace_ros.ros.tf import TfInterface, TransformError
+from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
+import numpy as np
+import rclpy
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.exceptions import ParameterException
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+import rclpy.logging
+from rclpy.node import Node
+from rclpy.qos import qos_profile_sensor_data, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, Image
+from std_srvs.srv import Trigger
+
+NODE_PARAMS: Dict[str, ParamSpec] = {
+    'map_path': ParamSpec('', 'map file (.ace) loaded at start and by ~/reload_map'),
+    'map_frame': ParamSpec('', "frame of the published poses; '' = the map file's world "
+                           'frame id'),
+    'odom_frame': ParamSpec('', "when set, TF is map -> odom_frame (odom -> camera looked up "
+                            "at the image stamp), as AMCL does; '' = map -> camera/base"),
+    'base_frame': ParamSpec('', "when set, ~/pose and TF are of this frame (camera -> base "
+                            "from TF); '' = of the camera frame"),
+    'camera_frame': ParamSpec('', "camera optical frame; '' = the image's header.frame_id"),
+    'publish_tf': ParamSpec(True, 'broadcast the pose on /tf'),
+    'transform_tolerance': ParamSpec(0.1, 'map -> odom is future-dated by this (s) so that '
+                                     'lookups at the newest odometry succeed'),
+    'tf_broadcast_rate': ParamSpec(20.0, 'map -> odom is re-broadcast at this rate (Hz) '
+                                   'between poses; 0 = only with each new pose'),
+    'tf_timeout': ParamSpec(0.1, 'how long to wait for odom/base -> camera at the image '
+                            'stamp (s)'),
+    'tf_cache_duration': ParamSpec(10.0, 'seconds of TF history kept for lookups'),
+    'min_confidence': ParamSpec(0.0, 'poses with a lower RANSAC confidence (0..1, 0.63 at '
+                                '500 inliers) publish nothing and are counted as rejected'),
+    'max_rate': ParamSpec(0.0, 'localize at most this many images per second; 0 = as fast '
+                          'as possible (only the newest image is ever processed)'),
+    'image_qos': ParamSpec('sensor_data', "'sensor_data' (best effort) or 'reliable', for "
+                           'image and camera_info (depth 1 either way)', read_only=True),
+    'image_is_rectified': ParamSpec(False, 'images are already rectified (image_rect): use '
+                                    'camera_info P and skip undistortion'),
+    'position_sigma': ParamSpec(0.05, 'position std dev (m) reported at confidence 1; it '
+                                'grows as 1 / confidence'),
+    'rotation_sigma': ParamSpec(0.035, 'rotation std dev (rad) reported at confidence 1'),
+    'diagnostics_period': ParamSpec(1.0, '/diagnostics period (s, wall clock)',
+                                    read_only=True),
+}
+
+
+class LatestSlot:
+    """A one-item mailbox: `put` replaces what was not taken yet, `take` waits for an item.
+
+    The image callback puts, the worker takes: the worker always gets the newest image and
+    nothing queues up behind a slow localization. `dropped` counts replaced items.
+    """
+
+    def __init__(self) -> None:
+        self._item: Any = None
+        self._cond = threading.Condition()
+        self._closed = False
+        self.dropped = 0
+
+    def put(self, item: Any) -> bool:
+        """Store `item`; True when it replaced an item nobody took (a dropped frame)."""
+        with self._cond:
+            replaced = self._item is not None
+            self.dropped += replaced
+            self._item = item
+            self._cond.notify()
+            return replaced
+
+    def take(self, timeout_s: Optional[float] = None) -> Any:
+        """The newest item (removing it), or None after `timeout_s` or once closed."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._item is not None or self._closed, timeout_s)
+            item, self._item = self._item, None
+            return item
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+class LocalizationNode(Node):
+    """Thin adapter: messages -> `Localizer` -> pose, covariance and TF messages."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__('localization_node', **kwargs)
+        params.declare_config(self, LocalizationConfig)
+        params.declare_parameters(self, NODE_PARAMS)
+        self._p = params.read_parameters(self, NODE_PARAMS)
+        self._localizer: Optional[Localizer] = None
+        self._map_frame = ''
+        self._map_path = ''
+        self._encoder_cache: Dict[tuple, tuple] = {}
+        self._camera_info: Optional[CameraInfo] = None
+        self._rectifier: Optional[conversions.Rectifier] = None
+        self._slot = LatestSlot()
+        self._stop = threading.Event()
+        self._counts = dict(received=0, processed=0, rejected=0, failed=0, bad_input=0,
+                            no_camera_info=0, no_map=0, tf_failed=0, published=0)
+        self._input_rate = diagnostics.RateMeter()
+        self._processed_rate = diagnostics.RateMeter()
+        self._latency = diagnostics.WindowStats()
+        self._inliers = diagnostics.WindowStats()
+        self._last_inliers = 0
+        self._last_good_ns: Optional[int] = None
+        self._map_from_odom: Optional[np.ndarray] = None
+        self._map_from_odom_lock = threading.Lock()
+
+        self._tf = TfInterface(self, self._p['tf_cache_duration'])
+        self._pose_pub = self.create_publisher(PoseStamped, '~/pose', 10)
+        self._cov_pub = self.create_publisher(PoseWithCovarianceStamped,
+                                              '~/pose_with_covariance', 10)
+        self._load_map()
+        self._diagnostics = diagnostics.Diagnostics(self, period_s=self._p['diagnostics_period'])
+        self._diagnostics.add_task('localization', self._report)
+        if self._p['odom_frame'] and self._p['publish_tf'] and self._p['tf_broadcast_rate'] > 0:
+            self.create_timer(1.0 / self._p['tf_broadcast_rate'], self._rebroadcast_map_odom)
+        self.create_service(Trigger, '~/reload_map', self._on_reload,
+                            callback_group=MutuallyExclusiveCallbackGroup())
+        qos = self._image_qos(self._p['image_qos'])
+        self._image_sub = self.create_subscription(Image, 'image', self._on_image, qos)
+        self._info_sub = self.create_subscription(CameraInfo, 'camera_info',
+                                                  self._on_camera_info, qos)
+        self._worker = threading.Thread(target=self._work, name='localizer', daemon=True)
+        self._worker.start()
+
+    # -- map ---------------------------------------------------------------------------
+
+    def _load_map(self) -> tuple:
+        """(success, message); on failure the previous map (if any) stays in use."""
+        try:
+            self._p = params.read_parameters(self, NODE_PARAMS)
+            cfg = params.read_config(self, LocalizationConfig)
+            path = self._p['map_path']
+            if not path:
+                raise ValueError('the map_path parameter is empty; set it to a map file '
+                                 '(.ace) made by mapping_node or `ace-ros map`')
+            scene_map = load_map(path)
+            device = device_lib.resolve_device(cfg.device)
+            key = (cfg.encoder, str(device))
+            if key not in self._encoder_cache:
+                self._encoder_cache = {key: build_encoder(cfg.encoder, device)[:2]}
+            encoder, encoder_sha256 = self._encoder_cache[key]
+            localizer = Localizer(scene_map, cfg, encoder=encoder, encoder_sha256=encoder_sha256)
+        except Exception as e:  # noqa: BLE001 - any bad map or setting must leave us running
+            what = 'keeping the previous map' if self._localizer else \
+                'not localizing until ~/reload_map succeeds'
+            message = f'cannot load map: {e}'
+            self.get_logger().error(f'{message} ({what})')
+            return False, message
+        map_frame = self._p['map_frame'] or scene_map.world_frame_id
+        with self._map_from_odom_lock:
+            self._localizer, self._map_frame, self._map_path = localizer, map_frame, path
+            self._map_from_odom = None
+        message = (f"loaded map {path} (frame '{map_frame}', {len(scene_map.frame_names)} "
+                   f'mapping frames) on {device_lib.describe(localizer.device)}')
+        self.get_logger().info(message)
+        return True, message
+
+    def _on_reload(self, request: Trigger.Request, response: Trigger.Response):
+        response.success, response.message = self._load_map()
+        return response
+
+    # -- input -------------------------------------------------------------------------
+
+    @staticmethod
+    def _image_qos(name: str) -> QoSProfile:
+        if name == 'sensor_data':
+            return QoSProfile(depth=1, reliability=qos_profile_sensor_data.reliability,
+                              durability=qos_profile_sensor_data.durability)
+        if name == 'reliable':
+            return QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
+        raise ValueError(f"parameter image_qos must be 'sensor_data' or 'reliable', got "
+                         f"'{name}'")
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        self._camera_info = msg
+
+    def _on_image(self, msg: Image) -> None:
+        self._counts['received'] += 1
+        self._input_rate.tick()
+        self._slot.put(msg)
+
+    def _work(self) -> None:
+        next_allowed = 0.0
+        while not self._stop.is_set():
+            wait = next_allowed - time.monotonic()
+            if wait > 0 and self._stop.wait(wait):
+                break
+            msg = self._slot.take(timeout_s=0.2)
+            if msg is None:
+                continue
+            if self._p['max_rate'] > 0:
+                next_allowed = time.monotonic() + 1.0 / self._p['max_rate']
+            try:
+                self._process(msg)
+            except Exception as e:  # noqa: BLE001 - one bad frame must not stop the worker
+                if not self.context.ok():  # shutting down: publishing fails, nothing to say
+                    break
+                self._counts['failed'] += 1
+                self.get_logger().error(f'localization failed: {type(e).__name__}: {e}',
+                                        throttle_duration_sec=5.0)
+
+    def _frame_from(self, msg: Image, info: CameraInfo) -> Frame:
+        rectified = self._p['image_is_rectified']
+        if self._rectifier is None or self._rectifier.needs_update(info, rectified):
+            self._rectifier = conversions.Rectifier.from_camera_info(info, rectified)
+        rgb = self._rectifier.rectify(conversions.image_to_rgb(msg))
+        stamp_ns = conversions.stamp_to_ns(msg.header.stamp)
+        return Frame(name=str(stamp_ns), image=rgb, K=self._rectifier.K, stamp=stamp_ns / 1e9)
+
+    def _process(self, msg: Image) -> None:
+        info, localizer = self._camera_info, self._localizer
+        log = self.get_logger()
+        if info is None:
+            self._counts['no_camera_info'] += 1
+            log.warning(f"no CameraInfo received on '{self._info_sub.topic_name}' yet; "
+                        'images are skipped until one arrives', throttle_duration_sec=5.0)
+            return
+        if localizer is None:
+            self._counts['no_map'] += 1
+            log.warning('no map loaded; images are skipped (set map_path and call '
+                        '~/reload_map)', throttle_duration_sec=5.0)
+            return
+        try:
+            frame = self._frame_from(msg, info)
+        except ValueError as e:
+            self._counts['bad_input'] += 1
+            log.warning(f"cannot use image from '{self._image_sub.topic_name}': {e}",
+                        throttle_duration_sec=5.0)
+            return
+        result = localizer.localize(frame)
+        self._counts['processed'] += 1
+        self._processed_rate.tick()
+        self._latency.add(result.timings_ms)
+        self._last_inliers = result.inlier_count
+        self._inliers.add({'inliers': result.inlier_count})
+        if not result.success or result.confidence < self._p['min_confidence']:
+            self._counts['rejected'] += 1
+            log.debug(f'no pose: {result.reason or "confidence"} ({result.inlier_count} '
+                      f'inliers, confidence {result.confidence:.3f})')
+            return
+        self._publish(result, msg, localizer)
+
+    # -- output ------------------------------------------------------------------------
+
+    def _publish(self, result: LocalizationResult, msg: Image, localizer: Localizer) -> None:
+        camera = self._p['camera_frame'] or msg.header.frame_id
+        if not camera:
+            raise ValueError('the image has an empty header.frame_id and the camera_frame '
+                             'parameter is empty: cannot name the localized frame')
+        stamp, stamp_ns = msg.header.stamp, conversions.stamp_to_ns(msg.header.stamp)
+        map_frame = self._map_frame
+        body = self._p['base_frame'] or camera
+        map_from_body = result.world_from_cam
+        if body != camera:
+            map_from_body = map_from_body @ self._lookup(camera, body, stamp_ns)
+        covariance = conversions.covariance_from_confidence(
+            result.confidence, self._p['position_sigma'], self._p['rotation_sigma'])
+        self._pose_pub.publish(conversions.to_pose_stamped(map_from_body, stamp, map_frame))
+        self._cov_pub.publish(conversions.to_pose_with_covariance(
+            map_from_body, covariance, stamp, map_frame))
+        self._counts['published'] += 1
+        self._last_good_ns = stamp_ns
+        if not self._p['publish_tf']:
+            return
+        odom = self._p['odom_frame']
+        if not odom:
+            self._tf.send([conversions.to_transform_stamped(map_from_body, stamp, map_frame,
+                                                            body)])
+            return
+        try:
+            odom_from_camera = self._lookup(odom, camera, stamp_ns)
+        except TransformError as e:
+            self._counts['tf_failed'] += 1
+            self.get_logger().warning(f'pose published but no map -> {odom} update: {e}',
+                                      throttle_duration_sec=5.0)
+            return
+        map_from_odom = result.world_from_cam @ geometry.invert_pose(odom_from_camera)
+        with self._map_from_odom_lock:
+            if localizer is not self._localizer:  # the map was reloaded meanwhile
+                return
+            self._map_from_odom = map_from_odom
+        self._send_map_odom(map_from_odom, stamp_ns)
+
+    def _lookup(self, target: str, source: str, stamp_ns: int) -> np.ndarray:
+        return self._tf.lookup(target, source, stamp_ns, self._p['tf_timeout'])
+
+    def _send_map_odom(self, map_from_odom: np.ndarray, stamp_ns: int) -> None:
+        tolerance_ns = int(self._p['transform_tolerance'] * 1e9)
+        self._tf.send([conversions.to_transform_stamped(
+            map_from_odom, conversions.ns_to_stamp(stamp_ns + tolerance_ns), self._map_frame,
+            self._p['odom_frame'])])
+
+    def _rebroadcast_map_odom(self) -> None:
+        with self._map_from_odom_lock:
+            map_from_odom = self._map_from_odom
+        now_ns = self.get_clock().now().nanoseconds
+        if map_from_odom is not None and now_ns > 0:  # 0: sim time before the first /clock
+            self._send_map_odom(map_from_odom, now_ns)
+
+    def _report(self) -> Report:
+        c = dict(self._counts, dropped_stale=self._slot.dropped)
+        values: Dict[str, object] = {
+            'map': self._map_path or '(none)', 'map_frame': self._map_frame,
+            'input_rate_hz': self._input_rate.rate(),
+            'processed_rate_hz': self._processed_rate.rate(), **c}
+        for stage, (mean, worst) in sorted(self._latency.summary().items()):
+            values[f'{stage}_ms_mean'] = mean
+            values[f'{stage}_ms_max'] = worst
+        inliers = self._inliers.summary().get('inliers')
+        values['inliers_last'] = self._last_inliers
+        values['inliers_mean'] = inliers[0] if inliers else 0.0
+        if self._last_good_ns is not None:
+            values['last_good_pose_age_s'] = (
+                self.get_clock().now().nanoseconds - self._last_good_ns) / 1e9
+        if self._localizer is None:
+            return Report(diagnostics.ERROR, 'no map loaded', values)
+        if self._camera_info is None or c['received'] == 0:
+            return Report(diagnostics.WARN, 'waiting for image and camera_info', values)
+        if self._last_good_ns is None:
+            return Report(diagnostics.WARN, 'no good pose yet', values)
+        return Report(diagnostics.OK, 'localizing', values)
+
+    def shutdown(self) -> None:
+        """Stop the worker thread (it finishes the frame it is localizing)."""
+        self._stop.set()
+        self._slot.close()
+        self._worker.join(timeout=10.0)
+
+
+def main(args: Optional[list] = None) -> None:
+    """Entry point (`ros2 run ace_ros localization_node --ros-args ...`)."""
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = LocalizationNode()
+        executor = MultiThreadedExecutor(num_threads=2)
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except (ValueError, ParameterException) as e:
+        # A bad parameter at start: say which, without a traceback.
+        rclpy.logging.get_logger('localization_node').fatal(f'invalid parameters: {e}')
+        raise SystemExit(2)
+    finally:
+        if node is not None:
+            node.shutdown()
+            node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == '__main__':
+    main()

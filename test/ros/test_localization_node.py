@@ -1,0 +1,318 @@
+"""localization_node as a separate process over real rclpy / Fast DDS.
+
+One node process serves the whole module (starting one costs ~5 s of imports and map
+loading): it starts on a corrupt map file and must survive it, gets the real map through
+~/reload_map, and is then fed images from this process. With the tiny map and the random
+encoder poses are inaccurate, so the checks are the plumbing: stamps, frames, TF, the
+engine's own result on the same image, dropping stale frames, logs, clean shutdown.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+import signal
+import subprocess
+import sys
+import time
+
+from ace_ros.core import geometry
+from ace_ros.core.config import LocalizationConfig, mapping_config
+from ace_ros.core.localizer import Localizer
+from ace_ros.core.mapfile import save_map
+from ace_ros.core.mapper import map_frames
+from ace_ros.data.synthetic import SyntheticSceneConfig, generate_frames
+from ace_ros.ros import conversions
+from ace_ros.ros.tf import TfInterface
+from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
+import numpy as np
+import pytest
+from rclpy.parameter import Parameter
+from rclpy.parameter_client import AsyncParameterClient
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import CameraInfo, Image
+from std_srvs.srv import Trigger
+
+HEIGHT, WIDTH = 120, 160
+NS = '/loc_test'
+NODE = f'{NS}/localization_node'
+CAMERA_FRAME = 'test_camera_optical'
+S = 1_000_000_000
+STAMP0 = conversions.ns_to_stamp(0)
+LOC_SETTINGS = dict(image_height=HEIGHT, device='cpu', encoder='random:0', min_inliers=4)
+SCENE = SyntheticSceneConfig(seed=1, width=WIDTH, height=HEIGHT, focal=525 * HEIGHT / 480,
+                             n_train=8, n_test=4, texel_size=0.01)
+
+
+def _resend_until(send, predicate, spin_until, nodes, tries: int = 8,
+                  each_s: float = 4.0) -> bool:
+    """Send, spin until `predicate`; resend a few times (the topics are best effort, and a
+    message sent while discovery is still settling may be lost)."""
+    for _ in range(tries):
+        send()
+        if spin_until(nodes, predicate, each_s):
+            return True
+    return False
+
+
+@pytest.fixture(scope='module')
+def scene(tmp_path_factory):
+    """(map path, query frames); the map is built with the engine, tiny and fast."""
+    root = tmp_path_factory.mktemp('loc')
+    cfg = mapping_config('tiny', image_height=HEIGHT, max_iterations=5, device='cpu',
+                         encoder='random:0')
+    scene_map, _, _ = map_frames(list(generate_frames(SCENE, 'train')), cfg)
+    real_map = root / 'real.ace'
+    save_map(str(real_map), scene_map)
+    return real_map, list(generate_frames(SCENE, 'test'))
+
+
+@pytest.fixture(scope='module')
+def node_process(scene, tmp_path_factory, ros_env):
+    """The node, started on a corrupt map file; yields (Popen, map path, log path)."""
+    root = tmp_path_factory.mktemp('node')
+    map_path, log_path = root / 'room.ace', root / 'node.log'
+    map_path.write_bytes(b'this is not a map file' * 100)
+    args = [str(Path(sys.executable).parent / 'localization_node'), '--ros-args',
+            '-r', f'__ns:={NS}', '-p', f'map_path:={map_path}', '-p', 'tf_timeout:=0.0']
+    for name, value in LOC_SETTINGS.items():
+        args += ['-p', f'{name}:={value}']
+    env = dict(ros_env, RCUTILS_LOGGING_BUFFERED_STREAM='0')
+    with open(log_path, 'w') as log:
+        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        yield process, map_path, log_path
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+
+
+class Probe:
+    """The test's side: publishes camera images, records what the node publishes."""
+
+    def __init__(self, make_node):
+        self.node = make_node('loc_probe')
+        reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+        self.image_pub = self.node.create_publisher(Image, f'{NS}/image', reliable)
+        self.info_pub = self.node.create_publisher(CameraInfo, f'{NS}/camera_info', reliable)
+        self.poses, self.covs, self.tfs, self.diags = [], [], [], []
+        self.node.create_subscription(PoseStamped, f'{NODE}/pose', self.poses.append, 50)
+        self.node.create_subscription(PoseWithCovarianceStamped,
+                                      f'{NODE}/pose_with_covariance', self.covs.append, 50)
+        self.node.create_subscription(DiagnosticArray, '/diagnostics', self.diags.append, 50)
+        from ace_ros.ros.tf import TF_QOS
+        from tf2_msgs.msg import TFMessage
+        self.node.create_subscription(
+            TFMessage, '/tf', lambda m: self.tfs.extend(m.transforms), TF_QOS)
+        self.reload = self.node.create_client(Trigger, f'{NODE}/reload_map')
+
+    def send(self, frame, stamp_ns: int, encoding: str = 'rgb8') -> None:
+        stamp = conversions.ns_to_stamp(stamp_ns)
+        info = CameraInfo(width=WIDTH, height=HEIGHT, distortion_model='plumb_bob',
+                          d=[0.0] * 5, k=frame.K.ravel().tolist())
+        info.header.stamp, info.header.frame_id = stamp, CAMERA_FRAME
+        self.info_pub.publish(info)
+        if encoding == 'mono16':
+            msg = Image(height=HEIGHT, width=WIDTH, encoding='mono16', step=2 * WIDTH)
+            msg.data = bytes(2 * WIDTH * HEIGHT)
+            msg.header.stamp, msg.header.frame_id = stamp, CAMERA_FRAME
+        else:
+            msg = conversions.rgb_to_image(frame.image, stamp, CAMERA_FRAME, encoding)
+        self.image_pub.publish(msg)
+
+    def diagnostic(self) -> dict:
+        for array in reversed(self.diags):
+            for status in array.status:
+                if status.name == 'localization_node: localization':
+                    return {kv.key: kv.value for kv in status.values}
+        return {}
+
+
+def _log(log_path: Path) -> str:
+    return log_path.read_text(errors='replace')
+
+
+def _wait_log(log_path: Path, text: str, timeout_s: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if text in _log(log_path):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_localization_node_end_to_end(node_process, scene, make_node, spin_until):
+    process, map_path, log_path = node_process
+    real_map, frames = scene
+    probe = Probe(make_node)
+    nodes = [probe.node]
+
+    # 1. A corrupt map: a clear error, and the node stays up with its service.
+    assert _wait_log(log_path, 'cannot load map'), _log(log_path)
+    assert spin_until(nodes, probe.reload.service_is_ready, 30), _log(log_path)
+    assert process.poll() is None
+    assert 'not localizing until ~/reload_map succeeds' in _log(log_path)
+    assert 'safetensors' in _log(log_path)  # says why the file is not a map
+    assert spin_until(nodes, lambda: probe.image_pub.get_subscription_count() > 0
+                      and probe.info_pub.get_subscription_count() > 0, 15)
+
+    # Images without a map: skipped with a warning.
+    assert _resend_until(lambda: probe.send(frames[0], 1 * S),
+                         lambda: 'no map loaded' in _log(log_path), spin_until, nodes), \
+        _log(log_path)
+
+    # 2. The real map appears; ~/reload_map loads it.
+    map_path.write_bytes(real_map.read_bytes())
+    future = probe.reload.call_async(Trigger.Request())
+    assert spin_until(nodes, future.done, 30)
+    assert future.result().success, future.result().message
+    assert 'loaded map' in future.result().message
+
+    # 3. A wrong encoding: a warning naming it, no crash, nothing published.
+    assert _resend_until(lambda: probe.send(frames[0], 2 * S, encoding='mono16'),
+                         lambda: "'mono16' is not supported" in _log(log_path), spin_until,
+                         nodes), _log(log_path)
+    assert process.poll() is None and not probe.poses
+
+    # 4. A good image: ~/pose in the map frame at the image's stamp, TF and covariance agree,
+    #    and the pose is the engine's own result for that image (the node's localizer is
+    #    fresh after the reload, as this one is: same RANSAC seed).
+    stamp_ns = 3 * S + 123_456_789
+    # (Resending the same image is harmless: the first pose is the one compared.)
+    assert _resend_until(lambda: probe.send(frames[1], stamp_ns), lambda: probe.poses and (
+        probe.covs and any(t.child_frame_id == CAMERA_FRAME for t in probe.tfs)),
+        spin_until, nodes), _log(log_path)
+    pose = probe.poses[0]
+    assert pose.header.frame_id == 'map'
+    assert conversions.stamp_to_ns(pose.header.stamp) == stamp_ns
+    map_from_cam = conversions.pose_stamped_to_matrix(pose)
+    tf = next(t for t in probe.tfs if t.child_frame_id == CAMERA_FRAME)
+    assert tf.header.frame_id == 'map' and conversions.stamp_to_ns(tf.header.stamp) == stamp_ns
+    np.testing.assert_allclose(conversions.transform_stamped_to_matrix(tf), map_from_cam,
+                               atol=1e-9)
+    cov = probe.covs[0]
+    assert cov.header == pose.header
+    np.testing.assert_allclose(conversions.pose_to_matrix(cov.pose.pose), map_from_cam,
+                               atol=1e-9)
+    expected = Localizer.from_file(str(real_map), LocalizationConfig(**LOC_SETTINGS))
+    result = expected.localize(frames[1])
+    assert result.success
+    np.testing.assert_allclose(map_from_cam, result.world_from_cam, atol=1e-4)
+    np.testing.assert_allclose(
+        conversions.covariance_diagonal(cov.pose.covariance),
+        np.diag(conversions.covariance_from_confidence(result.confidence)), rtol=1e-6)
+
+    # 5. A burst faster than localization: stale frames are dropped, never queued, and
+    #    the newest frame is processed.
+    assert spin_until(nodes, lambda: probe.diagnostic().get('processed') == '1', 10)
+    n_poses = len(probe.poses)
+    burst = [10 * S + i * S // 100 for i in range(20)]
+    for i, stamp in enumerate(burst):
+        probe.send(frames[i % len(frames)], stamp)
+        time.sleep(0.02)
+    assert spin_until(nodes, lambda: any(
+        conversions.stamp_to_ns(p.header.stamp) == burst[-1] for p in probe.poses), 30)
+    got = [conversions.stamp_to_ns(p.header.stamp) for p in probe.poses[n_poses:]]
+    assert set(got) <= set(burst) and len(got) < len(burst)
+    assert got == sorted(got)
+    assert spin_until(nodes, lambda: int(probe.diagnostic().get('dropped_stale', 0)) > 0, 5)
+    diag = probe.diagnostic()
+    for key in ('input_rate_hz', 'processed_rate_hz', 'encoder_ms_mean', 'head_ms_mean',
+                'ransac_ms_mean', 'inliers_mean', 'last_good_pose_age_s', 'bad_input'):
+        assert key in diag, diag
+    assert int(diag['bad_input']) >= 1 and int(diag['received']) >= 3
+
+    # 6. A missing map through ~/reload_map: refused by name, the loaded map stays in use.
+    client = AsyncParameterClient(probe.node, NODE)
+    assert spin_until(nodes, lambda: client.services_are_ready(), 10)
+    missing = str(map_path.parent / 'missing.ace')
+    done = client.set_parameters([Parameter('map_path', value=missing)])
+    assert spin_until(nodes, done.done, 10) and done.result().results[0].successful
+    future = probe.reload.call_async(Trigger.Request())
+    assert spin_until(nodes, future.done, 30)
+    assert not future.result().success and 'missing.ace' in future.result().message
+    assert 'keeping the previous map' in _log(log_path)
+    n_poses = len(probe.poses)
+    assert _resend_until(lambda: probe.send(frames[2], 20 * S),
+                         lambda: len(probe.poses) > n_poses, spin_until, nodes), _log(log_path)
+
+    # 7. SIGINT: a clean exit.
+    process.send_signal(signal.SIGINT)
+    assert process.wait(20) == 0, _log(log_path)
+    assert 'Traceback' not in _log(log_path) and 'localization failed' not in _log(log_path)
+
+
+def test_odom_mode_under_sim_time(scene, make_node, spin_until, ros_env, tmp_path):
+    """map -> odom from odom -> camera at the image stamp, future-dated and re-broadcast on
+    the simulated clock; SIGTERM ends the node cleanly."""
+    real_map, frames = scene
+    ns = '/odom_test'
+    log_path = tmp_path / 'node.log'
+    args = [str(Path(sys.executable).parent / 'localization_node'), '--ros-args',
+            '-r', f'__ns:={ns}', '-p', f'map_path:={real_map}', '-p', 'use_sim_time:=true',
+            '-p', 'odom_frame:=odom', '-p', 'transform_tolerance:=0.5',
+            '-p', 'tf_broadcast_rate:=20.0', '-p', 'tf_timeout:=2.0']
+    for name, value in LOC_SETTINGS.items():
+        args += ['-p', f'{name}:={value}']
+    with open(log_path, 'w') as log:
+        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
+                                   env=dict(ros_env, RCUTILS_LOGGING_BUFFERED_STREAM='0'))
+    try:
+        node = make_node('odom_probe')
+        tf_out = TfInterface(node, use_tf2_ros=False, listen=False)
+        clock_pub = node.create_publisher(Clock, '/clock', 10)
+        reliable = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+        image_pub = node.create_publisher(Image, f'{ns}/image', reliable)
+        info_pub = node.create_publisher(CameraInfo, f'{ns}/camera_info', reliable)
+        poses, map_odom = [], []
+        node.create_subscription(PoseStamped, f'{ns}/localization_node/pose', poses.append, 10)
+        from ace_ros.ros.tf import TF_QOS
+        from tf2_msgs.msg import TFMessage
+        node.create_subscription(TFMessage, '/tf', lambda m: map_odom.extend(
+            t for t in m.transforms if t.child_frame_id == 'odom'), TF_QOS)
+        assert spin_until([node], lambda: image_pub.get_subscription_count() > 0
+                          and info_pub.get_subscription_count() > 0, 30), _log(log_path)
+        assert _wait_log(log_path, 'loaded map'), _log(log_path)
+
+        def clock(sec: float) -> None:
+            clock_pub.publish(Clock(clock=conversions.ns_to_stamp(int(sec * S))))
+
+        # odom -> base moves; base -> camera is static.
+        odom_from_base = {t: geometry.make_pose(np.eye(3), [0.1 * t, 0, 0]) for t in (99, 101)}
+        base_from_cam = geometry.make_pose(geometry.axis_angle_to_matrix([0, 0, 0.3]),
+                                           [0, 0, 0.5])
+        tf_out.send_static([conversions.to_transform_stamped(base_from_cam, STAMP0, 'base',
+                                                             CAMERA_FRAME)])
+        tf_out.send([conversions.to_transform_stamped(
+            pose, conversions.ns_to_stamp(t * S), 'odom', 'base')
+            for t, pose in odom_from_base.items()])
+        clock(100.0)
+        stamp = conversions.ns_to_stamp(100 * S)
+        info = CameraInfo(width=WIDTH, height=HEIGHT, k=frames[0].K.ravel().tolist())
+        info.header.stamp, info.header.frame_id = stamp, CAMERA_FRAME
+        image = conversions.rgb_to_image(frames[0].image, stamp, CAMERA_FRAME)
+        assert _resend_until(lambda: (info_pub.publish(info), image_pub.publish(image)),
+                             lambda: poses and map_odom, spin_until, [node]), _log(log_path)
+        first = map_odom[0]
+        assert first.header.frame_id == 'map'
+        assert conversions.stamp_to_ns(first.header.stamp) == 100 * S + S // 2
+        odom_from_cam = geometry.slerp_pose(odom_from_base[99], odom_from_base[101],
+                                            0.5) @ base_from_cam
+        map_from_cam = conversions.pose_stamped_to_matrix(poses[0])
+        np.testing.assert_allclose(
+            conversions.transform_stamped_to_matrix(first) @ odom_from_cam, map_from_cam,
+            atol=1e-6)
+        # Re-broadcast on the simulated clock: stamps follow /clock + tolerance.
+        clock(250.0)
+        assert spin_until([node], lambda: any(
+            conversions.stamp_to_ns(t.header.stamp) == 250 * S + S // 2 for t in map_odom),
+            10), [conversions.stamp_to_ns(t.header.stamp) for t in map_odom[-3:]]
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(20) == 0, _log(log_path)
+        assert 'Traceback' not in _log(log_path)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
