@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
@@ -25,7 +26,11 @@ _logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Progress:
-    """One progress report: stage is 'buffer' or 'train'."""
+    """One progress report: stage is 'buffer' (images) or 'train' (iterations).
+
+    `rate` is items per second since the stage began and `eta_s` the seconds left at that
+    rate (nan until measurable).
+    """
 
     stage: str
     done: int
@@ -33,9 +38,21 @@ class Progress:
     loss: float = math.nan
     valid_fraction: float = math.nan
     median_error_px: float = math.nan
+    rate: float = math.nan
+    eta_s: float = math.nan
+
+
+def _rate_eta(done: int, total: int, start: float) -> Dict[str, float]:
+    elapsed = time.perf_counter() - start
+    rate = done / elapsed if elapsed > 0 else math.nan
+    return {'rate': rate, 'eta_s': (total - done) / rate if rate > 0 else math.nan}
 
 
 ProgressCallback = Callable[[Progress], None]
+
+
+class MappingCancelled(RuntimeError):
+    """Mapping stopped because `Mapper.cancel` was set (e.g. Ctrl-C in the mapping node)."""
 
 
 @dataclass
@@ -70,24 +87,51 @@ class Mapper:
         torch.manual_seed(cfg.seed)
         self._rng = np.random.default_rng(cfg.seed)
         self._torch_rng = torch.Generator().manual_seed(cfg.seed)
+        #: Set from another thread to stop encoding or training at the next image/iteration.
+        self.cancel = threading.Event()
+
+    def _check_cancel(self, what: str) -> None:
+        if self.cancel.is_set():
+            raise MappingCancelled(f'mapping cancelled during {what}')
+
+    def new_buffer(self, n_frames: int) -> TrainingBuffer:
+        """An empty buffer sized for `cfg.max_buffer_passes` passes over `n_frames` frames."""
+        cfg = self.cfg
+        return TrainingBuffer(
+            min(cfg.buffer_size, n_frames * cfg.max_buffer_passes * cfg.samples_per_image),
+            self.device)
+
+    def add_to_buffer(self, buffer: TrainingBuffer, frame: Frame) -> int:
+        """Augment, encode and sample one posed frame into `buffer`; returns cells added."""
+        cfg = self.cfg
+        encoded = prepare_image(frame, cfg.image_height, self._rng, cfg)
+        features = encode(self.encoder, encoded.gray, self.device, cfg.mixed_precision)
+        return buffer.add_image(encoded, features, cfg.samples_per_image, self._torch_rng)
 
     def fill_buffer(self, frames: Sequence[Frame],
-                    progress: Optional[ProgressCallback] = None) -> TrainingBuffer:
-        """Encode augmented passes over `frames` until the buffer is full or passes run out."""
+                    progress: Optional[ProgressCallback] = None,
+                    buffer: Optional[TrainingBuffer] = None,
+                    passes_done: int = 0) -> TrainingBuffer:
+        """Encode augmented passes over `frames` until the buffer is full or passes run out.
+
+        Online mapping encodes the first pass as keyframes arrive and hands that `buffer`
+        in with `passes_done=1`, so only the remaining passes run here.
+        """
         cfg = self.cfg
-        capacity = min(cfg.buffer_size,
-                       len(frames) * cfg.max_buffer_passes * cfg.samples_per_image)
-        buffer = TrainingBuffer(capacity, self.device)
-        total = len(frames) * cfg.max_buffer_passes
+        if buffer is None:
+            buffer = self.new_buffer(len(frames))
+        total = len(frames) * max(0, cfg.max_buffer_passes - passes_done)
         done = 0
-        for _ in range(cfg.max_buffer_passes):
+        start = time.perf_counter()
+        for _ in range(passes_done, cfg.max_buffer_passes):
+            if buffer.full:
+                break
             for index in self._rng.permutation(len(frames)):
-                encoded = prepare_image(frames[index], cfg.image_height, self._rng, cfg)
-                features = encode(self.encoder, encoded.gray, self.device, cfg.mixed_precision)
-                buffer.add_image(encoded, features, cfg.samples_per_image, self._torch_rng)
+                self._check_cancel('encoding')
+                self.add_to_buffer(buffer, frames[index])
                 done += 1
                 if progress:
-                    progress(Progress('buffer', done, total))
+                    progress(Progress('buffer', done, total, **_rate_eta(done, total, start)))
                 if buffer.full:
                     return buffer
         return buffer
@@ -117,7 +161,9 @@ class Mapper:
         cursor = 0
         history: List[float] = []
         report_every = max(1, iterations // 200)
+        start = time.perf_counter()
         for iteration in range(iterations):
+            self._check_cancel('training')
             if cursor + batch > buffer.size:  # a new epoch: reshuffle the whole buffer
                 order = torch.randperm(buffer.size, generator=self._torch_rng).to(self.device)
                 cursor = 0
@@ -141,13 +187,19 @@ class Mapper:
                 history.append(float(out.loss.detach()))
                 if progress:
                     progress(Progress('train', iteration + 1, iterations, history[-1],
-                                      out.valid_fraction, out.median_error_px))
+                                      out.valid_fraction, out.median_error_px,
+                                      **_rate_eta(iteration + 1, iterations, start)))
         head.eval()
         return head, iterations, history, out
 
     def map(self, frames: Sequence[Frame],
-            progress: Optional[ProgressCallback] = None) -> TrainedHead:
-        """Buffer + training for the posed frames in `frames`."""
+            progress: Optional[ProgressCallback] = None,
+            buffer: Optional[TrainingBuffer] = None, passes_done: int = 0) -> TrainedHead:
+        """Buffer + training for the posed frames in `frames`.
+
+        `buffer` and `passes_done` continue a buffer already filled with that many passes
+        over `frames` (online mapping); see `fill_buffer`.
+        """
         posed = [f for f in frames if f.world_from_cam is not None]
         stats = MappingStats(frames_used=len(posed),
                              frames_without_pose=len(frames) - len(posed))
@@ -157,7 +209,7 @@ class Mapper:
         if len(posed) < 2:
             raise ValueError(f'mapping needs at least 2 posed frames, got {len(posed)}')
         start = time.perf_counter()
-        buffer = self.fill_buffer(posed, progress)
+        buffer = self.fill_buffer(posed, progress, buffer, passes_done)
         stats.buffer_s = time.perf_counter() - start
         stats.buffer_size, stats.buffer_images = buffer.size, buffer.n_images
         scene_mean = np.mean([f.world_from_cam[:3, 3] for f in posed], axis=0)
@@ -189,12 +241,18 @@ def map_frames(frames: Sequence[Frame], cfg: MappingConfig, world_frame_id: str 
     _logger.info('mapping %d frames on %s with encoder %s, preset %s', len(frames),
                  device_lib.describe(device), label, cfg.preset)
     trained = Mapper(cfg, encoder, device).map(frames, progress)
+    scene_map = scene_map_from(trained, cfg, encoder_sha256, label, world_frame_id)
+    return scene_map, trained.stats, device_lib.describe(device)
+
+
+def scene_map_from(trained: TrainedHead, cfg: MappingConfig, encoder_sha256: str,
+                   encoder_label: str, world_frame_id: str) -> SceneMap:
+    """The map file contents of a trained head (offline and online mapping alike)."""
     stats = trained.stats
-    scene_map = SceneMap(
+    return SceneMap(
         head_state=trained.head.weights(), scene_mean=trained.head.scene_mean,
         encoder_sha256=encoder_sha256, head_config=trained.head.config.to_dict(),
         world_frame_id=world_frame_id, mapping_config=config_to_dict(cfg),
         intrinsics=trained.intrinsics, frame_names=trained.frame_names,
         extras={'iterations': stats.iterations, 'buffer_size': stats.buffer_size,
-                'final_loss': stats.final_loss, 'encoder': label})
-    return scene_map, stats, device_lib.describe(device)
+                'final_loss': stats.final_loss, 'encoder': encoder_label})

@@ -1,0 +1,447 @@
+"""Live mapping: keyframes from streams of images and poses, then a trained map.
+
+ROS-free. The mapping node hands it converted messages; tests hand it numpy arrays. Images
+and poses may arrive in either order; an image gets a pose only from poses that bracket its
+stamp closely (or one at its exact stamp), never from a guess. Keyframes (enough motion since
+the last one) are encoded into the training buffer on arrival, on the mapping device, and are
+kept so that the remaining augmentation passes and training run in `finish`, which shares the
+offline mapper's code (`Mapper.map`).
+
+Stamps are integer nanoseconds (see pose_track.py).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Deque, Dict, List, Optional, Tuple
+
+import numpy as np
+import numpy.typing as npt
+
+from ace_ros.core import device as device_lib
+from ace_ros.core import geometry
+from ace_ros.core.config import MappingConfig
+from ace_ros.core.mapfile import save_map
+from ace_ros.core.mapper import (Mapper, MappingCancelled, MappingStats, Progress,
+                                 ProgressCallback, scene_map_from)
+from ace_ros.core.pose_track import (PoseLookup, PoseSource, PoseTrack, check_rigid_pose,
+                                     ms_text, stamp_name)
+from ace_ros.core.types import Frame
+from ace_ros.core.weights import build_encoder
+
+_logger = logging.getLogger(__name__)
+
+#: Rejection and outcome counters, in report order.
+COUNTERS = ('images', 'poses', 'keyframes', 'skipped_small_motion', 'no_pose',
+            'keyframe_limit', 'image_out_of_order', 'image_duplicate_stamp', 'image_invalid',
+            'pose_out_of_order', 'pose_duplicate_stamp', 'pose_invalid', 'pose_wrong_frame',
+            'after_finish')
+_WARN_EVERY_S = 5.0
+
+
+def _f(default, help: str):  # noqa: A002 - 'help' reads best at call sites
+    return field(default=default, metadata={'help': help})
+
+
+@dataclass(frozen=True)
+class OnlineMappingConfig:
+    """Settings of a live mapping session; field names are mapping node parameters."""
+
+    map_path: str = _f('map.ace', 'map file written (atomically) when mapping finishes')
+    keyframes_dir: str = _f('', "folder for the keyframes saved (ACE layout) before training; "
+                            "'' = <map_path without suffix>_keyframes; a folder that holds "
+                            'files already gets a .1, .2, ... suffix')
+    save_keyframes_before_training: bool = _f(
+        True, 'save the keyframes before training, so a crash or Ctrl-C loses nothing')
+    stamp_tolerance_s: float = _f(
+        0.05, 'an image gets a pose interpolated between the poses just before and after its '
+        'stamp when both are this close (s), or the pose at its exact stamp; else none')
+    max_pose_wait_s: float = _f(
+        1.0, 'an image whose bracketing pose has not arrived by the time images this much '
+        'newer (s) arrive is counted as having no pose')
+    min_translation_m: float = _f(0.05, 'a keyframe needs this much camera motion (m) since '
+                                  'the last keyframe, or min_rotation_deg')
+    min_rotation_deg: float = _f(5.0, 'a keyframe needs this much camera rotation (deg) since '
+                                 'the last keyframe, or min_translation_m')
+    max_keyframes: int = _f(500, 'keyframes kept at most (each holds its full image in memory); '
+                            'reaching it ends collection')
+
+    def __post_init__(self) -> None:
+        for name in ('stamp_tolerance_s', 'max_pose_wait_s', 'min_translation_m',
+                     'min_rotation_deg'):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f'{name} must be finite and >= 0, got {value!r}')
+        if self.max_keyframes < 2:
+            raise ValueError(f'max_keyframes must be >= 2 (mapping needs 2 views), got '
+                             f'{self.max_keyframes}')
+        if not self.map_path:
+            raise ValueError("map_path must name the map file to write, got ''")
+
+
+@dataclass
+class MappingResult:
+    """What `finish` produced."""
+
+    map_path: str
+    keyframes: int
+    keyframes_dir: Optional[str]
+    stats: MappingStats
+    encode_s: float
+    counts: Dict[str, int]
+
+
+@dataclass(frozen=True)
+class SessionStatus:
+    """A snapshot for logs and diagnostics."""
+
+    state: str               # 'collecting', 'training', 'done' or 'failed'
+    counts: Dict[str, int]
+    keyframes: int
+    pending: int             # images waiting for their bracketing pose
+    buffer_cells: int
+    progress: Optional[Progress]
+    keyframes_dir: Optional[str]
+    error: str
+
+
+class OnlineMappingSession:
+    """Collects posed keyframes as they arrive, then trains and saves the map.
+
+    Thread safety: `add_*`, `poll`, `status` and `save_keyframes` may be called from one
+    thread (the node's callbacks) while `finish` runs in another; collection stops when
+    `finish` starts.
+
+    Args:
+        cfg: the training settings (the same as offline `ace-ros map`).
+        online: the session settings.
+        world_frame_id: frame the poses are in; '' = the frame of the first pose.
+        pose_source: where image poses come from; None = this session's own PoseTrack,
+            fed by `add_pose`.
+
+    Raises:
+        ValueError: if the folder of map_path does not exist, or for a bad device/encoder.
+    """
+
+    def __init__(self, cfg: MappingConfig, online: OnlineMappingConfig,
+                 world_frame_id: str = '', pose_source: Optional[PoseSource] = None) -> None:
+        self.cfg = cfg
+        self.online = online
+        # Checked now, not after minutes of training.
+        map_dir = Path(online.map_path).resolve().parent
+        if not map_dir.is_dir():
+            raise ValueError(f'map_path {online.map_path}: directory {map_dir} does not exist')
+        self.device = device_lib.resolve_device(cfg.device)
+        encoder, self._encoder_sha256, self._encoder_label = build_encoder(
+            cfg.encoder, self.device)
+        _logger.info('online mapping on %s with encoder %s, preset %s',
+                     device_lib.describe(self.device), self._encoder_label, cfg.preset)
+        self._mapper = Mapper(cfg, encoder, self.device)
+        self._buffer = self._mapper.new_buffer(online.max_keyframes)
+        self._track = PoseTrack(int(round(online.stamp_tolerance_s * 1e9)))
+        self._pose_source: PoseSource = pose_source if pose_source is not None else self._track
+        self.world_frame_id = world_frame_id
+        self._pending: Deque[Tuple[int, Frame]] = collections.deque()
+        self._keyframes: List[Frame] = []
+        self._last_image_ns: Optional[int] = None
+        self._last_pose_ns: Optional[int] = None
+        self._encode_s = 0.0
+        self.counts: Dict[str, int] = {name: 0 for name in COUNTERS}
+        self._lock = threading.RLock()
+        self._state = 'collecting'
+        self._progress: Optional[Progress] = None
+        self._keyframes_dir: Optional[str] = None
+        self._error = ''
+        self._last_warned: Dict[str, Tuple[float, int]] = {}
+
+    # -- input ---------------------------------------------------------------------------
+
+    def add_pose(self, stamp_ns: int, world_from_cam: npt.ArrayLike, frame_id: str = '') -> str:
+        """Take one (4, 4) camera pose (OpenCV camera axes) in `frame_id`; 'ok' or why not.
+
+        Refused (counted, logged): after finish started, a pose that is not rigid (non-finite
+        values, a rotation that is not orthonormal), a frame other than the session's world
+        frame, a stamp not newer than the previous pose's.
+        """
+        with self._lock:
+            if self._state != 'collecting':
+                return self._reject('after_finish', 'pose ignored: mapping is no longer '
+                                    f'collecting (state {self._state})')
+            self.counts['poses'] += 1
+            try:
+                world_from_cam = check_rigid_pose(world_from_cam)
+            except ValueError as error:
+                return self._reject('pose_invalid', f'pose at {stamp_name(stamp_ns)} refused: '
+                                    f'{error}')
+            if frame_id and self.world_frame_id and frame_id != self.world_frame_id:
+                return self._reject('pose_wrong_frame', f'pose at {stamp_name(stamp_ns)} '
+                                    f"refused: it is in frame '{frame_id}', mapping uses "
+                                    f"'{self.world_frame_id}' (the configured fixed frame, or "
+                                    'the frame of the first pose)')
+            refused = self._check_order('pose', stamp_ns, self._last_pose_ns)
+            if refused:
+                return refused
+            if frame_id and not self.world_frame_id:
+                self.world_frame_id = frame_id
+            self._last_pose_ns = stamp_ns
+            self._track.add(stamp_ns, world_from_cam)
+            self._resolve_pending()
+            return 'ok'
+
+    def refuse(self, reason: str, message: str, kind: Optional[str] = 'image') -> str:
+        """Count and log an input refused before it reached the session.
+
+        For messages the caller could not convert; `kind` ('image', 'pose' or None) is
+        counted as received too.
+        """
+        with self._lock:
+            if kind:
+                self.counts[kind + 's'] += 1
+            return self._reject(reason, message)
+
+    def add_image(self, image: npt.NDArray[np.uint8], K: npt.NDArray[np.float64],
+                  stamp_ns: int) -> str:
+        """Take one (H, W, 3) uint8 RGB image with its (3, 3) K.
+
+        Returns what happened to it so far: 'keyframe', 'skipped_small_motion', 'no_pose',
+        'keyframe_limit', 'pending' (its pose is not decided yet) or a rejection reason.
+        """
+        with self._lock:
+            if self._state != 'collecting':
+                return self._reject('after_finish', 'image ignored: mapping is no longer '
+                                    f'collecting (state {self._state})')
+            self.counts['images'] += 1
+            if stamp_ns <= 0:
+                return self._reject('image_invalid', f'image refused: its stamp is {stamp_ns} '
+                                    '(unset); images need their capture time')
+            refused = self._check_order('image', stamp_ns, self._last_image_ns)
+            if refused:
+                return refused
+            try:
+                # A copy: a keyframe must not alias a message buffer the caller reuses.
+                frame = Frame(stamp_name(stamp_ns), np.array(image), _checked_K(K),
+                              stamp=stamp_ns / 1e9)
+            except ValueError as error:
+                return self._reject('image_invalid', f'image at {stamp_name(stamp_ns)} '
+                                    f'refused: {error}')
+            self._last_image_ns = stamp_ns
+            self._pending.append((stamp_ns, frame))
+            return self._resolve_pending(stamp_ns) or 'pending'
+
+    def poll(self) -> None:
+        """Re-check waiting images (for pose sources that fill up by themselves, e.g. TF)."""
+        with self._lock:
+            if self._state == 'collecting':
+                self._resolve_pending()
+
+    # -- state ---------------------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    @property
+    def full(self) -> bool:
+        """Whether max_keyframes keyframes have been collected."""
+        return len(self._keyframes) >= self.online.max_keyframes
+
+    @property
+    def keyframe_count(self) -> int:
+        return len(self._keyframes)
+
+    def status(self) -> SessionStatus:
+        with self._lock:
+            return SessionStatus(self._state, dict(self.counts), len(self._keyframes),
+                                 len(self._pending), self._buffer.size if self._buffer else 0,
+                                 self._progress, self._keyframes_dir, self._error)
+
+    def save_keyframes(self, folder: str | Path) -> Path:
+        """Write the keyframes so far as an ACE-layout scene (`ace-ros map FOLDER ...`).
+
+        Raises:
+            ValueError: if there are no keyframes yet.
+            FileExistsError: if `folder`/rgb already holds files.
+        """
+        from ace_ros.data.ace_layout import write_ace_scene
+        with self._lock:
+            keyframes = list(self._keyframes)
+        if not keyframes:
+            raise ValueError('no keyframes collected yet; nothing to save')
+        return write_ace_scene(folder, keyframes)
+
+    # -- training ------------------------------------------------------------------------
+
+    def finish(self, progress: Optional[ProgressCallback] = None,
+               cancel: Optional[threading.Event] = None) -> MappingResult:
+        """Stop collecting, save the keyframes, train, and write the map to map_path.
+
+        The map at map_path is replaced only by a complete new map (atomic save); after a
+        failure or cancellation it is untouched and the keyframes stay saved.
+
+        Args:
+            progress: called with buffer and training progress (iteration, loss, rate, ETA).
+            cancel: when set (from another thread), encoding or training stops at the next
+                image or iteration.
+
+        Raises:
+            ValueError: fewer than 2 keyframes (collection then continues).
+            RuntimeError: finish was called before.
+            ace_ros.core.mapper.MappingCancelled: `cancel` was set.
+        """
+        with self._lock:
+            if self._state != 'collecting':
+                raise RuntimeError(f'finish: mapping has already started (state {self._state})')
+            self._resolve_pending(final=True)
+            if len(self._keyframes) < 2:
+                raise ValueError(
+                    f'mapping needs at least 2 keyframes, got {len(self._keyframes)} '
+                    f"({self.counts['images']} images: {self.counts['no_pose']} without a "
+                    f"pose, {self.counts['skipped_small_motion']} too close to the last "
+                    'keyframe); keep collecting')
+            self._state = 'training'
+            keyframes = list(self._keyframes)
+        try:
+            if self.online.save_keyframes_before_training:
+                self._keyframes_dir = str(self.save_keyframes(self.next_keyframes_folder()))
+                _logger.info('saved %d keyframes to %s (map them offline with: ace-ros map %s '
+                             '-o MAP)', len(keyframes), self._keyframes_dir,
+                             self._keyframes_dir)
+
+            def report(p: Progress) -> None:
+                self._progress = p
+                if progress:
+                    progress(p)
+
+            if cancel is not None:
+                self._mapper.cancel = cancel
+            trained = self._mapper.map(keyframes, report, self._buffer, passes_done=1)
+            scene_map = scene_map_from(trained, self.cfg, self._encoder_sha256,
+                                       self._encoder_label, self.world_frame_id or 'map')
+            save_map(self.online.map_path, scene_map)
+        except BaseException as error:  # noqa: B902 - Ctrl-C too: record it, then re-raise
+            self._state = 'failed'
+            self._error = str(error) or type(error).__name__
+            kept = (f'keyframes are saved in {self._keyframes_dir}' if self._keyframes_dir
+                    else 'keyframes are kept in memory (save them with save_keyframes)')
+            requested = isinstance(error, (MappingCancelled, KeyboardInterrupt))
+            _logger.log(logging.WARNING if requested else logging.ERROR,
+                        'mapping %s (%s); %s; %s is unchanged',
+                        'stopped' if requested else 'failed', self._error, kept,
+                        self.online.map_path)
+            raise
+        self._state = 'done'
+        self._buffer = None  # the buffer can be GBs of device memory
+        _logger.info('map written to %s: %d keyframes, %d iterations in %.0f s, final loss '
+                     '%.3f', self.online.map_path, len(keyframes), trained.stats.iterations,
+                     trained.stats.train_s, trained.stats.final_loss)
+        return MappingResult(self.online.map_path, len(keyframes), self._keyframes_dir,
+                             trained.stats, self._encode_s, dict(self.counts))
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _check_order(self, kind: str, stamp_ns: int, last_ns: Optional[int]) -> str:
+        if last_ns is None or stamp_ns > last_ns:
+            return ''
+        if stamp_ns == last_ns:
+            return self._reject(f'{kind}_duplicate_stamp', f'{kind} refused: stamp '
+                                f'{stamp_name(stamp_ns)} repeats the previous {kind} stamp')
+        return self._reject(f'{kind}_out_of_order', f'{kind} refused: stamp '
+                            f'{stamp_name(stamp_ns)} is {ms_text(last_ns - stamp_ns)} older '
+                            f'than the previous {kind} ({stamp_name(last_ns)}); {kind}s must '
+                            'arrive in stamp order (a looping bag or a clock jump?)')
+
+    def _resolve_pending(self, newest_ns: Optional[int] = None, final: bool = False) -> str:
+        """Decide waiting images in order; returns the outcome of the image at `newest_ns`."""
+        outcome = ''
+        max_wait_ns = int(round(self.online.max_pose_wait_s * 1e9))
+        while self._pending:
+            stamp_ns, frame = self._pending[0]
+            found = self._pose_source.lookup(stamp_ns)
+            if found.status == 'wait':
+                if final:
+                    found = PoseLookup('none', reason='no pose at or after its stamp arrived '
+                                       'before mapping finished')
+                elif self._last_image_ns - stamp_ns > max_wait_ns:
+                    found = PoseLookup('none', reason='no pose at or after its stamp arrived '
+                                       f'within max_pose_wait_s ({self.online.max_pose_wait_s}'
+                                       ' s of newer images)')
+                else:
+                    break
+            self._pending.popleft()
+            if found.status == 'ok':
+                frame.world_from_cam = found.world_from_cam
+                result = self._consider_keyframe(frame)
+            else:
+                result = self._reject('no_pose', f'image {frame.name} has no pose: '
+                                      f'{found.reason}')
+            if stamp_ns == newest_ns:
+                outcome = result
+        self._track.forget_before(self._pending[0][0] if self._pending
+                                  else self._last_image_ns or 0)
+        return outcome
+
+    def _consider_keyframe(self, frame: Frame) -> str:
+        if self.full:
+            self.counts['keyframe_limit'] += 1
+            return 'keyframe_limit'
+        if self._keyframes:
+            last = self._keyframes[-1].world_from_cam
+            moved_m, turned_deg = geometry.pose_error(frame.world_from_cam, last)
+            if (moved_m < self.online.min_translation_m
+                    and turned_deg < self.online.min_rotation_deg):
+                self.counts['skipped_small_motion'] += 1
+                return 'skipped_small_motion'
+        start = time.perf_counter()
+        self._mapper.add_to_buffer(self._buffer, frame)
+        self._encode_s += time.perf_counter() - start
+        self._keyframes.append(frame)
+        self.counts['keyframes'] += 1
+        if self.full:
+            _logger.info('keyframe limit reached (%d); collection is complete',
+                         self.online.max_keyframes)
+        return 'keyframe'
+
+    def _reject(self, reason: str, message: str) -> str:
+        """Count `reason` and log `message`, throttled per kind of problem.
+
+        Each kind is logged the first time, then at most every 5 s; messages that differ
+        only in numbers are the same kind.
+        """
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+        key = re.sub(r'\d+', '#', message)
+        now = time.monotonic()
+        last, suppressed = self._last_warned.get(key, (-math.inf, 0))
+        if now - last >= _WARN_EVERY_S:
+            more = f' ({suppressed} more like this since the last report)' if suppressed else ''
+            _logger.warning('%s%s', message, more)
+            self._last_warned[key] = (now, 0)
+        else:
+            self._last_warned[key] = (last, suppressed + 1)
+        return reason
+
+    def next_keyframes_folder(self) -> Path:
+        """keyframes_dir (default: next to map_path), or the first free '.N' variant of it."""
+        base = Path(self.online.keyframes_dir or
+                    str(Path(self.online.map_path).with_suffix('')) + '_keyframes')
+        candidate, n = base, 0
+        while candidate.exists() and any(candidate.iterdir()):
+            n += 1
+            candidate = base.with_name(f'{base.name}.{n}')
+        return candidate
+
+
+def _checked_K(K: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    K = np.asarray(K, dtype=np.float64)
+    geometry.check_shape(K, (3, 3), 'K')
+    if not (np.all(np.isfinite(K)) and K[0, 0] > 0 and K[1, 1] > 0
+            and np.allclose(K[2], [0.0, 0.0, 1.0])):
+        raise ValueError(f'K must be finite with fx, fy > 0 and last row [0, 0, 1], got '
+                         f'{K.tolist()} (is camera_info filled in?)')
+    return K

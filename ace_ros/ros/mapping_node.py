@@ -1,0 +1,493 @@
+"""mapping_node: collect posed keyframes from a camera, train an ACE map, save it.
+
+A thin adapter over `ace_ros.core.online_mapping.OnlineMappingSession`: callbacks convert
+messages and hand them to the session; training runs in a worker thread so services and
+diagnostics stay responsive.
+
+Inputs: `image` (rgb8/bgr8/mono8) + `camera_info`, and camera poses from one source
+(parameter pose_source): 'pose' (geometry_msgs/PoseStamped on `pose`: the pose of the camera's
+optical frame), 'odom' (nav_msgs/Odometry on `odom`: its child frame must be the camera's
+optical frame) or 'tf' (the camera's optical frame looked up in fixed_frame at each image
+stamp; this composes any robot-to-camera extrinsics). Poses use the optical-frame convention
+(REP-103: x right, y down, z forward), which is ACE's camera convention.
+
+Mapping ends, trains and writes map_path on `~/finish` (std_srvs/Trigger), when max_keyframes
+are collected, or after idle_timeout_s without images. `~/save_keyframes` writes the keyframes
+so far as an ACE-layout dataset (`ace-ros map FOLDER -o MAP` redoes mapping offline).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import signal
+import sys
+import threading
+import time
+from typing import Any, Deque, Dict, Optional
+
+from ace_ros.core.config import MappingConfig
+from ace_ros.core.mapper import MappingCancelled, Progress
+from ace_ros.core.online_mapping import OnlineMappingConfig, OnlineMappingSession
+from ace_ros.core.pose_track import PoseLookup
+from ace_ros.ros import conversions, diagnostics, params
+from ace_ros.ros.tf import ExtrapolationError, TfInterface, TransformError
+from geometry_msgs.msg import PoseStamped
+from nav_msgs.msg import Odometry
+import rclpy
+from rclpy.clock import Clock, ClockType
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, qos_profile_sensor_data, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
+from sensor_msgs.msg import CameraInfo, Image
+from std_srvs.srv import Trigger
+
+#: Node parameters that are not settings-dataclass fields.
+NODE_PARAMETERS: Dict[str, params.ParamSpec] = {
+    'pose_source': params.ParamSpec(
+        'pose', "where camera poses come from: 'pose' (PoseStamped on 'pose'), 'odom' "
+        "(Odometry on 'odom') or 'tf' (camera_frame looked up in fixed_frame)", True),
+    'fixed_frame': params.ParamSpec(
+        'map', "world frame of the map: poses in another frame are refused; '' = the frame "
+        "of the first pose (not allowed with pose_source 'tf')", True),
+    'camera_frame': params.ParamSpec(
+        '', "the camera's optical frame (x right, y down, z forward); '' = the images' "
+        'header.frame_id', True),
+    'image_qos': params.ParamSpec(
+        'sensor_data', "QoS of the image, camera_info and pose subscriptions: 'sensor_data' "
+        "(best effort: matches any publisher) or 'reliable'", True),
+    'image_is_rectified': params.ParamSpec(
+        False, 'images are already rectified (e.g. image_rect): use camera_info P, do not '
+        'undistort', True),
+    'idle_timeout_s': params.ParamSpec(
+        10.0, 'start training after this many seconds (wall clock) without images, once '
+        'there are 2 keyframes, so a finished bag ends mapping; 0 = never'),
+    'exit_when_done': params.ParamSpec(
+        True, 'shut the node down once the map is written (or mapping failed)'),
+    'diagnostics_period': params.ParamSpec(1.0, 'period of /diagnostics (wall clock)', True),
+}
+#: Settings dataclasses whose fields are parameters too (the CLI's names and meaning).
+CONFIG_CLASSES = (OnlineMappingConfig, MappingConfig)
+POSE_SOURCES = ('pose', 'odom', 'tf')
+_CAMERA_INFO_WAIT = 30  # images kept while waiting for the first camera_info
+_PROGRESS_LOG_S = 5.0
+
+
+class TfPoseSource:
+    """Camera poses from TF: `camera_frame` in `fixed_frame` at the image stamp.
+
+    'wait' while the transform may still arrive (a frame not yet known, or the stamp newer
+    than the newest data); 'none' when the stamp is older than the data kept. TF interpolates
+    each link between its own samples (tf2's rules), so stamp_tolerance_s does not apply.
+    """
+
+    def __init__(self, tf: TfInterface, fixed_frame: str, camera_frame: str = '') -> None:
+        self._tf = tf
+        self.fixed_frame = fixed_frame
+        self.camera_frame = camera_frame
+
+    def lookup(self, stamp_ns: int) -> PoseLookup:
+        if not self.camera_frame:
+            return PoseLookup('wait')
+        try:
+            return PoseLookup('ok', self._tf.lookup(self.fixed_frame, self.camera_frame,
+                                                    stamp_ns))
+        except ExtrapolationError as error:
+            if 'future' in str(error):
+                return PoseLookup('wait')
+            return PoseLookup('none', reason=f'TF: {error}')
+        except TransformError:
+            return PoseLookup('wait')
+
+
+class _RosLogHandler(logging.Handler):
+    """Core's Python logging -> the node's ROS logger (so it reaches /rosout and the screen)."""
+
+    def __init__(self, node: Node) -> None:
+        super().__init__()
+        self._logger = node.get_logger()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = self.format(record)
+        if record.levelno >= logging.ERROR:
+            self._logger.error(message)
+        elif record.levelno >= logging.WARNING:
+            self._logger.warning(message)
+        elif record.levelno >= logging.INFO:
+            self._logger.info(message)
+        else:
+            self._logger.debug(message)
+
+
+class MappingNode(Node):
+    """Collects keyframes and trains a map; see the module docstring."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__('mapping_node', **kwargs)
+        self._log_handler = _RosLogHandler(self)
+        logging.getLogger('ace_ros').addHandler(self._log_handler)
+        logging.getLogger('ace_ros').setLevel(logging.INFO)
+        declare_parameters(self)
+        self.p = params.read_parameters(self, NODE_PARAMETERS)
+        online = params.read_config(self, OnlineMappingConfig)
+        cfg = params.read_config(self, MappingConfig)
+        self._check_parameters()
+        self._tf_source: Optional[TfPoseSource] = None
+        if self.p['pose_source'] == 'tf':
+            self._tf_source = TfPoseSource(TfInterface(self), self.p['fixed_frame'],
+                                           self.p['camera_frame'])
+        self.session = OnlineMappingSession(cfg, online, self.p['fixed_frame'], self._tf_source)
+        self._cancel = threading.Event()
+        self._done = threading.Event()
+        self._worker: Optional[threading.Thread] = None
+        self.exit_code = 0
+        self._rectifier: Optional[conversions.Rectifier] = None
+        self._waiting_for_info: Deque[Image] = collections.deque()
+        self._waiting_since = 0.0
+        self._last_image_time: Optional[float] = None
+        self._camera_frame_checked = ''
+        self._last_progress_log = 0.0
+
+        qos = qos_profile_sensor_data
+        if self.p['image_qos'] == 'reliable':
+            qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        pose_qos = QoSProfile(depth=100, reliability=qos.reliability)
+        self.create_subscription(Image, 'image', self._on_image, qos)
+        self.create_subscription(CameraInfo, 'camera_info', self._on_camera_info, qos)
+        if self.p['pose_source'] == 'pose':
+            self.create_subscription(PoseStamped, 'pose', self._on_pose, pose_qos)
+        elif self.p['pose_source'] == 'odom':
+            self.create_subscription(Odometry, 'odom', self._on_odometry, pose_qos)
+        self.create_service(Trigger, '~/finish', self._on_finish)
+        self.create_service(Trigger, '~/save_keyframes', self._on_save_keyframes)
+        # Wall-clock timers: under use_sim_time, /clock stops when a bag ends, and the idle
+        # check and the training progress must go on.
+        steady = Clock(clock_type=ClockType.STEADY_TIME)
+        self._diagnostics = diagnostics.Diagnostics(self, str(self.session.device), period_s=0)
+        self._diagnostics.add_task('mapping', self._report)
+        self.create_timer(self.p['diagnostics_period'], self._diagnostics.publish,
+                          clock=steady)
+        self.create_timer(0.05, self._on_tick, clock=steady)
+        self.get_logger().info(
+            f"collecting keyframes: poses from '{self.p['pose_source']}' in frame "
+            f"'{self.p['fixed_frame'] or '(first pose)'}', up to {online.max_keyframes} "
+            f'keyframes, map to {online.map_path}; call ~/finish to train')
+
+    # -- inputs --------------------------------------------------------------------------
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        rectified = self.p['image_is_rectified']
+        if self._rectifier is not None and not self._rectifier.needs_update(msg, rectified):
+            return
+        try:
+            self._rectifier = conversions.Rectifier.from_camera_info(msg, rectified)
+        except ValueError as error:
+            self.session.refuse('camera_info_invalid', f'camera_info refused: {error}', None)
+            return
+        while self._waiting_for_info:
+            self._add_image(self._waiting_for_info.popleft())
+
+    def _on_image(self, msg: Image) -> None:
+        self._last_image_time = time.monotonic()
+        if self._rectifier is None:
+            # camera_info may come just after the first images (a bag, a driver starting).
+            if not self._waiting_for_info:
+                self._waiting_since = time.monotonic()
+            self._waiting_for_info.append(msg)
+            if len(self._waiting_for_info) > _CAMERA_INFO_WAIT:
+                old = self._waiting_for_info.popleft()
+                self.session.refuse('image_no_camera_info', 'image at '
+                                    f'{conversions.stamp_to_sec(old.header.stamp):.3f} refused: '
+                                    f'no camera_info has arrived (after {_CAMERA_INFO_WAIT} '
+                                    "images) on '"
+                                    f"{self.resolve_topic_name('camera_info')}'; K is needed")
+            return
+        self._add_image(msg)
+
+    def _add_image(self, msg: Image) -> None:
+        stamp_ns = conversions.stamp_to_ns(msg.header.stamp)
+        try:
+            rgb = self._rectifier.rectify(conversions.image_to_rgb(msg))
+        except conversions.UnsupportedImageError as error:
+            self.session.refuse('image_unsupported', f'image refused: {error}')
+            return
+        except ValueError as error:
+            self.session.refuse('image_invalid', f'image refused: {error}')
+            return
+        self._check_camera_frame(msg.header.frame_id)
+        try:
+            self.session.add_image(rgb, self._rectifier.K, stamp_ns)
+        except Exception as error:  # noqa: BLE001 - e.g. out of memory: log, keep the node
+            self.get_logger().error(f'image at {stamp_ns / 1e9:.3f} could not be used: '
+                                    f'{type(error).__name__}: {error}',
+                                    throttle_duration_sec=5.0)
+            return
+        if self.session.full:
+            self._start_training(f'{self.session.keyframe_count} keyframes collected '
+                                 '(max_keyframes)')
+
+    def _on_pose(self, msg: PoseStamped) -> None:
+        stamp_ns = conversions.stamp_to_ns(msg.header.stamp)
+        try:
+            world_from_cam = conversions.pose_stamped_to_matrix(msg)
+        except ValueError as error:
+            self.session.refuse('pose_invalid', f'pose at {stamp_ns / 1e9:.3f} refused: '
+                                f'{error}', 'pose')
+            return
+        self._add_pose(stamp_ns, world_from_cam, msg.header.frame_id)
+
+    def _on_odometry(self, msg: Odometry) -> None:
+        stamp_ns = conversions.stamp_to_ns(msg.header.stamp)
+        camera = self.p['camera_frame'] or self._camera_frame_checked
+        if msg.child_frame_id and camera and msg.child_frame_id != camera:
+            self.session.refuse(
+                'pose_not_camera', f"odometry refused: it is the pose of '{msg.child_frame_id}'"
+                f", not of the camera's optical frame '{camera}'; use pose_source:=tf so the "
+                'robot-to-camera transform is applied', 'pose')
+            return
+        try:
+            world_from_cam = conversions.odometry_to_matrix(msg)
+        except ValueError as error:
+            self.session.refuse('pose_invalid', f'odometry at {stamp_ns / 1e9:.3f} refused: '
+                                f'{error}', 'pose')
+            return
+        self._add_pose(stamp_ns, world_from_cam, msg.header.frame_id)
+
+    def _add_pose(self, stamp_ns: int, world_from_cam, frame_id: str) -> None:
+        try:  # a pose can complete a waiting image, which is then encoded
+            self.session.add_pose(stamp_ns, world_from_cam, frame_id)
+        except Exception as error:  # noqa: BLE001 - e.g. out of memory: log, keep the node
+            self.get_logger().error(f'pose at {stamp_ns / 1e9:.3f} could not be used: '
+                                    f'{type(error).__name__}: {error}',
+                                    throttle_duration_sec=5.0)
+
+    def _check_camera_frame(self, frame_id: str) -> None:
+        """Once per camera frame name: the TF source needs it, and it should be optical."""
+        camera = self.p['camera_frame'] or frame_id
+        if camera == self._camera_frame_checked:
+            return
+        self._camera_frame_checked = camera
+        if self._tf_source is not None:
+            if not camera:
+                self.get_logger().error(
+                    "images have an empty header.frame_id and camera_frame is '': TF poses "
+                    'cannot be looked up; set camera_frame')
+            self._tf_source.camera_frame = camera
+        if camera and 'optical' not in camera:
+            self.get_logger().warning(
+                f"camera frame '{camera}' does not look like an optical frame (no "
+                "'_optical' in its name). Mapping needs the pose of the optical frame (x "
+                'right, y down, z forward; REP-103), e.g. camera_color_optical_frame; the '
+                'body-style camera_link (x forward, z up) is rotated 90 degrees from it and '
+                'would give a wrong map. Ignore this if the frame is optical by another name.')
+
+    # -- mapping -------------------------------------------------------------------------
+
+    def _on_tick(self) -> None:
+        if self.session.state != 'collecting':
+            return
+        if self._waiting_for_info and time.monotonic() - self._waiting_since > 0.5:
+            self.get_logger().warning(
+                f'{len(self._waiting_for_info)} image(s) received but no camera_info yet on '
+                f"'{self.resolve_topic_name('camera_info')}': holding up to "
+                f'{_CAMERA_INFO_WAIT} images until it arrives (K is needed)',
+                throttle_duration_sec=5.0)
+        if self._tf_source is not None:
+            try:
+                self.session.poll()
+            except Exception as error:  # noqa: BLE001 - logged; the next tick tries again
+                self.get_logger().error(f'TF pose lookup failed: {type(error).__name__}: '
+                                        f'{error}', throttle_duration_sec=5.0)
+        if self.session.full:  # a pose can complete the last keyframe after its image
+            self._start_training(f'{self.session.keyframe_count} keyframes collected '
+                                 '(max_keyframes)')
+            return
+        idle = self.p['idle_timeout_s']
+        if idle > 0 and self._last_image_time is not None:
+            quiet = time.monotonic() - self._last_image_time
+            if quiet >= idle:
+                if self.session.keyframe_count >= 2:
+                    self._start_training(f'no images for {quiet:.0f} s (idle_timeout_s)')
+                else:
+                    self.get_logger().warning(
+                        f'no images for {quiet:.0f} s but only {self.session.keyframe_count} '
+                        'keyframe(s); mapping needs 2, still collecting',
+                        throttle_duration_sec=30.0)
+
+    def _on_finish(self, request: Trigger.Request, response: Trigger.Response):
+        response.success, response.message = self._start_training('~/finish called')
+        return response
+
+    def _start_training(self, why: str) -> tuple:
+        if self._worker is not None:
+            return False, f'mapping already {self.session.state}'
+        if self.session.keyframe_count < 2:
+            message = (f'cannot train yet: {self.session.keyframe_count} keyframe(s), '
+                       'mapping needs 2')
+            self.get_logger().warning(message)
+            return False, message
+        counts = self.session.status().counts
+        self.get_logger().info(f'{why}: training the map; inputs: ' + ', '.join(
+            f'{name} {n}' for name, n in counts.items() if n or name in ('images', 'poses')))
+        self._worker = threading.Thread(target=self._train, name='ace_ros_training',
+                                        daemon=True)
+        self._worker.start()
+        return True, f'training started on {self.session.keyframe_count} keyframes'
+
+    def _train(self) -> None:
+        try:  # the session logs the outcome
+            self.session.finish(progress=self._on_progress, cancel=self._cancel)
+        except MappingCancelled:
+            self.exit_code = 130
+        except ValueError as error:  # e.g. too few keyframes after the last check
+            self.get_logger().error(f'mapping failed: {error}')
+            self.exit_code = 1
+        except Exception as error:  # noqa: BLE001 - reported, and the node keeps answering
+            self.get_logger().error(f'mapping failed: {type(error).__name__}: {error}')
+            self.exit_code = 1
+        finally:
+            if self.context.ok():  # not after Ctrl-C: the context is shut down then
+                self._diagnostics.publish()  # the final state, before the node exits
+            self._done.set()
+
+    def _on_progress(self, p: Progress) -> None:
+        now = time.monotonic()
+        if now - self._last_progress_log < _PROGRESS_LOG_S and p.done != p.total:
+            return
+        self._last_progress_log = now
+        if p.stage == 'train':
+            self.get_logger().info(
+                f'training: iteration {p.done}/{p.total}, loss {p.loss:.3f}, '
+                f'{p.rate:.1f} it/s, ETA {p.eta_s:.0f} s')
+        else:
+            self.get_logger().info(f'encoding augmented passes: image {p.done}/{p.total}, '
+                                   f'{p.rate:.1f} img/s, ETA {p.eta_s:.0f} s')
+
+    def _on_save_keyframes(self, request: Trigger.Request, response: Trigger.Response):
+        try:
+            folder = self.session.save_keyframes(self.session.next_keyframes_folder())
+        except (ValueError, OSError) as error:
+            response.success, response.message = False, str(error)
+            return response
+        response.success = True
+        response.message = f'{self.session.keyframe_count} keyframes saved to {folder}'
+        self.get_logger().info(response.message)
+        return response
+
+    def _report(self) -> diagnostics.Report:
+        status = self.session.status()
+        values: Dict[str, object] = {'state': status.state, 'keyframes': status.keyframes,
+                                     'pending_images': status.pending,
+                                     'buffer_cells': status.buffer_cells}
+        values.update({k: v for k, v in status.counts.items() if v or k in ('images', 'poses')})
+        p = status.progress
+        if p is not None:
+            values.update({'stage': p.stage, 'done': p.done, 'total': p.total,
+                           'loss': p.loss, 'rate': p.rate, 'eta_s': p.eta_s})
+        if status.keyframes_dir:
+            values['keyframes_dir'] = status.keyframes_dir
+        if status.state == 'failed':
+            return diagnostics.Report(diagnostics.ERROR, f'mapping failed: {status.error}',
+                                      values)
+        if status.state == 'training':
+            return diagnostics.Report(diagnostics.OK, 'training', values)
+        if status.state == 'done':
+            return diagnostics.Report(diagnostics.OK, 'map written', values)
+        images = status.counts['images']
+        if images and status.counts['no_pose'] > images / 2:
+            return diagnostics.Report(diagnostics.WARN, 'most images have no pose', values)
+        return diagnostics.Report(diagnostics.OK, 'collecting keyframes', values)
+
+    # -- life cycle ----------------------------------------------------------------------
+
+    @property
+    def finished(self) -> bool:
+        """The map is written (or mapping failed) and the node should exit."""
+        return self._done.is_set() and self.p['exit_when_done']
+
+    def interrupt(self) -> None:
+        """Ctrl-C: stop training (keyframes were saved before it began) or save them now."""
+        if self._worker is not None:
+            self._cancel.set()  # the session logs where the keyframes are
+            self._worker.join(timeout=60.0)
+        elif self.session.keyframe_count:
+            try:
+                folder = self.session.save_keyframes(self.session.next_keyframes_folder())
+            except (ValueError, OSError) as error:
+                self.get_logger().error(f'interrupted while collecting; saving the keyframes '
+                                        f'failed: {error}')
+                return
+            self.get_logger().warning(f'interrupted while collecting: '
+                                      f'{self.session.keyframe_count} keyframes saved to {folder}')
+
+    def _check_parameters(self) -> None:
+        if self.p['pose_source'] not in POSE_SOURCES:
+            raise ValueError(f"parameter pose_source must be one of {list(POSE_SOURCES)}, "
+                             f"got '{self.p['pose_source']}'")
+        if self.p['pose_source'] == 'tf' and not self.p['fixed_frame']:
+            raise ValueError("pose_source 'tf' needs fixed_frame (the world frame to look the "
+                             "camera up in), got ''")
+        if self.p['image_qos'] not in ('sensor_data', 'reliable'):
+            raise ValueError("parameter image_qos must be 'sensor_data' or 'reliable', got "
+                             f"'{self.p['image_qos']}'")
+        if self.p['idle_timeout_s'] < 0 or self.p['diagnostics_period'] <= 0:
+            raise ValueError('idle_timeout_s must be >= 0 and diagnostics_period > 0')
+
+    def destroy_node(self) -> None:
+        logging.getLogger('ace_ros').removeHandler(self._log_handler)
+        super().destroy_node()
+
+
+def declare_parameters(node: Node) -> None:
+    """Declare every mapping_node parameter on `node`.
+
+    The training settings get the preset's values as defaults.
+    """
+    params.declare_parameters(node, NODE_PARAMETERS)
+    for cls in CONFIG_CLASSES:
+        params.declare_config(node, cls)
+
+
+def parameter_defaults() -> Dict[str, Any]:
+    """Every parameter the node declares, with its default (presets not applied)."""
+    import dataclasses
+    defaults = {name: spec.default for name, spec in NODE_PARAMETERS.items()}
+    for cls in CONFIG_CLASSES:
+        defaults.update({f.name: f.default for f in dataclasses.fields(cls)})
+    return defaults
+
+
+def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def main(args: Optional[list] = None) -> int:
+    # Ctrl-C and SIGTERM are handled here rather than by rclpy (which would shut the context
+    # down first), so that stopping training and saving keyframes can still log to /rosout.
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    node: Optional[MappingNode] = None
+    code = 0
+    try:
+        node = MappingNode()
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        while rclpy.ok() and not node.finished:
+            executor.spin_once(timeout_sec=0.1)
+        code = node.exit_code
+    except (KeyboardInterrupt, ExternalShutdownException):
+        if node is not None:
+            node.interrupt()
+    except ValueError as error:  # parameters the settings refuse
+        print(f'[mapping_node] error: {error}', file=sys.stderr)
+        code = 2
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return code
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""Localize a camera in a map: `ros2 launch ace_ros localization.launch.py map:=room.ace`.
+
+Publishes ~/pose, ~/pose_with_covariance and TF (map -> odom when odom_frame is set in the
+parameter file, else map -> camera). For a bag: `ros2 bag play --clock BAG` with
+use_sim_time:=true.
+"""
+
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
+
+
+def generate_launch_description():
+    default_params = os.path.join(get_package_share_directory('ace_ros'), 'config',
+                                  'localization.yaml')
+    arguments = [
+        DeclareLaunchArgument('map', description='map file (.ace) written by mapping'),
+        DeclareLaunchArgument('params_file', default_value=default_params,
+                              description='localization_node parameters (ros__parameters '
+                                          'YAML)'),
+        DeclareLaunchArgument('use_sim_time', default_value='false',
+                              description='use /clock (bag replay with --clock)'),
+        DeclareLaunchArgument('namespace', default_value='',
+                              description='namespace of the node and its topics'),
+        DeclareLaunchArgument('device', default_value='auto',
+                              description="'auto' (CUDA when present), 'cpu', 'cuda:N'"),
+        DeclareLaunchArgument('image', default_value='image',
+                              description='image topic (rgb8, bgr8 or mono8)'),
+        DeclareLaunchArgument('camera_info', default_value='camera_info',
+                              description='camera_info topic'),
+        DeclareLaunchArgument('pose', default_value='~/pose',
+                              description='where the PoseStamped output goes'),
+        DeclareLaunchArgument('pose_with_covariance', default_value='~/pose_with_covariance',
+                              description='where the PoseWithCovarianceStamped output goes'),
+    ]
+    node = Node(
+        package='ace_ros',
+        executable='localization_node',
+        name='localization_node',
+        namespace=LaunchConfiguration('namespace'),
+        output='screen',
+        emulate_tty=True,
+        # Later entries win: the launch arguments override the parameter file.
+        parameters=[
+            LaunchConfiguration('params_file'),
+            {
+                'use_sim_time': ParameterValue(LaunchConfiguration('use_sim_time'),
+                                               value_type=bool),
+                'map_path': ParameterValue(LaunchConfiguration('map'), value_type=str),
+                'device': ParameterValue(LaunchConfiguration('device'), value_type=str),
+            },
+        ],
+        remappings=[
+            ('image', LaunchConfiguration('image')),
+            ('camera_info', LaunchConfiguration('camera_info')),
+            ('~/pose', LaunchConfiguration('pose')),
+            ('~/pose_with_covariance', LaunchConfiguration('pose_with_covariance')),
+        ],
+    )
+    return LaunchDescription(arguments + [node])

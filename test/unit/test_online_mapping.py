@@ -1,0 +1,332 @@
+"""Online mapping session: stamp matching, rejections, keyframes, training, recovery."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from ace_ros.core import geometry
+from ace_ros.core.config import LocalizationConfig, mapping_config
+from ace_ros.core.localizer import Localizer
+from ace_ros.core.mapfile import load_map
+from ace_ros.core.mapper import MappingCancelled
+from ace_ros.core.online_mapping import COUNTERS, OnlineMappingConfig, OnlineMappingSession
+from ace_ros.core.pose_track import PoseTrack, check_rigid_pose, stamp_name
+from ace_ros.data.ace_layout import AceLayoutSource
+from ace_ros.data.synthetic import SyntheticSceneConfig, generate_frames
+
+HEIGHT = 64
+MS = 1_000_000
+T0 = 1_700_000_000 * 1_000_000_000  # a realistic epoch stamp: float seconds would lose ns
+PERIOD = 100 * MS
+
+
+@pytest.fixture(scope='module')
+def frames():
+    scene = SyntheticSceneConfig(seed=1, width=80, height=HEIGHT, focal=70.0, n_train=10,
+                                 n_test=2, texel_size=0.02)
+    return list(generate_frames(scene, 'train')), list(generate_frames(scene, 'test'))
+
+
+def _cfg(**overrides):
+    values = dict(image_height=HEIGHT, samples_per_image=40, batch_size=128,
+                  max_iterations=3, device='cpu', encoder='random:0')
+    values.update(overrides)
+    return mapping_config('tiny', **values)
+
+
+def _session(tmp_path, cfg=None, **online):
+    values = dict(map_path=str(tmp_path / 'room.ace'), min_translation_m=0.05,
+                  min_rotation_deg=5.0, max_keyframes=50)
+    values.update(online)
+    return OnlineMappingSession(cfg or _cfg(), OnlineMappingConfig(**values))
+
+
+def _pose(session, stamp_ns, world_from_cam, frame_id='map'):
+    return session.add_pose(stamp_ns, world_from_cam, frame_id)
+
+
+def _pose_between(pose_a, pose_b, alpha):
+    return geometry.slerp_pose(pose_a, pose_b, alpha)
+
+
+# -- pose track ---------------------------------------------------------------------------
+
+def test_pose_track_exact_interpolated_gap_and_wait():
+    a = geometry.make_pose(np.eye(3), [0.0, 0.0, 0.0])
+    b = geometry.make_pose(geometry.axis_angle_to_matrix([0, 0, np.radians(20)]), [1.0, 0, 0])
+    track = PoseTrack(tolerance_ns=50 * MS)
+    assert track.lookup(T0).status == 'wait'
+    track.add(T0, a)
+    track.add(T0 + 40 * MS, b)
+    track.add(T0 + 500 * MS, b)
+    exact = track.lookup(T0 + 40 * MS)
+    assert exact.status == 'ok' and np.allclose(exact.world_from_cam, b)
+    mid = track.lookup(T0 + 10 * MS)
+    assert mid.status == 'ok'
+    assert np.allclose(mid.world_from_cam[:3, 3], [0.25, 0, 0])
+    assert geometry.rotation_angle_deg(mid.world_from_cam[:3, :3]) == pytest.approx(5.0)
+    gap = track.lookup(T0 + 100 * MS)
+    assert gap.status == 'none'
+    assert '60.0 ms before' in gap.reason and '400.0 ms after' in gap.reason
+    before = track.lookup(T0 - 1)
+    assert before.status == 'none' and 'first pose' in before.reason
+    assert track.lookup(T0 + 501 * MS).status == 'wait'
+    with pytest.raises(ValueError, match='must increase'):
+        track.add(T0, a)
+    track.forget_before(T0 + 300 * MS)
+    assert len(track) == 2  # the pose before the stamp stays: it brackets later stamps
+    assert track.lookup(T0 + 300 * MS).status == 'none'
+
+
+def _unnormalised(norm):
+    """The matrix a quaternion of this norm gives when converted without normalising."""
+    q = np.array([0.1, 0.2, 0.3, 0.9])
+    x, y, z, w = q / np.linalg.norm(q) * np.sqrt(norm)
+    return geometry.make_pose(np.array([
+        [w * w + x * x - y * y - z * z, 2 * (x * y - z * w), 2 * (x * z + y * w)],
+        [2 * (x * y + z * w), w * w - x * x + y * y - z * z, 2 * (y * z - x * w)],
+        [2 * (x * z - y * w), 2 * (y * z + x * w), w * w - x * x - y * y + z * z]]), [1, 2, 3])
+
+
+@pytest.mark.parametrize('pose, match', [
+    (np.full((4, 4), np.nan), 'non-finite'),
+    (np.eye(3), r'shape \(4, 4\)'),
+    (_unnormalised(1.5), 'not a rotation'),
+    (_unnormalised(1.0001), 'not a rotation'),
+    (np.diag([1.0, 1.0, -1.0, 1.0]), 'det -1'),
+    (np.vstack([np.eye(4)[:3], [0, 0, 1, 1]]), 'last row'),
+])
+def test_rigid_pose_check_refuses_bad_poses(pose, match):
+    with pytest.raises(ValueError, match=match):
+        check_rigid_pose(pose)
+
+
+def test_rigid_pose_check_accepts_a_unit_quaternion_pose():
+    assert np.allclose(check_rigid_pose(_unnormalised(1.0))[:3, 3], [1, 2, 3])
+
+
+def test_stamp_names_sort_and_keep_nanoseconds():
+    assert stamp_name(T0 + 5) == '1700000000.000000005'
+    assert stamp_name(T0 + 999_999_999) < stamp_name(T0 + 1_000_000_000)
+
+
+# -- session: matching and rejections -----------------------------------------------------
+
+def test_images_and_poses_in_either_order_give_the_same_keyframes(frames, tmp_path):
+    train, _ = frames
+    sessions = []
+    for order in ('poses_first', 'images_first', 'interleaved'):
+        (tmp_path / order).mkdir()
+        session = _session(tmp_path / order)
+        stamps = [T0 + i * PERIOD for i in range(len(train))]
+        feed_poses = [lambda s=s, f=f: _pose(session, s, f.world_from_cam)
+                      for s, f in zip(stamps, train)]
+        feed_images = [lambda s=s, f=f: session.add_image(f.image, f.K, s)
+                       for s, f in zip(stamps, train)]
+        if order == 'poses_first':
+            calls = feed_poses + feed_images
+        elif order == 'images_first':
+            calls = feed_images + feed_poses
+        else:
+            calls = [c for pair in zip(feed_images, feed_poses) for c in pair]
+        for call in calls:
+            call()
+        sessions.append(session)
+    for session in sessions:
+        status = session.status()
+        assert status.keyframes == len(train), status.counts
+        assert status.pending == 0 and status.counts['no_pose'] == 0
+        assert session._buffer.n_images == len(train)  # encoded on arrival
+        assert 0 < status.buffer_cells <= len(train) * 40
+    names = [[f.name for f in s._keyframes] for s in sessions]
+    assert names[0] == names[1] == names[2]
+
+
+def test_interpolates_between_bracketing_poses_and_refuses_to_guess(frames, tmp_path):
+    train, _ = frames
+    session = _session(tmp_path, stamp_tolerance_s=0.03, min_translation_m=0.0,
+                       min_rotation_deg=0.0)
+    a, b, c = (f.world_from_cam for f in train[:3])
+    _pose(session, T0, a)
+    _pose(session, T0 + 40 * MS, b)
+    assert session.add_image(train[0].image, train[0].K, T0 + 20 * MS) == 'keyframe'
+    kept = session._keyframes[-1].world_from_cam
+    assert np.allclose(kept, _pose_between(a, b, 0.5))
+    # 25 ms after b but the next pose is 60 ms later: one side is beyond 30 ms -> no pose.
+    assert session.add_image(train[1].image, train[1].K, T0 + 65 * MS) == 'pending'
+    _pose(session, T0 + 100 * MS, c)
+    status = session.status()
+    assert status.counts['no_pose'] == 1 and status.keyframes == 1 and status.pending == 0
+
+
+def test_images_without_poses_are_counted_after_max_pose_wait(frames, tmp_path, caplog):
+    train, _ = frames
+    session = _session(tmp_path, max_pose_wait_s=0.25)
+    with caplog.at_level(logging.WARNING):
+        for i in range(4):
+            session.add_image(train[i].image, train[i].K, T0 + i * PERIOD)
+    status = session.status()
+    # Only image 0 is more than 250 ms older than the newest image: it will never get a
+    # pose; the others may still.
+    assert status.counts['no_pose'] == 1 and status.pending == 3
+    assert 'within max_pose_wait_s' in caplog.text
+    with pytest.raises(ValueError, match='at least 2 keyframes, got 0'):
+        session.finish()
+    assert session.state == 'collecting'  # too early: collection goes on
+    assert session.status().counts['no_pose'] == 4  # finishing decided the rest
+
+
+def test_bad_inputs_are_refused_counted_and_logged(frames, tmp_path, caplog):
+    train, _ = frames
+    session = _session(tmp_path, min_translation_m=0.0, min_rotation_deg=0.0)
+    pose0, pose1 = train[0].world_from_cam, train[1].world_from_cam
+    nan_pose = pose0.copy()
+    nan_pose[0, 3] = np.nan
+    with caplog.at_level(logging.WARNING):
+        assert _pose(session, T0, pose0) == 'ok'
+        assert _pose(session, T0, pose0) == 'pose_duplicate_stamp'
+        assert _pose(session, T0 - MS, pose0) == 'pose_out_of_order'
+        assert _pose(session, T0 + MS, nan_pose) == 'pose_invalid'
+        assert _pose(session, T0 + MS, _unnormalised(1.5)) == 'pose_invalid'
+        assert _pose(session, T0 + MS, pose0, frame_id='odom') == 'pose_wrong_frame'
+        assert _pose(session, T0 + PERIOD, pose1) == 'ok'
+        assert session.add_image(train[0].image, train[0].K, T0) == 'keyframe'
+        assert session.add_image(train[0].image, train[0].K, T0) == 'image_duplicate_stamp'
+        assert session.add_image(train[0].image, train[0].K, T0 - MS) == 'image_out_of_order'
+        assert session.add_image(train[1].image[..., 0], train[1].K, T0 + MS) == 'image_invalid'
+        assert session.add_image(train[1].image, np.zeros((3, 3)), T0 + MS) == 'image_invalid'
+        assert session.add_image(train[1].image, train[1].K, 0) == 'image_invalid'
+        assert session.add_image(train[1].image, train[1].K, T0 + PERIOD) == 'keyframe'
+    counts = session.status().counts
+    assert counts['images'] == 7 and counts['poses'] == 7 and counts['keyframes'] == 2
+    for reason, n in [('pose_duplicate_stamp', 1), ('pose_out_of_order', 1),
+                      ('pose_invalid', 2), ('pose_wrong_frame', 1),
+                      ('image_duplicate_stamp', 1), ('image_out_of_order', 1),
+                      ('image_invalid', 3)]:
+        assert counts[reason] == n, reason
+    for text in ('repeats the previous pose stamp', 'older than the previous pose',
+                 'non-finite', 'not a rotation', "in frame 'odom', mapping uses 'map'",
+                 'repeats the previous image stamp', 'must be (H, W, 3) uint8',
+                 'camera_info', 'stamp is 0'):
+        assert text in caplog.text, text
+    assert session.world_frame_id == 'map'
+    assert set(counts) == set(COUNTERS)
+
+
+def test_keyframes_need_motion_and_stop_at_the_limit(frames, tmp_path):
+    train, _ = frames
+    session = _session(tmp_path, min_translation_m=0.3, min_rotation_deg=30.0, max_keyframes=3)
+    still = train[0].world_from_cam
+    nudged = still @ geometry.make_pose(np.eye(3), [0.1, 0, 0])
+    turned = still @ geometry.make_pose(geometry.axis_angle_to_matrix([0, np.radians(40), 0]),
+                                        [0, 0, 0])
+    moved = turned @ geometry.make_pose(np.eye(3), [0.5, 0, 0])
+    expected = ['keyframe', 'skipped_small_motion', 'keyframe', 'keyframe', 'keyframe_limit']
+    for i, (pose, want) in enumerate(zip([still, nudged, turned, moved, still], expected)):
+        _pose(session, T0 + i * PERIOD, pose)
+        assert session.add_image(train[i].image, train[i].K, T0 + i * PERIOD) == want
+    assert session.full and session.keyframe_count == 3
+    counts = session.status().counts
+    assert counts['skipped_small_motion'] == 1 and counts['keyframe_limit'] == 1
+
+
+# -- session: finishing ---------------------------------------------------------------------
+
+def _collect(session, train):
+    for i, frame in enumerate(train):
+        _pose(session, T0 + i * PERIOD, frame.world_from_cam)
+        session.add_image(frame.image, frame.K, T0 + i * PERIOD)
+
+
+@pytest.mark.parametrize('device', ['cpu', pytest.param('cuda', marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason='no CUDA device'))])
+def test_finish_saves_keyframes_then_writes_a_usable_map(frames, tmp_path, device):
+    train, test = frames
+    session = _session(tmp_path, cfg=_cfg(max_buffer_passes=2, device=device))
+    assert session.device.type == device and session._buffer.features.device.type == device
+    _collect(session, train)
+    reports = []
+    result = session.finish(progress=reports.append)
+    assert session.state == 'done'
+    # The first pass was encoded on arrival; finish ran only the second.
+    assert result.stats.buffer_images == 2 * len(train)
+    buffer_reports = [p for p in reports if p.stage == 'buffer']
+    assert [p.total for p in buffer_reports[:1]] == [len(train)]
+    train_reports = [p for p in reports if p.stage == 'train']
+    assert train_reports[-1].done == train_reports[-1].total == result.stats.iterations == 3
+    assert all(np.isfinite(p.loss) and p.rate > 0 and p.eta_s >= 0 for p in train_reports)
+
+    scene_map = load_map(result.map_path)
+    assert scene_map.world_frame_id == 'map'
+    assert scene_map.frame_names == [stamp_name(T0 + i * PERIOD) for i in range(len(train))]
+    localizer = Localizer.from_file(result.map_path, LocalizationConfig(
+        device='cpu', image_height=HEIGHT, min_inliers=4, encoder='random:0',
+        ransac_hypotheses=8, ransac_max_tries=200, refinement_iterations=2))
+    outcome = localizer.localize(test[0])
+    assert outcome.n_cells > 0  # plumbing; the random encoder says nothing about accuracy
+
+    # The recovery copy maps offline exactly as collected.
+    saved = AceLayoutSource(result.keyframes_dir)
+    assert result.keyframes_dir == str(tmp_path / 'room_keyframes')
+    assert list(saved.names) == scene_map.frame_names
+    for original, reread in zip(train, saved):
+        assert np.array_equal(original.image, reread.image)
+        assert np.allclose(original.world_from_cam, reread.world_from_cam, atol=1e-8)
+        assert np.allclose(original.K, reread.K)
+    with pytest.raises(RuntimeError, match='already started'):
+        session.finish()
+    assert session.add_image(train[0].image, train[0].K, T0 + 99 * PERIOD) == 'after_finish'
+
+
+def test_cancelled_training_keeps_keyframes_and_the_previous_map(frames, tmp_path):
+    train, _ = frames
+    previous = tmp_path / 'room.ace'
+    previous.write_bytes(b'the previous map')
+    (tmp_path / 'room_keyframes' / 'rgb').mkdir(parents=True)
+    (tmp_path / 'room_keyframes' / 'rgb' / 'old.png').write_bytes(b'')
+    session = _session(tmp_path, cfg=_cfg(max_iterations=400))
+    _collect(session, train)
+    cancel = threading.Event()
+
+    def stop_midway(p):
+        if p.stage == 'train' and p.done > 1:
+            cancel.set()
+
+    with pytest.raises(MappingCancelled, match='during training'):
+        session.finish(progress=stop_midway, cancel=cancel)
+    assert session.state == 'failed' and 'cancelled' in session.status().error
+    assert previous.read_bytes() == b'the previous map'
+    # An earlier run's keyframes are not overwritten either.
+    assert session.status().keyframes_dir == str(tmp_path / 'room_keyframes.1')
+    assert len(AceLayoutSource(tmp_path / 'room_keyframes.1')) == len(train)
+
+
+def test_save_keyframes_any_time_and_refuses_to_overwrite(frames, tmp_path):
+    train, _ = frames
+    session = _session(tmp_path)
+    with pytest.raises(ValueError, match='no keyframes'):
+        session.save_keyframes(tmp_path / 'early')
+    _collect(session, train[:4])
+    folder = session.save_keyframes(tmp_path / 'kf')
+    assert len(AceLayoutSource(folder)) == 4
+    with pytest.raises(FileExistsError):
+        session.save_keyframes(tmp_path / 'kf')
+
+
+def test_a_map_path_in_a_missing_folder_is_refused_before_collecting(tmp_path):
+    with pytest.raises(ValueError, match='does not exist'):
+        _session(tmp_path, map_path=str(tmp_path / 'missing' / 'room.ace'))
+
+
+def test_config_refuses_bad_values():
+    with pytest.raises(ValueError, match='max_keyframes must be >= 2'):
+        OnlineMappingConfig(max_keyframes=1)
+    with pytest.raises(ValueError, match='stamp_tolerance_s must be finite'):
+        OnlineMappingConfig(stamp_tolerance_s=float('nan'))
+    with pytest.raises(ValueError, match='map_path'):
+        OnlineMappingConfig(map_path='')
