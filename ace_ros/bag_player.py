@@ -90,6 +90,10 @@ class BagPlayer:
                 stats.loops += 1
                 if not self.loop:
                     break
+            # Reliable messages still in flight are lost if the process exits now.
+            from rclpy.duration import Duration
+            for publisher in publishers.values():
+                publisher.wait_for_all_acked(Duration(seconds=2))
         stats.wall_s = time.monotonic() - start
         return stats
 
@@ -209,6 +213,9 @@ def _clock_msg(stamp_ns: int) -> Any:
     return Clock(clock=Time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000))
 
 
+_DISCOVERY_SETTLE_S = 0.5
+
+
 def _wait_for_subscribers(publishers: dict, topics: Sequence[str], timeout_s: float) -> None:
     unknown = [t for t in topics if t not in publishers]
     if unknown:
@@ -220,3 +227,7 @@ def _wait_for_subscribers(publishers: dict, topics: Sequence[str], timeout_s: fl
             waiting = [t for t in topics if publishers[t].get_subscription_count() == 0]
             raise ValueError(f'no subscriber on {waiting} after {timeout_s:.0f} s')
         time.sleep(0.05)
+    if topics:
+        # The publisher sees the match before the subscriber's side has matched it back;
+        # messages sent in between can be lost (seen under load), so let discovery settle.
+        time.sleep(_DISCOVERY_SETTLE_S)

@@ -370,6 +370,11 @@ def main(args: Optional[list] = None) -> None:
         # A bad parameter at start: say which, without a traceback.
         rclpy.logging.get_logger('localization_node').fatal(f'invalid parameters: {e}')
         raise SystemExit(2)
+    except Exception:
+        # A signal can shut the context down while the executor builds its wait set
+        # (RCLError 'context is not valid'): that is a normal shutdown, anything else is not.
+        if rclpy.ok():
+            raise
     finally:
         if node is not None:
             node.shutdown()

@@ -95,12 +95,17 @@ def test_cli_play_runs_as_a_process(bag, make_node, spin_until, ros_env):
          '--wait-for', '/camera/image_raw'], env=ros_env, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True)
     try:
-        assert spin_until([listener], lambda: len(received['image']) == N_FRAMES,
-                          timeout_s=30.0)
+        got_all = spin_until([listener], lambda: len(received['image']) == N_FRAMES,
+                             timeout_s=60.0)
+        if not got_all:
+            process.kill()
         output = process.communicate(timeout=30)[0]
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
+    stamps = [m.header.stamp.sec + m.header.stamp.nanosec * 1e-9 for _, m in received['image']]
+    assert got_all, (f"{len(received['image'])} of {N_FRAMES} images (stamps {stamps}); the "
+                     f'player said:\n{output}')
     assert process.returncode == 0, output
     assert f'/camera/image_raw {N_FRAMES}' in output
