@@ -18,7 +18,15 @@ whose correspondences are exact:
 Each step encodes both views of a few pairs, samples cells of A with a correspondence, and
 asks each one to pick its own partner in B among the partners of all others (and back).
 Features are L2-normalised for the loss; a weak penalty keeps their raw scale near 1 so the
-mapping head sees well-conditioned inputs. Resumable: the room pool is a function of the
+mapping head sees well-conditioned inputs.
+
+Matching well is not yet regressing well: features that tell every cell apart can still be
+hard for a small head to map to coordinates in a few hundred iterations. With `head_weight`
+> 0 the paper's recipe is added on top (best started from a correspondence-trained encoder,
+`init_encoder`): each room in the pool gets a fresh scene head of the mapping architecture,
+trained with direct scene-coordinate supervision from the exact depth through the encoder;
+heads are born and dropped with their rooms, so the encoder learns features that a fresh
+head fits quickly, which is what mapping asks of it. Resumable: the room pool is a function of the
 step, and the checkpoint holds the encoder, the optimiser, the step and the RNG state.
 """
 
@@ -37,8 +45,10 @@ import torch
 import torch.nn.functional as F
 
 from ace_ros.core import device as device_lib
-from ace_ros.core.network import ENCODER_STRIDE, Encoder, cell_centers, image_to_network_input
-from ace_ros.core.weights import random_encoder_state
+from ace_ros.core.config import MappingConfig
+from ace_ros.core.network import (
+    ENCODER_STRIDE, Encoder, Head, HeadConfig, cell_centers, image_to_network_input)
+from ace_ros.core.weights import load_encoder_state, random_encoder_state
 
 _logger = logging.getLogger(__name__)
 
@@ -77,6 +87,14 @@ class PretrainConfig:
     validate_every: int = field(default=250, metadata={'help': 'steps between validations'})
     device: str = field(default='auto', metadata={'help': "'auto', 'cpu' or 'cuda'"})
     seed: int = field(default=0, metadata={'help': 'initialisation and sampling seed'})
+    init_encoder: str = field(
+        default='', metadata={'help': "encoder weights to start from; '' = random"})
+    head_weight: float = field(
+        default=0.0, metadata={'help': 'weight of the per-room scene-coordinate head loss '
+                                       '(0: correspondence loss only)'})
+    head_lr: float = field(default=1e-3, metadata={'help': 'AdamW learning rate of the heads'})
+    head_steps: int = field(
+        default=2, metadata={'help': 'extra head-only steps per step on the same features'})
 
     def __post_init__(self) -> None:
         for name in ('steps', 'rooms', 'frames_per_room', 'refresh_every', 'pairs_per_step',
@@ -88,6 +106,8 @@ class PretrainConfig:
                              f'{self.width} x {self.height}')
         if not 0 <= self.real_fraction <= 1:
             raise ValueError(f'real_fraction must be in [0, 1], got {self.real_fraction}')
+        if self.head_weight < 0 or self.head_steps < 0 or self.head_lr <= 0:
+            raise ValueError('head_weight and head_steps must be >= 0, head_lr > 0')
         if self.temperature <= 0 or self.learning_rate <= 0:
             raise ValueError('temperature and learning_rate must be > 0')
         if self.first_seed + self.steps // self.refresh_every + self.rooms > VALIDATION_SEED:
@@ -108,6 +128,8 @@ class Pair:
     gray_b: np.ndarray   # (H, W) uint8
     cells_a: np.ndarray  # (N,) int64 flat cell index in A's feature grid
     xy_b: np.ndarray     # (N, 2) float32 pixel position in B
+    room: Optional[int] = None          # seed of the synthetic room, None for photographs
+    views: Tuple[int, int] = (-1, -1)   # the two views' indices in the room
 
 
 @dataclass
@@ -118,6 +140,12 @@ class RoomViews:
     poses: np.ndarray    # (F, 4, 4) world_from_cam
     K: np.ndarray        # (3, 3)
     partners: List[np.ndarray]  # per frame: indices of views that overlap it
+    cell_world: np.ndarray  # (F, 3, h, w) float32 world point at each cell centre
+    cell_valid: np.ndarray  # (F, h, w) bool: the cell centre has depth
+
+    @property
+    def mean_centre(self) -> np.ndarray:
+        return self.poses[:, :3, 3].mean(axis=0)
 
 
 def render_room(seed: int, cfg: PretrainConfig) -> RoomViews:
@@ -142,8 +170,19 @@ def render_room(seed: int, cfg: PretrainConfig) -> RoomViews:
     angle = np.degrees(np.arccos(np.clip(axes @ axes.T, -1, 1)))
     overlap = (distance < 0.8) & (angle < 40) & ~np.eye(len(poses), dtype=bool)
     partners = [np.flatnonzero(row) for row in overlap]
-    return RoomViews(seed, np.stack(grays), np.stack(depths), poses_arr,
-                     scene.intrinsics(), partners)
+    K = scene.intrinsics()
+    rows, cols = cfg.height // ENCODER_STRIDE, cfg.width // ENCODER_STRIDE
+    xy = cell_centers(cfg.height, cfg.width).reshape(2, -1).T.numpy().astype(np.float64)
+    u, v = np.round(xy).astype(int).T
+    rays = np.c_[xy, np.ones(len(xy))] @ np.linalg.inv(K).T
+    world, valid = [], []
+    for depth, pose in zip(depths, poses_arr):
+        z = depth[v, u].astype(np.float64)
+        points = (rays * z[:, None]) @ pose[:3, :3].T + pose[:3, 3]
+        world.append(points.T.reshape(3, rows, cols).astype(np.float32))
+        valid.append((z > 0.05).reshape(rows, cols))
+    return RoomViews(seed, np.stack(grays), np.stack(depths), poses_arr, K, partners,
+                     np.stack(world), np.stack(valid))
 
 
 def room_pair(room: RoomViews, rng: np.random.Generator, cfg: PretrainConfig,
@@ -173,7 +212,8 @@ def room_pair(room: RoomViews, rng: np.random.Generator, cfg: PretrainConfig,
         visible = inside & (np.abs(depth_b - z_b) < 0.03 * z_b + 0.01)
         cells = np.flatnonzero(visible)
         if len(cells) >= min_cells:
-            return Pair(room.gray[a], room.gray[b], cells, proj[cells, :2].astype(np.float32))
+            return Pair(room.gray[a], room.gray[b], cells, proj[cells, :2].astype(np.float32),
+                        room.seed, (a, b))
     return None
 
 
@@ -294,7 +334,9 @@ class Pretrainer:
         self.cfg = cfg
         self.device = device_lib.resolve_device(cfg.device)
         self.encoder = Encoder()
-        self.encoder.load_state_dict(random_encoder_state(cfg.seed))
+        self.encoder.load_state_dict(
+            load_encoder_state(cfg.init_encoder) if cfg.init_encoder
+            else random_encoder_state(cfg.seed))
         self.encoder.to(self.device, memory_format=torch.channels_last).train()
         self.optimizer = torch.optim.AdamW(self.encoder.parameters(), lr=cfg.learning_rate,
                                            weight_decay=cfg.weight_decay)
@@ -306,6 +348,9 @@ class Pretrainer:
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.history: List[Dict[str, float]] = []
         self.rooms: Dict[int, RoomViews] = {}
+        # One scene head per room in the pool, born and dropped with its room: the encoder
+        # learns features that a fresh head fits quickly, which is what mapping asks of it.
+        self.heads: Dict[int, Tuple[Head, torch.optim.Optimizer]] = {}
 
     def _room_seeds(self) -> List[int]:
         """The pool at this step: a sliding window over the room seeds."""
@@ -317,9 +362,35 @@ class Pretrainer:
         for seed in list(self.rooms):
             if seed not in wanted:
                 del self.rooms[seed]
+                self.heads.pop(seed, None)
         for seed in wanted:
             if seed not in self.rooms:
                 self.rooms[seed] = render_room(seed, self.cfg)
+            if self.cfg.head_weight > 0 and seed not in self.heads:
+                self.heads[seed] = self._new_head(self.rooms[seed])
+
+    def _new_head(self, room: RoomViews) -> Tuple[Head, torch.optim.Optimizer]:
+        head = Head(HeadConfig(num_blocks=MappingConfig().head_blocks)).to(self.device)
+        head.scene_mean.copy_(torch.as_tensor(room.mean_centre, dtype=torch.float32))
+        return head, torch.optim.AdamW(head.parameters(), lr=self.cfg.head_lr)
+
+    def _head_loss(self, features: torch.Tensor, pairs: Sequence[Pair]) -> Optional[torch.Tensor]:
+        """Robust L1 (m) between each room head's prediction and the true cell points."""
+        losses = []
+        for i, pair in enumerate(pairs):
+            if pair.room is None or pair.room not in self.heads:
+                continue
+            head = self.heads[pair.room][0]
+            room = self.rooms[pair.room]
+            for k, view in enumerate(pair.views):
+                valid = torch.from_numpy(room.cell_valid[view]).to(self.device)
+                target = torch.from_numpy(room.cell_world[view]).to(self.device)
+                with device_lib.autocast(self.device):
+                    predicted = head.forward_image(features[2 * i + k][None])[0]
+                error = (predicted.float() - target).abs().sum(dim=0)[valid]
+                # Beyond 1 m errors count logarithmically: early wild guesses cannot dominate.
+                losses.append(torch.where(error < 1.0, error, 1.0 + torch.log(error)).mean())
+        return torch.stack(losses).mean() if losses else None
 
     def _pairs(self) -> List[Pair]:
         pairs: List[Pair] = []
@@ -369,16 +440,36 @@ class Pretrainer:
         contrastive = torch.stack(losses).mean()
         scale = features.float().pow(2).mean().clamp_min(1e-6).log().pow(2)
         loss = contrastive + cfg.scale_weight * scale
+        head_loss = self._head_loss(features, pairs) if cfg.head_weight > 0 else None
+        if head_loss is not None:
+            loss = loss + cfg.head_weight * head_loss
         for group in self.optimizer.param_groups:
             group['lr'] = self._lr()
         self.optimizer.zero_grad(set_to_none=True)
+        for _, head_optimizer in self.heads.values():
+            head_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.encoder.parameters(), 1.0)
         self.optimizer.step()
+        for _, head_optimizer in self.heads.values():
+            head_optimizer.step()
+        if head_loss is not None:
+            # Cheap extra head updates on the same (now fixed) features: heads keep pace.
+            detached = features.detach()
+            for _ in range(cfg.head_steps):
+                extra = self._head_loss(detached, pairs)
+                for _, head_optimizer in self.heads.values():
+                    head_optimizer.zero_grad(set_to_none=True)
+                extra.backward()
+                for _, head_optimizer in self.heads.values():
+                    head_optimizer.step()
         self.step += 1
-        return {'step': self.step, 'loss': float(contrastive.detach()),
-                'accuracy': float(np.mean(accuracies)),
-                'feature_rms': float(features.detach().float().pow(2).mean().sqrt())}
+        record = {'step': self.step, 'loss': float(contrastive.detach()),
+                  'accuracy': float(np.mean(accuracies)),
+                  'feature_rms': float(features.detach().float().pow(2).mean().sqrt())}
+        if head_loss is not None:
+            record['head_loss'] = float(head_loss.detach())
+        return record
 
     @torch.no_grad()
     def validate(self, pairs: Sequence[Pair]) -> float:
@@ -393,17 +484,28 @@ class Pretrainer:
         return {'step': self.step, 'encoder': self.encoder.state_dict(),
                 'optimizer': self.optimizer.state_dict(), 'config': asdict(self.cfg),
                 'history': self.history, 'rng': self.rng.bit_generator.state,
-                'generator': self.generator.get_state()}
+                'generator': self.generator.get_state(),
+                'heads': {str(seed): {'head': head.state_dict(), 'optimizer': opt.state_dict()}
+                          for seed, (head, opt) in self.heads.items()}}
 
     def load(self, state: dict) -> None:
-        if state['config'] != asdict(self.cfg):
-            raise ValueError('checkpoint was written with other settings: '
-                             f"{state['config']} vs {asdict(self.cfg)}")
+        # Settings added after a checkpoint was written count as their defaults.
+        saved = {**asdict(PretrainConfig()), **state['config']}
+        if saved != asdict(self.cfg):
+            changed = {k: (saved[k], v) for k, v in asdict(self.cfg).items() if saved[k] != v}
+            raise ValueError(f'checkpoint was written with other settings (saved, now): '
+                             f'{changed}')
         self.encoder.load_state_dict(state['encoder'])
         self.optimizer.load_state_dict(state['optimizer'])
         self.step, self.history = int(state['step']), list(state['history'])
         self.rng.bit_generator.state = state['rng']
         self.generator.set_state(state['generator'])
+        self._refresh_rooms()
+        for seed, saved_head in state.get('heads', {}).items():
+            if int(seed) in self.heads:
+                head, opt = self.heads[int(seed)]
+                head.load_state_dict(saved_head['head'])
+                opt.load_state_dict(saved_head['optimizer'])
 
 
 def match_accuracy(encode: Callable[[torch.Tensor], torch.Tensor], pairs: Sequence[Pair],
@@ -487,8 +589,12 @@ def pretrain(cfg: PretrainConfig, workdir: Path, progress: Optional[ProgressFn] 
         record = trainer.train_step()
         if trainer.step % cfg.validate_every == 0 or trainer.step == cfg.steps:
             record['val_accuracy'] = trainer.validate(val_pairs)
-            _logger.info('step %d: validation match accuracy %.3f (%.0f s)', trainer.step,
-                         record['val_accuracy'], time.perf_counter() - start)
+            recent = [r['head_loss'] for r in trainer.history[-cfg.validate_every:]
+                      if 'head_loss' in r]
+            _logger.info('step %d: validation match accuracy %.3f%s (%.0f s)', trainer.step,
+                         record['val_accuracy'],
+                         f', head loss {np.mean(recent):.3f}' if recent else '',
+                         time.perf_counter() - start)
         trainer.history.append(record)
         if trainer.step % cfg.checkpoint_every == 0 or trainer.step == cfg.steps:
             save_checkpoint(checkpoint, trainer.state())

@@ -95,7 +95,9 @@ def test_tiny_run_writes_a_compatible_encoder_and_resumes(tmp_path, monkeypatch)
     real_validation_pairs = pretrain_module.validation_pairs
     monkeypatch.setattr(pretrain_module, 'validation_pairs',
                         lambda c: real_validation_pairs(c, n_rooms=1, per_room=2))
-    cfg = PretrainConfig(**SMALL, steps=4, checkpoint_every=2, validate_every=2, warmup=1)
+    # With the per-room head loss on, so the heads' state goes through the checkpoint too.
+    cfg = PretrainConfig(**SMALL, steps=4, checkpoint_every=2, validate_every=2, warmup=1,
+                         head_weight=0.5, head_steps=1)
     seen = []
 
     class Stop(Exception):
@@ -117,9 +119,24 @@ def test_tiny_run_writes_a_compatible_encoder_and_resumes(tmp_path, monkeypatch)
     checkpoint = torch.load(tmp_path / 'run' / 'checkpoint.pt', weights_only=True)
     assert checkpoint['step'] == 4
     assert any('val_accuracy' in r for r in checkpoint['history'])
+    assert all('head_loss' in r for r in checkpoint['history'] if 'loss' in r)
+    assert list(checkpoint['heads']) == ['1000']
     # A checkpoint only resumes with the settings that wrote it.
     with pytest.raises(ValueError, match='other settings'):
         pretrain(PretrainConfig(**SMALL, steps=5), tmp_path / 'run')
+
+
+def test_head_loss_trains_the_room_head(room):
+    cfg = PretrainConfig(**SMALL, head_weight=1.0, head_lr=3e-3, head_steps=3, warmup=1,
+                         real_fraction=0.0)
+    trainer = Pretrainer(cfg)
+    trainer.rooms = {1000: room}
+    trainer.heads = {1000: trainer._new_head(room)}
+    trainer._refresh_rooms = lambda: None
+    pair = room_pair(room, np.random.default_rng(3), cfg, min_cells=16)
+    trainer._pairs = lambda: [pair]
+    losses = [trainer.train_step()['head_loss'] for _ in range(12)]
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.3
 
 
 def test_config_refuses_bad_settings():
