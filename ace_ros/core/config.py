@@ -79,6 +79,8 @@ class LocalizationConfig:
     device: str = _f('auto', "'auto', 'cpu', 'cuda' or 'cuda:N'")
     image_height: int = _f(480, 'images are resized to this height (px) before encoding')
     mixed_precision: bool = _f(True, 'bf16 on CPU, fp16 on CUDA for encoder and head')
+    backend: str = _f('auto', "network inference: 'torch', 'openvino' (CPU) or 'auto' "
+                      '(OpenVINO on the CPU when installed)')
     ransac_hypotheses: int = _f(64, 'PnP-RANSAC hypotheses per frame')
     inlier_threshold_px: float = _f(10.0, 'inlier reprojection error (px at image_height)')
     max_reprojection_px: float = _f(100.0, 'reprojection errors are clamped here for scoring')

@@ -52,3 +52,27 @@ def describe(device: torch.device) -> str:
     if device.type == 'cuda':
         return f'{device} ({torch.cuda.get_device_name(device)})'
     return f'cpu ({torch.get_num_threads()} threads)'
+
+
+def resolve_backend(spec: str, device: torch.device) -> str:
+    """Inference backend for localization: 'auto', 'torch' or 'openvino' -> 'torch' | 'openvino'.
+
+    'auto' takes OpenVINO on the CPU when it is installed (faster bf16 kernels there) and
+    PyTorch otherwise; OpenVINO is CPU-only here.
+
+    Raises:
+        ValueError: for an unknown spec, or 'openvino' where it cannot run.
+    """
+    from ace_ros.core import openvino_backend
+    spec = spec.strip().lower()
+    if spec not in ('auto', 'torch', 'openvino'):
+        raise ValueError(f"backend must be 'auto', 'torch' or 'openvino', got '{spec}'")
+    if spec == 'auto':
+        return 'openvino' if device.type == 'cpu' and openvino_backend.available() else 'torch'
+    if spec == 'openvino':
+        if device.type != 'cpu':
+            raise ValueError(f"backend 'openvino' runs on the CPU only, but device is {device}")
+        if not openvino_backend.available():
+            raise ValueError("backend 'openvino' asked for but the openvino package is not "
+                             'installed (pip install openvino, or use backend torch)')
+    return spec

@@ -14,7 +14,7 @@ from ace_ros.core import geometry
 from ace_ros.core.buffer import encode, prepare_image
 from ace_ros.core.config import LocalizationConfig
 from ace_ros.core.mapfile import SceneMap, load_map
-from ace_ros.core.network import Encoder, Head, HeadConfig, cell_centers
+from ace_ros.core.network import Encoder, Head, HeadConfig, cell_centers, image_to_network_input
 from ace_ros.core.ransac import RansacSettings, ransac_pnp
 from ace_ros.core.types import Frame, LocalizationResult
 from ace_ros.core.weights import build_encoder
@@ -49,6 +49,11 @@ class Localizer:
         self.encoder = encoder.to(self.device)
         self.head = head_from_map(scene_map, self.device)
         self.scene_map = scene_map
+        self.backend = device_lib.resolve_backend(cfg.backend, self.device)
+        self._openvino = None
+        if self.backend == 'openvino':
+            from ace_ros.core.openvino_backend import OpenVinoNetwork
+            self._openvino = OpenVinoNetwork(self.encoder, self.head, cfg.mixed_precision)
         self.ransac = RansacSettings(
             hypotheses=cfg.ransac_hypotheses, inlier_threshold_px=cfg.inlier_threshold_px,
             max_reprojection_px=cfg.max_reprojection_px,
@@ -67,12 +72,21 @@ class Localizer:
         prepared = prepare_image(frame, self.cfg.image_height)
         timings['prepare'] = time.perf_counter() - start
         start = time.perf_counter()
-        features = encode(self.encoder, prepared.gray, self.device, self.cfg.mixed_precision)
+        if self._openvino is not None:
+            features = self._openvino.encode(
+                image_to_network_input(torch.from_numpy(prepared.gray)[None, None]))
+        else:
+            features = encode(self.encoder, prepared.gray, self.device,
+                              self.cfg.mixed_precision)
         timings['encoder'] = time.perf_counter() - start
         start = time.perf_counter()
         c, h, w = features.shape
-        with torch.inference_mode(), device_lib.autocast(self.device, self.cfg.mixed_precision):
-            points = self.head(features.reshape(c, h * w).T)
+        if self._openvino is not None:
+            points = self._openvino.predict(features.reshape(c, h * w).T)
+        else:
+            with torch.inference_mode(), device_lib.autocast(self.device,
+                                                             self.cfg.mixed_precision):
+                points = self.head(features.reshape(c, h * w).T)
         # The one GPU -> CPU step: RANSAC and OpenCV's PnP run on the CPU.
         points_np = points.float().cpu().numpy().astype(np.float64)
         timings['head'] = time.perf_counter() - start

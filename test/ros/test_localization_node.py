@@ -206,7 +206,8 @@ def test_localization_node_end_to_end(node_process, scene, make_node, spin_until
 
     # 5. A burst faster than localization: stale frames are dropped, never queued, and
     #    the newest frame is processed.
-    assert spin_until(nodes, lambda: probe.diagnostic().get('processed') == '1', 10)
+    # (>= 1: a slow first frame, e.g. compiling the network, may have seen a resend.)
+    assert spin_until(nodes, lambda: int(probe.diagnostic().get('processed', 0)) >= 1, 10)
     n_poses = len(probe.poses)
     burst = [10 * S + i * S // 100 for i in range(20)]
     for i, stamp in enumerate(burst):
