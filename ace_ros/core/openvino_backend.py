@@ -10,6 +10,7 @@ bf16 precision. Compiled models are cached per input shape (a camera's size is f
 from __future__ import annotations
 
 import logging
+import time
 from typing import Dict, Tuple
 
 import numpy as np
@@ -48,11 +49,15 @@ class OpenVinoNetwork:
     def _request(self, name: str, module: torch.nn.Module, example: torch.Tensor) -> object:
         key = (name, tuple(example.shape))
         if key not in self._compiled:
+            start = time.perf_counter()
             with torch.no_grad():  # torch.export: TorchScript tracing is deprecated
                 model = self._ov.convert_model(torch.export.export(module, (example,)))
             self._compiled[key] = self._core.compile_model(
                 model, 'CPU', self._config).create_infer_request()
-            _logger.debug('compiled %s for input %s', name, tuple(example.shape))
+            # Once per input size: the first frame of a camera pays for it.
+            _logger.info('compiled the %s with OpenVINO (%s) for input %s in %.1f s', name,
+                         self._config['INFERENCE_PRECISION_HINT'], tuple(example.shape),
+                         time.perf_counter() - start)
         return self._compiled[key]
 
     def encode(self, network_input: torch.Tensor) -> torch.Tensor:
