@@ -267,7 +267,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         progress(_Progress('pretrain', int(record['step']), total, loss=record['loss'],
                            valid_fraction=record['accuracy']))
 
-    path = pretrain(cfg, Path(args.workdir), report)
+    path = pretrain(cfg, Path(args.workdir), report, stop_at=args.stop_at)
     progress.close()
     _logger.info('encoder written to %s', path)
     return 0
@@ -366,6 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
                        'synthetic rooms (resumable)')
     p.add_argument('--workdir', required=True,
                    help='checkpoint and output folder; an existing checkpoint is resumed')
+    p.add_argument('--stop-at', type=int, metavar='STEP',
+                   help='stop (checkpointed, encoder exported) at this step without changing '
+                        'the schedule that --steps defines; run again to resume')
     from ace_ros.pretrain import PretrainConfig
     add_config_flags(p, PretrainConfig)
     p.set_defaults(func=cmd_pretrain)

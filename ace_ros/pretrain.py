@@ -566,8 +566,13 @@ def export_encoder(encoder: Encoder, path: Path, metadata: Optional[Dict[str, st
 ProgressFn = Callable[[Dict[str, float], int], None]
 
 
-def pretrain(cfg: PretrainConfig, workdir: Path, progress: Optional[ProgressFn] = None) -> Path:
-    """Run (or resume) pretraining in `workdir`; returns the exported encoder path."""
+def pretrain(cfg: PretrainConfig, workdir: Path, progress: Optional[ProgressFn] = None,
+             stop_at: Optional[int] = None) -> Path:
+    """Run (or resume) pretraining in `workdir`; returns the exported encoder path.
+
+    `stop_at` ends the run early at that step (checkpointed and exported) without changing
+    the schedule, which `cfg.steps` defines; a later call resumes from there.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     checkpoint = workdir / 'checkpoint.pt'
     output = workdir / 'encoder_fp16.safetensors'
@@ -585,9 +590,10 @@ def pretrain(cfg: PretrainConfig, workdir: Path, progress: Optional[ProgressFn] 
         trainer.history.append({'step': 0, 'val_accuracy': accuracy})
         _logger.info('step 0: validation match accuracy %.3f', accuracy)
     start = time.perf_counter()
-    while trainer.step < cfg.steps:
+    end = min(cfg.steps, stop_at) if stop_at else cfg.steps
+    while trainer.step < end:
         record = trainer.train_step()
-        if trainer.step % cfg.validate_every == 0 or trainer.step == cfg.steps:
+        if trainer.step % cfg.validate_every == 0 or trainer.step == end:
             record['val_accuracy'] = trainer.validate(val_pairs)
             recent = [r['head_loss'] for r in trainer.history[-cfg.validate_every:]
                       if 'head_loss' in r]
@@ -596,7 +602,7 @@ def pretrain(cfg: PretrainConfig, workdir: Path, progress: Optional[ProgressFn] 
                          f', head loss {np.mean(recent):.3f}' if recent else '',
                          time.perf_counter() - start)
         trainer.history.append(record)
-        if trainer.step % cfg.checkpoint_every == 0 or trainer.step == cfg.steps:
+        if trainer.step % cfg.checkpoint_every == 0 or trainer.step == end:
             save_checkpoint(checkpoint, trainer.state())
             export_encoder(trainer.encoder, output, {'step': str(trainer.step)})
         if progress:

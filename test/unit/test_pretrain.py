@@ -99,17 +99,7 @@ def test_tiny_run_writes_a_compatible_encoder_and_resumes(tmp_path, monkeypatch)
     cfg = PretrainConfig(**SMALL, steps=4, checkpoint_every=2, validate_every=2, warmup=1,
                          head_weight=0.5, head_steps=1)
     seen = []
-
-    class Stop(Exception):
-        pass
-
-    def interrupt(record, total):
-        seen.append(record['step'])
-        if record['step'] == 2:
-            raise Stop
-
-    with pytest.raises(Stop):
-        pretrain(cfg, tmp_path / 'run', interrupt)
+    pretrain(cfg, tmp_path / 'run', lambda r, t: seen.append(r['step']), stop_at=2)
     assert (tmp_path / 'run' / 'checkpoint.pt').is_file()
     out = pretrain(cfg, tmp_path / 'run', lambda r, t: seen.append(r['step']))
     assert seen == [1, 2, 3, 4]  # resumed after step 2, not from the start
