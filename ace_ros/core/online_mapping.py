@@ -3,9 +3,11 @@
 ROS-free. The mapping node hands it converted messages; tests hand it numpy arrays. Images
 and poses may arrive in either order; an image gets a pose only from poses that bracket its
 stamp closely (or one at its exact stamp), never from a guess. Keyframes (enough motion since
-the last one) are encoded into the training buffer on arrival, on the mapping device, and are
-kept so that the remaining augmentation passes and training run in `finish`, which shares the
-offline mapper's code (`Mapper.map`).
+the last one) are kept in memory and queued; a worker thread encodes them into the training
+buffer (on the mapping device) while collection goes on, so `add_image` and `add_pose` stay
+cheap (a ROS callback never waits for the encoder). `finish` waits for that queue to drain,
+then runs the remaining augmentation passes and training with the offline mapper's code
+(`Mapper.map`).
 
 Stamps are integer nanoseconds (see pose_track.py).
 """
@@ -42,7 +44,7 @@ _logger = logging.getLogger(__name__)
 COUNTERS = ('images', 'poses', 'keyframes', 'skipped_small_motion', 'no_pose',
             'keyframe_limit', 'image_out_of_order', 'image_duplicate_stamp', 'image_invalid',
             'pose_out_of_order', 'pose_duplicate_stamp', 'pose_invalid', 'pose_wrong_frame',
-            'after_finish')
+            'after_finish', 'encode_failed')
 _WARN_EVERY_S = 5.0
 
 
@@ -65,7 +67,8 @@ class OnlineMappingConfig:
         'stamp when both are this close (s), or the pose at its exact stamp; else none')
     max_pose_wait_s: float = _f(
         1.0, 'an image whose bracketing pose has not arrived by the time images this much '
-        'newer (s) arrive is counted as having no pose')
+        'newer (s, by their stamps: stream time, not wall time) arrive is counted as having '
+        'no pose')
     min_translation_m: float = _f(0.05, 'a keyframe needs this much camera motion (m) since '
                                   'the last keyframe, or min_rotation_deg')
     min_rotation_deg: float = _f(5.0, 'a keyframe needs this much camera rotation (deg) since '
@@ -104,8 +107,10 @@ class SessionStatus:
 
     state: str               # 'collecting', 'training', 'done' or 'failed'
     counts: Dict[str, int]
-    keyframes: int
+    keyframes: int           # accepted keyframes (encoded + queued)
     pending: int             # images waiting for their bracketing pose
+    queued: int              # keyframes waiting for the encoder
+    encoded: int             # keyframes encoded into the training buffer
     buffer_cells: int
     progress: Optional[Progress]
     keyframes_dir: Optional[str]
@@ -117,7 +122,9 @@ class OnlineMappingSession:
 
     Thread safety: `add_*`, `poll`, `status` and `save_keyframes` may be called from one
     thread (the node's callbacks) while `finish` runs in another; collection stops when
-    `finish` starts.
+    `finish` starts. Keyframes are encoded by the session's own worker thread (running while
+    keyframes are queued; `close` stops it); one lock guards the keyframe list,
+    the encode queue and the counters, and is never held while encoding.
 
     Args:
         cfg: the training settings (the same as offline `ace-ros map`).
@@ -160,6 +167,13 @@ class OnlineMappingSession:
         self._keyframes_dir: Optional[str] = None
         self._error = ''
         self._last_warned: Dict[str, Tuple[float, int]] = {}
+        # Keyframes accepted but not yet encoded (they are in _keyframes too: no extra memory).
+        self._encode_queue: Deque[Frame] = collections.deque()
+        self._encoded = 0
+        self._encoding = False      # the worker is encoding a frame taken off the queue
+        self._closed = False
+        self._changed = threading.Condition(self._lock)  # queue or encoder state changed
+        self._encoder_thread: Optional[threading.Thread] = None
 
     # -- input ---------------------------------------------------------------------------
 
@@ -254,13 +268,53 @@ class OnlineMappingSession:
 
     @property
     def keyframe_count(self) -> int:
+        """Keyframes accepted so far (encoded or still waiting for the encoder)."""
         return len(self._keyframes)
+
+    @property
+    def queued_count(self) -> int:
+        """Keyframes accepted but not encoded yet (being encoded included)."""
+        with self._lock:
+            return len(self._encode_queue) + int(self._encoding)
 
     def status(self) -> SessionStatus:
         with self._lock:
             return SessionStatus(self._state, dict(self.counts), len(self._keyframes),
-                                 len(self._pending), self._buffer.size if self._buffer else 0,
+                                 len(self._pending), self.queued_count, self._encoded,
+                                 self._buffer.size if self._buffer else 0,
                                  self._progress, self._keyframes_dir, self._error)
+
+    def wait_encoded(self, timeout_s: Optional[float] = None,
+                     cancel: Optional[threading.Event] = None) -> bool:
+        """Wait until every accepted keyframe is encoded.
+
+        False on timeout, when `cancel` is set, or when the session was closed with
+        keyframes still queued (they will not be encoded then).
+        """
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        with self._lock:
+            while self._encode_queue or self._encoding:
+                if (cancel is not None and cancel.is_set()) or (
+                        self._closed and not self._encoding):
+                    return False
+                wait = 0.1 if deadline is None else min(0.1, deadline - time.monotonic())
+                if wait <= 0:
+                    return False
+                self._changed.wait(wait)
+            return True
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Stop the encoder thread (keyframes still queued stay in memory, unencoded).
+
+        Waits up to `timeout_s` for a frame being encoded; the thread is a daemon, so a
+        process exit never waits for it.
+        """
+        with self._lock:
+            self._closed = True
+            self._changed.notify_all()
+            thread = self._encoder_thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout_s)
 
     def save_keyframes(self, folder: str | Path) -> Path:
         """Write the keyframes so far as an ACE-layout scene (`ace-ros map FOLDER ...`).
@@ -280,13 +334,17 @@ class OnlineMappingSession:
 
     def finish(self, progress: Optional[ProgressCallback] = None,
                cancel: Optional[threading.Event] = None) -> MappingResult:
-        """Stop collecting, save the keyframes, train, and write the map to map_path.
+        """Stop collecting, finish encoding, save the keyframes, train, write map_path.
+
+        Keyframes still queued for the encoder are encoded first (a Ctrl-C then stops it).
 
         The map at map_path is replaced only by a complete new map (atomic save); after a
         failure or cancellation it is untouched and the keyframes stay saved.
 
         Args:
-            progress: called with buffer and training progress (iteration, loss, rate, ETA).
+            progress: called with encoding progress (stage 'keyframes': the queue still to
+                encode; 'buffer': the augmented passes) and training progress (iteration,
+                loss, rate, ETA).
             cancel: when set (from another thread), encoding or training stops at the next
                 image or iteration.
 
@@ -306,8 +364,17 @@ class OnlineMappingSession:
                     f"pose, {self.counts['skipped_small_motion']} too close to the last "
                     'keyframe); keep collecting')
             self._state = 'training'
-            keyframes = list(self._keyframes)
         try:
+            if cancel is not None:
+                self._mapper.cancel = cancel
+            self._drain(progress)
+            with self._lock:
+                # Keyframes whose encoding failed were dropped; the rest are all encoded.
+                keyframes = list(self._keyframes)
+                if len(keyframes) < 2:
+                    raise ValueError(f'mapping needs at least 2 keyframes, got '
+                                     f"{len(keyframes)} ({self.counts['encode_failed']} could "
+                                     'not be encoded)')
             if self.online.save_keyframes_before_training:
                 self._keyframes_dir = str(self.save_keyframes(self.next_keyframes_folder()))
                 _logger.info('saved %d keyframes to %s (map them offline with: ace-ros map %s '
@@ -319,8 +386,6 @@ class OnlineMappingSession:
                 if progress:
                     progress(p)
 
-            if cancel is not None:
-                self._mapper.cancel = cancel
             trained = self._mapper.map(keyframes, report, self._buffer, passes_done=1)
             scene_map = scene_map_from(trained, self.cfg, self._encoder_sha256,
                                        self._encoder_label, self.world_frame_id or 'map')
@@ -335,8 +400,10 @@ class OnlineMappingSession:
                         'mapping %s (%s); %s; %s is unchanged',
                         'stopped' if requested else 'failed', self._error, kept,
                         self.online.map_path)
+            self.close(timeout_s=0.0)
             raise
         self._state = 'done'
+        self.close()
         self._buffer = None  # the buffer can be GBs of device memory
         _logger.info('map written to %s: %d keyframes, %d iterations in %.0f s, final loss '
                      '%.3f', self.online.map_path, len(keyframes), trained.stats.iterations,
@@ -398,15 +465,75 @@ class OnlineMappingSession:
                     and turned_deg < self.online.min_rotation_deg):
                 self.counts['skipped_small_motion'] += 1
                 return 'skipped_small_motion'
-        start = time.perf_counter()
-        self._mapper.add_to_buffer(self._buffer, frame)
-        self._encode_s += time.perf_counter() - start
         self._keyframes.append(frame)
         self.counts['keyframes'] += 1
+        self._encode_queue.append(frame)
+        self._start_encoder()
+        self._changed.notify_all()
         if self.full:
             _logger.info('keyframe limit reached (%d); collection is complete',
                          self.online.max_keyframes)
         return 'keyframe'
+
+    def _start_encoder(self) -> None:
+        if self._encoder_thread is None and not self._closed:
+            self._encoder_thread = threading.Thread(target=self._encode_loop, daemon=True,
+                                                    name='ace_ros_keyframe_encoder')
+            self._encoder_thread.start()
+
+    def _encode_loop(self) -> None:
+        """Worker: encode queued keyframes into the buffer (the first augmentation pass)."""
+        while True:
+            with self._lock:
+                if (not self._encode_queue or self._closed
+                        or self._state in ('done', 'failed')):
+                    # Idle: the thread ends, and the next keyframe starts another one.
+                    self._encoder_thread = None
+                    self._changed.notify_all()
+                    return
+                frame = self._encode_queue.popleft()
+                self._encoding = True
+                buffer = self._buffer
+            error: Optional[BaseException] = None
+            start = time.perf_counter()
+            try:
+                # No lock held: callbacks keep adding images and poses meanwhile. Only this
+                # thread touches the mapper and the buffer until `finish` has drained the
+                # queue.
+                self._mapper.add_to_buffer(buffer, frame)
+            except Exception as caught:  # noqa: BLE001 - e.g. out of memory: drop the frame
+                error = caught
+            with self._lock:
+                self._encode_s += time.perf_counter() - start
+                self._encoding = False
+                if error is None:
+                    self._encoded += 1
+                else:
+                    self._keyframes = [f for f in self._keyframes if f is not frame]
+                    self.counts['keyframes'] -= 1
+                    self._reject('encode_failed', f'keyframe {frame.name} dropped: encoding '
+                                 f'failed: {type(error).__name__}: {error}')
+                self._changed.notify_all()
+
+    def _drain(self, progress: Optional[ProgressCallback]) -> None:
+        """Wait (in `finish`) for the encoder to finish the queued keyframes."""
+        with self._lock:
+            first = self._encoded
+            total = first + self.queued_count
+        if total > first:
+            _logger.info('waiting for %d queued keyframe(s) to be encoded', total - first)
+        start = time.perf_counter()
+        while not self.wait_encoded(timeout_s=0.5, cancel=self._mapper.cancel):
+            if self._mapper.cancel.is_set():
+                raise MappingCancelled('mapping cancelled while encoding queued keyframes')
+            if self._closed and not self._encoding:
+                raise RuntimeError('the session was closed with keyframes still queued')
+            if progress:
+                done = self._encoded
+                elapsed = time.perf_counter() - start
+                rate = (done - first) / elapsed if elapsed > 0 else math.nan
+                progress(Progress('keyframes', done, total, rate=rate,
+                                  eta_s=(total - done) / rate if rate > 0 else math.nan))
 
     def _reject(self, reason: str, message: str) -> str:
         """Count `reason` and log `message`, throttled per kind of problem.

@@ -1,8 +1,10 @@
 """mapping_node: collect posed keyframes from a camera, train an ACE map, save it.
 
 A thin adapter over `ace_ros.core.online_mapping.OnlineMappingSession`: callbacks convert
-messages and hand them to the session; training runs in a worker thread so services and
-diagnostics stay responsive.
+messages and hand them to the session, which only matches poses and picks keyframes there;
+the session's own thread encodes keyframes, and training runs in another worker thread, so
+callbacks keep up with a camera (or a bag at real time) and services and diagnostics stay
+responsive.
 
 Inputs: `image` (rgb8/bgr8/mono8) + `camera_info`, and camera poses from one source
 (parameter pose_source): 'pose' (geometry_msgs/PoseStamped on `pose`: the pose of the camera's
@@ -57,6 +59,10 @@ NODE_PARAMETERS: Dict[str, params.ParamSpec] = {
     'image_qos': params.ParamSpec(
         'sensor_data', "QoS of the image, camera_info and pose subscriptions: 'sensor_data' "
         "(best effort: matches any publisher) or 'reliable'", True),
+    'image_queue_depth': params.ParamSpec(
+        30, 'messages the image subscription holds while the node is busy (history depth); '
+        'mapping wants every frame, e.g. from a bag replayed at real time, so it is deeper '
+        'than the sensor-data default (5)', True),
     'image_is_rectified': params.ParamSpec(
         False, 'images are already rectified (e.g. image_rect): use camera_info P, do not '
         'undistort', True),
@@ -152,8 +158,10 @@ class MappingNode(Node):
         qos = qos_profile_sensor_data
         if self.p['image_qos'] == 'reliable':
             qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        image_qos = QoSProfile(depth=self.p['image_queue_depth'], reliability=qos.reliability,
+                               durability=qos.durability)
         pose_qos = QoSProfile(depth=100, reliability=qos.reliability)
-        self.create_subscription(Image, 'image', self._on_image, qos)
+        self.create_subscription(Image, 'image', self._on_image, image_qos)
         self.create_subscription(CameraInfo, 'camera_info', self._on_camera_info, qos)
         if self.p['pose_source'] == 'pose':
             self.create_subscription(PoseStamped, 'pose', self._on_pose, pose_qos)
@@ -333,7 +341,9 @@ class MappingNode(Node):
         self._worker = threading.Thread(target=self._train, name='ace_ros_training',
                                         daemon=True)
         self._worker.start()
-        return True, f'training started on {self.session.keyframe_count} keyframes'
+        queued = self.session.queued_count
+        return True, (f'training started on {self.session.keyframe_count} keyframes'
+                      + (f' ({queued} still being encoded)' if queued else ''))
 
     def _train(self) -> None:
         try:  # the session logs the outcome
@@ -356,7 +366,10 @@ class MappingNode(Node):
         if now - self._last_progress_log < _PROGRESS_LOG_S and p.done != p.total:
             return
         self._last_progress_log = now
-        if p.stage == 'train':
+        if p.stage == 'keyframes':
+            self.get_logger().info(f'encoding queued keyframes: {p.done}/{p.total}, '
+                                   f'{p.rate:.1f} img/s, ETA {p.eta_s:.0f} s')
+        elif p.stage == 'train':
             self.get_logger().info(
                 f'training: iteration {p.done}/{p.total}, loss {p.loss:.3f}, '
                 f'{p.rate:.1f} it/s, ETA {p.eta_s:.0f} s')
@@ -379,6 +392,8 @@ class MappingNode(Node):
         status = self.session.status()
         values: Dict[str, object] = {'state': status.state, 'keyframes': status.keyframes,
                                      'pending_images': status.pending,
+                                     'keyframes_queued': status.queued,
+                                     'keyframes_encoded': status.encoded,
                                      'buffer_cells': status.buffer_cells}
         values.update({k: v for k, v in status.counts.items() if v or k in ('images', 'poses')})
         p = status.progress
@@ -407,7 +422,10 @@ class MappingNode(Node):
         return self._done.is_set() and self.p['exit_when_done']
 
     def interrupt(self) -> None:
-        """Ctrl-C: stop training (keyframes were saved before it began) or save them now."""
+        """Ctrl-C: stop training (keyframes were saved before it began) or save them now.
+
+        Saved now: every keyframe collected, those still queued for the encoder included.
+        """
         if self._worker is not None:
             self._cancel.set()  # the session logs where the keyframes are
             self._worker.join(timeout=60.0)
@@ -431,10 +449,14 @@ class MappingNode(Node):
         if self.p['image_qos'] not in ('sensor_data', 'reliable'):
             raise ValueError("parameter image_qos must be 'sensor_data' or 'reliable', got "
                              f"'{self.p['image_qos']}'")
+        if self.p['image_queue_depth'] < 1:
+            raise ValueError('image_queue_depth must be >= 1, got '
+                             f"{self.p['image_queue_depth']}")
         if self.p['idle_timeout_s'] < 0 or self.p['diagnostics_period'] <= 0:
             raise ValueError('idle_timeout_s must be >= 0 and diagnostics_period > 0')
 
     def destroy_node(self) -> None:
+        self.session.close(timeout_s=2.0)  # the keyframe encoder thread
         logging.getLogger('ace_ros').removeHandler(self._log_handler)
         super().destroy_node()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -39,11 +40,37 @@ def _cfg(**overrides):
     return mapping_config('tiny', **values)
 
 
+_SESSIONS = []
+
+
+@pytest.fixture(autouse=True)
+def _close_sessions():
+    yield
+    while _SESSIONS:
+        _SESSIONS.pop().close()
+
+
 def _session(tmp_path, cfg=None, **online):
     values = dict(map_path=str(tmp_path / 'room.ace'), min_translation_m=0.05,
                   min_rotation_deg=5.0, max_keyframes=50)
     values.update(online)
-    return OnlineMappingSession(cfg or _cfg(), OnlineMappingConfig(**values))
+    session = OnlineMappingSession(cfg or _cfg(), OnlineMappingConfig(**values))
+    _SESSIONS.append(session)
+    return session
+
+
+def _gate_encoder(session):
+    """Make the session's encoder wait for the returned Event (and count its calls)."""
+    gate, calls = threading.Event(), []
+    encode = session._mapper.add_to_buffer
+
+    def gated(buffer, frame):
+        calls.append(frame.name)
+        assert gate.wait(30.0), 'the test never opened the encoder gate'
+        return encode(buffer, frame)
+
+    session._mapper.add_to_buffer = gated
+    return gate, calls
 
 
 def _pose(session, stamp_ns, world_from_cam, frame_id='map'):
@@ -138,10 +165,12 @@ def test_images_and_poses_in_either_order_give_the_same_keyframes(frames, tmp_pa
             call()
         sessions.append(session)
     for session in sessions:
+        assert session.wait_encoded(30.0)
         status = session.status()
         assert status.keyframes == len(train), status.counts
         assert status.pending == 0 and status.counts['no_pose'] == 0
-        assert session._buffer.n_images == len(train)  # encoded on arrival
+        assert session._buffer.n_images == len(train)  # encoded while collecting
+        assert status.encoded == len(train) and status.queued == 0
         assert 0 < status.buffer_cells <= len(train) * 40
     names = [[f.name for f in s._keyframes] for s in sessions]
     assert names[0] == names[1] == names[2]
@@ -253,7 +282,7 @@ def test_finish_saves_keyframes_then_writes_a_usable_map(frames, tmp_path, devic
     reports = []
     result = session.finish(progress=reports.append)
     assert session.state == 'done'
-    # The first pass was encoded on arrival; finish ran only the second.
+    # The first pass was encoded while collecting; finish ran only the second.
     assert result.stats.buffer_images == 2 * len(train)
     buffer_reports = [p for p in reports if p.stage == 'buffer']
     assert [p.total for p in buffer_reports[:1]] == [len(train)]
@@ -330,3 +359,103 @@ def test_config_refuses_bad_values():
         OnlineMappingConfig(stamp_tolerance_s=float('nan'))
     with pytest.raises(ValueError, match='map_path'):
         OnlineMappingConfig(map_path='')
+
+
+# -- session: the encoder thread ----------------------------------------------------------
+
+def test_adding_returns_at_once_while_the_worker_encodes(frames, tmp_path):
+    """Callbacks never wait for the encoder: keyframes queue while it is busy."""
+    train, _ = frames
+    session = _session(tmp_path)
+    gate, calls = _gate_encoder(session)  # the encoder is "slow": blocked until the gate opens
+    start = time.monotonic()
+    for i, frame in enumerate(train):
+        _pose(session, T0 + i * PERIOD, frame.world_from_cam)
+        assert session.add_image(frame.image, frame.K, T0 + i * PERIOD) == 'keyframe'
+    assert time.monotonic() - start < 5.0
+    status = session.status()
+    assert status.keyframes == len(train) and status.encoded == 0
+    assert status.queued == len(train) and session.queued_count == len(train)
+    assert len(calls) <= 1 and session._buffer.n_images == 0
+    assert not session.wait_encoded(timeout_s=0.1)
+    gate.set()
+    assert session.wait_encoded(timeout_s=30.0)
+    status = session.status()
+    assert status.encoded == len(train) and status.queued == 0
+    assert session._buffer.n_images == len(train)
+    assert calls == [f.name for f in session._keyframes]  # in order, each once
+
+
+def test_finish_waits_for_the_encode_queue(frames, tmp_path):
+    train, _ = frames
+    session = _session(tmp_path, cfg=_cfg(max_buffer_passes=2))
+    gate, _ = _gate_encoder(session)
+    _collect(session, train)
+    reports, outcome = [], {}
+    thread = threading.Thread(target=lambda: outcome.update(
+        result=session.finish(progress=reports.append)))
+    thread.start()
+    time.sleep(1.0)
+    assert session.state == 'training' and thread.is_alive()
+    assert not (tmp_path / 'room.ace').exists() and not (tmp_path / 'room_keyframes').exists()
+    assert any(p.stage == 'keyframes' and p.total == len(train) for p in reports)
+    gate.set()
+    thread.join(60.0)
+    assert not thread.is_alive() and session.state == 'done', session.status().error
+    result = outcome['result']
+    assert result.keyframes == len(train)
+    # Every queued keyframe was encoded (pass 1) before finish ran pass 2.
+    assert result.stats.buffer_images == 2 * len(train)
+    assert len(AceLayoutSource(result.keyframes_dir)) == len(train)
+
+
+def test_interrupt_keeps_queued_keyframes_and_close_does_not_hang(frames, tmp_path):
+    train, _ = frames
+    session = _session(tmp_path)
+    gate, _ = _gate_encoder(session)
+    _collect(session, train)
+    assert session.queued_count == len(train)
+    folder = session.save_keyframes(tmp_path / 'kf')  # what Ctrl-C while collecting does
+    assert len(AceLayoutSource(folder)) == len(train)
+    start = time.monotonic()
+    session.close(timeout_s=0.5)  # the encoder is stuck in a frame: close gives up waiting
+    assert time.monotonic() - start < 5.0
+    gate.set()
+    assert not session.wait_encoded(timeout_s=5.0)  # closed: the rest stays unencoded
+    assert session.keyframe_count == len(train)
+
+
+def test_cancel_while_draining_the_queue(frames, tmp_path):
+    train, _ = frames
+    session = _session(tmp_path)
+    gate, _ = _gate_encoder(session)
+    _collect(session, train)
+    cancel = threading.Event()
+    cancel.set()
+    try:
+        with pytest.raises(MappingCancelled, match='queued keyframes'):
+            session.finish(cancel=cancel)
+    finally:
+        gate.set()
+    assert session.state == 'failed' and not (tmp_path / 'room.ace').exists()
+    assert session.keyframe_count == len(train)
+
+
+def test_a_keyframe_that_fails_to_encode_is_dropped_and_counted(frames, tmp_path, caplog):
+    train, _ = frames
+    session = _session(tmp_path)
+    encode = session._mapper.add_to_buffer
+
+    def flaky(buffer, frame):
+        if frame.name == stamp_name(T0 + PERIOD):
+            raise RuntimeError('out of memory')
+        return encode(buffer, frame)
+
+    session._mapper.add_to_buffer = flaky
+    with caplog.at_level(logging.WARNING):
+        _collect(session, train[:4])
+        assert session.wait_encoded(30.0)
+    status = session.status()
+    assert status.counts['encode_failed'] == 1 and 'out of memory' in caplog.text
+    assert status.keyframes == status.counts['keyframes'] == status.encoded == 3
+    assert stamp_name(T0 + PERIOD) not in [f.name for f in session._keyframes]
