@@ -210,3 +210,18 @@ def test_build_encoder():
     assert not encoder.training
     assert not any(p.requires_grad for p in encoder.parameters())
     _assert_same({k: v for k, v in encoder.state_dict().items()}, random_encoder_state(2))
+
+
+def test_the_shipped_encoder_is_the_default_and_matches_its_model_card():
+    import hashlib
+    from safetensors import safe_open
+    assert weights.SHIPPED_ENCODER.is_file()
+    state, label = weights.resolve_encoder_state('')
+    assert label.startswith('shipped')
+    assert {k: tuple(v.shape) for k, v in state.items()} == ENCODER_SHAPES
+    with safe_open(str(weights.SHIPPED_ENCODER), 'pt') as file:
+        assert all(file.get_tensor(k).dtype == torch.float16 for k in file.keys())
+    digest = hashlib.sha256(weights.SHIPPED_ENCODER.read_bytes()).hexdigest()
+    card = (weights.SHIPPED_ENCODER.parent / 'MODEL_CARD.md').read_text()
+    assert digest in card, 'MODEL_CARD.md names another file: update it with the weights'
+    assert weights.SHIPPED_ENCODER.stat().st_size < 12e6
