@@ -76,6 +76,16 @@ def export(args: argparse.Namespace, work: Path):
     scene = SyntheticSceneConfig(seed=args.seed, width=args.width, height=args.height,
                                  focal=525.0 * args.height / 480, n_train=args.train,
                                  n_test=args.test)
+    if args.dataset:
+        # A real sequence: its mapping split becomes the bag (own stamps), the rest are queries.
+        from ace_ros.data.sources import open_source
+        bag = work / 'dataset_bag'
+        if not bag.exists():
+            export_bag(iter(open_source(args.dataset, split='train')), bag,
+                       ExportOptions(base_frame='base_link'), stamped=True)
+        args.bag_frames = len(open_source(args.dataset, split='train'))
+        return bag, list(open_source(args.dataset, split='test'))
+    args.bag_frames = args.train
     bag = work / 'room_bag'
     if not bag.exists():
         export_bag(generate_frames(scene, 'train'), bag,
@@ -122,7 +132,8 @@ def online(args: argparse.Namespace, bag: Path, work: Path, env: Dict[str, str]
     parameters = {
         'preset': args.preset, 'device': args.device, 'encoder': args.encoder,
         'map_path': str(map_path), 'keyframes_dir': str(work / 'online_keyframes'),
-        'max_keyframes': args.train + 1, 'min_translation_m': 0.0, 'min_rotation_deg': 0.0,
+        'max_keyframes': args.bag_frames + 1, 'min_translation_m': 0.0,
+        'min_rotation_deg': 0.0,
         'pose_source': args.pose_source, 'fixed_frame': 'map', 'use_sim_time': True,
         'idle_timeout_s': args.idle_timeout, 'image_qos': args.image_qos}
     if args.max_iterations is not None:
@@ -233,6 +244,9 @@ def print_report(result: Dict[str, Any]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--dataset', help='a real sequence instead of a synthetic room (e.g. '
+                        '../shared/data/tum_fr1_rpy: its train split is bagged at its own '
+                        'stamps, its test split are the queries)')
     parser.add_argument('--seed', type=int, default=3, help='synthetic room seed')
     parser.add_argument('--train', type=int, default=120, help='frames in the bag')
     parser.add_argument('--test', type=int, default=40, help='query frames')
