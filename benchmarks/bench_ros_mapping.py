@@ -221,7 +221,7 @@ def print_report(result: Dict[str, Any]) -> None:
     print()
     print(f"== mapping: CLI offline vs mapping_node on a real-time bag replay "
           f"(preset {result['preset']}, {result['train']} train / {result['test']} test "
-          f"frames, {result['width']}x{result['height']}, bag {result['bag_rate']:g} Hz, "
+          f"frames, {result['width']}x{result['height']}, bag {result['bag_rate']} Hz, "
           f"poses from {result['pose_source']}) ==")
     print(f"{'':28s}" + ''.join(f'{p:>12s}' for p in paths))
     for key, label, fmt in ROWS:
@@ -278,6 +278,10 @@ def main() -> None:
         'preset', 'train', 'test', 'width', 'height', 'bag_rate', 'pose_source', 'image_qos',
         'device', 'encoder', 'seed', 'max_iterations')}
     result['bag'] = str(bag)
+    # What the bag and the query set really hold (a --dataset sets its own sizes and rate).
+    result.update(train=args.bag_frames, test=len(queries))
+    if args.dataset:
+        result.update(bag_rate='own stamps', width='source', height='source')
     if not args.skip_offline:
         print('offline mapping (ace-ros map BAG) ...', flush=True)
         result['offline'] = offline(args, bag, work)
