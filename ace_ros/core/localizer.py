@@ -14,7 +14,7 @@ from ace_ros.core import geometry
 from ace_ros.core.buffer import encode, prepare_image
 from ace_ros.core.config import LocalizationConfig
 from ace_ros.core.mapfile import SceneMap, load_map
-from ace_ros.core.network import Encoder, Head, HeadConfig, cell_centers, image_to_network_input
+from ace_ros.core.network import Encoder, Head, HeadConfig, cell_centers
 from ace_ros.core.ransac import RansacSettings, ransac_pnp
 from ace_ros.core.types import Frame, LocalizationResult
 from ace_ros.core.weights import build_encoder
@@ -29,6 +29,24 @@ def head_from_map(scene_map: SceneMap, device: torch.device) -> Head:
     state['scene_mean'] = scene_map.scene_mean.float()
     head.load_state_dict(state)
     return head.eval().requires_grad_(False).to(device)
+
+
+class TorchNetwork:
+    """Encoder and head run by PyTorch (any device); OpenVinoNetwork has the same interface."""
+
+    def __init__(self, encoder: Encoder, head: Head, device: torch.device,
+                 mixed_precision: bool = True) -> None:
+        self.encoder, self.head = encoder, head
+        self.device, self.mixed_precision = device, mixed_precision
+
+    def encode(self, gray: np.ndarray) -> torch.Tensor:
+        """(H, W) float32 gray in [0, 1] -> (512, H/8, W/8) features."""
+        return encode(self.encoder, gray, self.device, self.mixed_precision)
+
+    def predict(self, features: torch.Tensor) -> torch.Tensor:
+        """(N, 512) features -> (N, 3) scene coordinates."""
+        with torch.inference_mode(), device_lib.autocast(self.device, self.mixed_precision):
+            return self.head(features)
 
 
 class Localizer:
@@ -50,10 +68,12 @@ class Localizer:
         self.head = head_from_map(scene_map, self.device)
         self.scene_map = scene_map
         self.backend = device_lib.resolve_backend(cfg.backend, self.device)
-        self._openvino = None
         if self.backend == 'openvino':
             from ace_ros.core.openvino_backend import OpenVinoNetwork
-            self._openvino = OpenVinoNetwork(self.encoder, self.head, cfg.mixed_precision)
+            self._network = OpenVinoNetwork(self.encoder, self.head, cfg.mixed_precision)
+        else:
+            self._network = TorchNetwork(self.encoder, self.head, self.device,
+                                         cfg.mixed_precision)
         self.ransac = RansacSettings(
             hypotheses=cfg.ransac_hypotheses, inlier_threshold_px=cfg.inlier_threshold_px,
             max_reprojection_px=cfg.max_reprojection_px,
@@ -72,21 +92,11 @@ class Localizer:
         prepared = prepare_image(frame, self.cfg.image_height)
         timings['prepare'] = time.perf_counter() - start
         start = time.perf_counter()
-        if self._openvino is not None:
-            features = self._openvino.encode(
-                image_to_network_input(torch.from_numpy(prepared.gray)[None, None]))
-        else:
-            features = encode(self.encoder, prepared.gray, self.device,
-                              self.cfg.mixed_precision)
+        features = self._network.encode(prepared.gray)
         timings['encoder'] = time.perf_counter() - start
         start = time.perf_counter()
         c, h, w = features.shape
-        if self._openvino is not None:
-            points = self._openvino.predict(features.reshape(c, h * w).T)
-        else:
-            with torch.inference_mode(), device_lib.autocast(self.device,
-                                                             self.cfg.mixed_precision):
-                points = self.head(features.reshape(c, h * w).T)
+        points = self._network.predict(features.reshape(c, h * w).T)
         # The one GPU -> CPU step: RANSAC and OpenCV's PnP run on the CPU.
         points_np = points.float().cpu().numpy().astype(np.float64)
         timings['head'] = time.perf_counter() - start

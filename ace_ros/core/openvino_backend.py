@@ -16,7 +16,7 @@ from typing import Dict, Tuple
 import numpy as np
 import torch
 
-from ace_ros.core.network import Encoder, Head
+from ace_ros.core.network import Encoder, Head, image_to_network_input
 
 _logger = logging.getLogger(__name__)
 
@@ -60,9 +60,9 @@ class OpenVinoNetwork:
                          time.perf_counter() - start)
         return self._compiled[key]
 
-    def encode(self, network_input: torch.Tensor) -> torch.Tensor:
-        """(1, 1, H, W) normalised image -> (512, H/8, W/8) float32 features."""
-        image = network_input.float().contiguous()
+    def encode(self, gray: np.ndarray) -> torch.Tensor:
+        """(H, W) float32 gray in [0, 1] -> (512, H/8, W/8) float32 features."""
+        image = image_to_network_input(torch.from_numpy(gray)[None, None]).float().contiguous()
         request = self._request('encoder', self._encoder, image)
         return torch.from_numpy(np.asarray(request.infer([image.numpy()])[0])[0])
 

@@ -26,7 +26,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Deque, Dict, Optional
+from typing import Any, Callable, Deque, Dict, Optional
 
 from ace_ros.core.config import MappingConfig
 from ace_ros.core.mapper import MappingCancelled, Progress
@@ -236,17 +236,9 @@ class MappingNode(Node):
                                  '(max_keyframes)')
 
     def _on_pose(self, msg: PoseStamped) -> None:
-        stamp_ns = conversions.stamp_to_ns(msg.header.stamp)
-        try:
-            world_from_cam = conversions.pose_stamped_to_matrix(msg)
-        except ValueError as error:
-            self.session.refuse('pose_invalid', f'pose at {stamp_ns / 1e9:.3f} refused: '
-                                f'{error}', 'pose')
-            return
-        self._add_pose(stamp_ns, world_from_cam, msg.header.frame_id)
+        self._add_pose(msg, conversions.pose_stamped_to_matrix, 'pose')
 
     def _on_odometry(self, msg: Odometry) -> None:
-        stamp_ns = conversions.stamp_to_ns(msg.header.stamp)
         camera = self.p['camera_frame'] or self._camera_frame_checked
         if msg.child_frame_id and camera and msg.child_frame_id != camera:
             self.session.refuse(
@@ -254,19 +246,21 @@ class MappingNode(Node):
                 f", not of the camera's optical frame '{camera}'; use pose_source:=tf so the "
                 'robot-to-camera transform is applied', 'pose')
             return
+        self._add_pose(msg, conversions.odometry_to_matrix, 'odometry')
+
+    def _add_pose(self, msg: Any, to_matrix: Callable[[Any], Any], what: str) -> None:
+        """Validate a PoseStamped / Odometry message's pose and hand it to the session."""
+        stamp_ns = conversions.stamp_to_ns(msg.header.stamp)
         try:
-            world_from_cam = conversions.odometry_to_matrix(msg)
+            world_from_cam = to_matrix(msg)
         except ValueError as error:
-            self.session.refuse('pose_invalid', f'odometry at {stamp_ns / 1e9:.3f} refused: '
+            self.session.refuse('pose_invalid', f'{what} at {stamp_ns / 1e9:.3f} refused: '
                                 f'{error}', 'pose')
             return
-        self._add_pose(stamp_ns, world_from_cam, msg.header.frame_id)
-
-    def _add_pose(self, stamp_ns: int, world_from_cam, frame_id: str) -> None:
-        try:  # a pose can complete a waiting image, which is then encoded
-            self.session.add_pose(stamp_ns, world_from_cam, frame_id)
+        try:  # a pose can complete a waiting image, which is then queued for encoding
+            self.session.add_pose(stamp_ns, world_from_cam, msg.header.frame_id)
         except Exception as error:  # noqa: BLE001 - e.g. out of memory: log, keep the node
-            self.get_logger().error(f'pose at {stamp_ns / 1e9:.3f} could not be used: '
+            self.get_logger().error(f'{what} at {stamp_ns / 1e9:.3f} could not be used: '
                                     f'{type(error).__name__}: {error}',
                                     throttle_duration_sec=5.0)
 
