@@ -31,9 +31,9 @@ import numpy as np
 import numpy.typing as npt
 
 from ace_ros.core.geometry import pose_from_translation_quaternion
+from ace_ros.core.tf_tree import TfTree, TransformError
 from ace_ros.core.types import Frame
 from ace_ros.data.base import FrameSource, Undistorter
-from ace_ros.data.tf_tree import TfTree
 from ace_ros.data.tum import interpolate_trajectory
 
 _logger = logging.getLogger(__name__)
@@ -168,7 +168,7 @@ class RosbagSource(FrameSource):
     def _match_poses(self, scan: _Scan, max_gap_s: float) -> list[Optional[FloatArray]]:
         if self.world_frame:
             what = f'TF {self.world_frame} -> {self.camera_frame}'
-            poses = scan.tf.lookup(self.world_frame, self.camera_frame, self.stamps, max_gap_s)
+            poses = self._tf_lookup(scan.tf, self.world_frame, self.camera_frame, max_gap_s)
         else:
             if not scan.poses:
                 raise ValueError(f'{self._path}: pose topic {self.pose_topic} has no messages')
@@ -183,11 +183,11 @@ class RosbagSource(FrameSource):
                 # Odometry gives the pose of its child frame (e.g. base_link): chain to the
                 # camera through TF (usually a static mount transform).
                 what += f' ({child}) + TF {child} -> {self.camera_frame}'
-                if not scan.tf:
+                if not scan.tf.frames():
                     raise ValueError(
                         f'{self._path}: {self.pose_topic} gives poses of {child!r} but images '
                         f'are in {self.camera_frame!r}, and the bag has no TF to chain them')
-                mounts = scan.tf.lookup(child, self.camera_frame, self.stamps, max_gap_s)
+                mounts = self._tf_lookup(scan.tf, child, self.camera_frame, max_gap_s)
                 poses = [None if p is None or m is None else p @ m
                          for p, m in zip(poses, mounts)]
         self.frames_without_pose = sum(p is None for p in poses)
@@ -198,6 +198,19 @@ class RosbagSource(FrameSource):
         else:
             _logger.info('%s: %d frames, poses from %s', self._path, len(self), what)
         return poses
+
+    def _tf_lookup(self, tf: TfTree, target: str, source: str,
+                   max_gap_s: float) -> list[Optional[FloatArray]]:
+        """`target_from_source` at the image stamps, None where TF has no data close enough.
+
+        Raises:
+            ValueError: if the two frames are not chained in the bag's TF.
+        """
+        try:
+            return tf.lookup_many(target, source, self._stamps_ns, max_gap_s)
+        except TransformError as error:
+            raise ValueError(f'{self._path}: TF has no chain between {target!r} and '
+                             f'{source!r}: {error}') from error
 
     def _load(self, index: int) -> Frame:
         msg = self._message(self._ordinals[index])
@@ -331,7 +344,8 @@ def _transform_from_msg(transform: Any) -> FloatArray:
 def _scan(reader: Any, connections: list, image_topic: str, info_topic: str,
           pose_topic: Optional[str]) -> _Scan:
     """One pass over the chosen topics, keeping headers and small messages only."""
-    scan = _Scan([], [], [], '', '', TfTree())
+    scan = _Scan([], [], [], '', '', TfTree(cache_duration_s=None))  # the whole bag
+    ignored: set[tuple[str, str]] = set()
     compressed = any(c.topic == image_topic and c.msgtype == COMPRESSED_IMAGE
                      for c in connections)
     for connection, log_time, raw in reader.messages(connections=connections):
@@ -360,8 +374,15 @@ def _scan(reader: Any, connections: list, image_topic: str, info_topic: str,
                 scan.pose_child_frame = msg.child_frame_id
         elif topic in TF_TOPICS:
             for tf in msg.transforms:
-                scan.tf.add(tf.header.frame_id, tf.child_frame_id, _stamp_ns(tf.header) / 1e9,
-                            _transform_from_msg(tf.transform), static=topic == '/tf_static')
+                edge = (tf.header.frame_id, tf.child_frame_id)
+                try:
+                    scan.tf.set_transform(*edge, _stamp_ns(tf.header),
+                                          _transform_from_msg(tf.transform),
+                                          static=topic == '/tf_static')
+                except ValueError as error:  # e.g. a frame its own parent; tf2 skips it too
+                    if edge not in ignored:
+                        ignored.add(edge)
+                        _logger.warning('%s: ignoring TF %r -> %r: %s', topic, *edge, error)
     return scan
 
 

@@ -49,7 +49,8 @@ def test_core_and_data_import_without_ros():
     imported = set(result['imported'])
     for module in ('ace_ros.core.geometry', 'ace_ros.core.network', 'ace_ros.core.buffer',
                    'ace_ros.core.weights', 'ace_ros.core.config', 'ace_ros.core.loss',
-                   'ace_ros.core.metrics', 'ace_ros.data.base'):
+                   'ace_ros.core.metrics', 'ace_ros.core.tf_tree', 'ace_ros.data.base',
+                   'ace_ros.data.rosbag_source'):
         assert module in imported
 
 
