@@ -90,7 +90,9 @@ class HeadConfig:
 
 
 def _pointwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """A 1x1 convolution applied to flat (N, C) features as one matrix product."""
+    """A 1x1 convolution on flat (N, C) features (one matrix product) or on (B, C, H, W)."""
+    if x.dim() == 4:  # feature maps stay in the encoder's layout: no transpose copy
+        return conv(x)
     return F.linear(x, conv.weight.flatten(1), conv.bias)
 
 
@@ -111,10 +113,11 @@ class _ResBlock(nn.Module):
 
 
 class Head(nn.Module):
-    """Features (N, 512) -> scene coordinates (N, 3) in the world frame.
+    """Features (N, 512) -> scene coordinates (N, 3) in the world frame, or feature maps
+    (B, 512, H, W) -> (B, 3, H, W).
 
-    The layers are 1x1 convolutions (the map file stores conv-shaped weights) evaluated as
-    matrix products on flat features; `forward_image` takes (B, 512, H, W).
+    The layers are 1x1 convolutions (the map file stores conv-shaped weights), evaluated as
+    matrix products on flat features (training batches of shuffled cells).
 
     The last layer predicts homogeneous coordinates; the homogeneous scale h is kept in
     [1/max_inv_scale, 1/min_inv_scale] so early predictions stay near the scene mean.
@@ -141,13 +144,14 @@ class Head(nn.Module):
         out = _pointwise(self.out, x).float()
         h = F.softplus(out[:, 3:4], beta=self._beta) + 1.0 / self.config.max_inv_scale
         h = h.clamp(max=1.0 / self.config.min_inv_scale)
-        return out[:, :3] / h + self.scene_mean
+        mean = self.scene_mean if out.dim() == 2 else self.scene_mean[:, None, None]
+        return out[:, :3] / h + mean
 
     def forward_image(self, features: torch.Tensor) -> torch.Tensor:
-        """(B, 512, H, W) -> (B, 3, H, W)."""
-        b, c, h, w = features.shape
-        flat = features.permute(0, 2, 3, 1).reshape(b * h * w, c)
-        return self(flat).reshape(b, h, w, 3).permute(0, 3, 1, 2)
+        """(B, 512, H, W) -> (B, 3, H, W); the same as `forward` on a feature map."""
+        if features.dim() != 4:
+            raise ValueError(f'expected (B, C, H, W) features, got {tuple(features.shape)}')
+        return self(features)
 
     def weights(self) -> Dict[str, torch.Tensor]:
         """The learned tensors (everything but the scene mean), for the map file."""
