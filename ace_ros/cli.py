@@ -4,6 +4,7 @@ needed); export datasets as bags; play bags over ROS 2 (`play` needs rclpy)."""
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
@@ -166,12 +167,23 @@ def run_map(frames: Sequence[Frame], cfg: MappingConfig, output: str,
 
 
 def run_localize(map_path: str, frames, cfg: LocalizationConfig):
-    """Localize every frame of `frames`; yields (frame, result)."""
+    """Localize every frame of `frames`; yields (frame, result).
+
+    The network is warmed up on the first frame first, so that per-frame timings are those
+    of a running localizer, not of its one-off compile.
+    """
     from ace_ros.core.localizer import Localizer
     from tqdm import tqdm
     localizer = Localizer.from_file(map_path, cfg)
-    for frame in tqdm(frames, desc='localizing', unit='img', file=sys.stderr, disable=None,
-                      mininterval=1.0):
+    total = len(frames) if hasattr(frames, '__len__') else None
+    frames = iter(frames)
+    first = next(frames, None)
+    if first is None:
+        return
+    _logger.info('network warm-up for %dx%d images: %.1f s (not in the per-frame times)',
+                 first.width, first.height, localizer.warm_up(first))
+    for frame in tqdm(itertools.chain([first], frames), desc='localizing', unit='img',
+                      total=total, file=sys.stderr, disable=None, mininterval=1.0):
         yield frame, localizer.localize(frame)
 
 

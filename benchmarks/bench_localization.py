@@ -1,7 +1,7 @@
 """Localization benchmark: per-stage ms per frame of the engine, at the paper's 480 px height.
 
 Usage: .venv/bin/python benchmarks/bench_localization.py MAP SOURCE [--frames 50]
-       [--block-split 25:1] [--split test]
+       [--block-split 25:1] [--split test] [any `ace-ros localize` engine flag]
 Times `Localizer.localize` on real frames after a warm-up, and prints the mean and median of
 each stage (prepare, encoder, head, ransac, total) and the ratio to the reference ACE pipeline
 on this CPU (~650 ms per frame, ../shared/ACE_NOTES.md).
@@ -15,6 +15,7 @@ import statistics
 import torch
 
 from ace_ros.core.config import LocalizationConfig
+from ace_ros.cli_args import add_config_flags, config_from_args
 from ace_ros.core.localizer import Localizer
 from ace_ros.data.base import Subset, block_split
 from ace_ros.data.sources import open_source
@@ -29,14 +30,14 @@ def main() -> None:
     parser.add_argument('--frames', type=int, default=50)
     parser.add_argument('--split')
     parser.add_argument('--block-split')
-    parser.add_argument('--device', default='auto')
+    add_config_flags(parser, LocalizationConfig)  # --backend, --ransac-sample-fraction, ...
     args = parser.parse_args()
     source = open_source(args.source, split=args.split)
     if args.block_split:
         block, parity = (int(v) for v in args.block_split.split(':'))
         source = Subset(source, block_split(len(source), block, parity))
     frames = [source[i] for i in range(min(args.frames, len(source)))]
-    localizer = Localizer.from_file(args.map, LocalizationConfig(device=args.device))
+    localizer = Localizer.from_file(args.map, config_from_args(LocalizationConfig, args))
     for frame in frames[:3]:  # warm-up: allocator, oneDNN kernel selection
         localizer.localize(frame)
     results = [localizer.localize(frame) for frame in frames]

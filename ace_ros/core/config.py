@@ -84,6 +84,9 @@ class LocalizationConfig:
     ransac_hypotheses: int = _f(64, 'PnP-RANSAC hypotheses per frame')
     inlier_threshold_px: float = _f(10.0, 'inlier reprojection error (px at image_height)')
     max_reprojection_px: float = _f(100.0, 'reprojection errors are clamped here for scoring')
+    ransac_sample_fraction: float = _f(0.3, 'hypotheses are drawn from this fraction of cells, '
+                                       'those most coherent with their image neighbours '
+                                       '(1 = all cells, as ACE)')
     ransac_max_tries: int = _f(20_000, 'random 4-tuples drawn at most per frame (70 percent '
                                'outliers needs ~10k; caps the time spent on hopeless frames)')
     refinement_iterations: int = _f(100, 'iterative refinement steps at most')
@@ -97,6 +100,9 @@ class LocalizationConfig:
                   'max_reprojection_px', 'min_inliers')
         if self.image_height % 8:
             raise ValueError(f'image_height must be a multiple of 8, got {self.image_height}')
+        if not 0.0 < self.ransac_sample_fraction <= 1.0:
+            raise ValueError('ransac_sample_fraction must be in (0, 1], got '
+                             f'{self.ransac_sample_fraction}')
         if self.refinement_iterations < 0:
             raise ValueError('refinement_iterations must be >= 0, got '
                              f'{self.refinement_iterations}')

@@ -15,7 +15,7 @@ from ace_ros.core.buffer import encode, prepare_image
 from ace_ros.core.config import LocalizationConfig
 from ace_ros.core.mapfile import SceneMap, load_map
 from ace_ros.core.network import Encoder, Head, HeadConfig, cell_centers
-from ace_ros.core.ransac import RansacSettings, ransac_pnp
+from ace_ros.core.ransac import RansacSettings, coherent_cells, ransac_pnp
 from ace_ros.core.types import Frame, LocalizationResult
 from ace_ros.core.weights import build_encoder
 
@@ -44,9 +44,10 @@ class TorchNetwork:
         return encode(self.encoder, gray, self.device, self.mixed_precision)
 
     def predict(self, features: torch.Tensor) -> torch.Tensor:
-        """(N, 512) features -> (N, 3) scene coordinates."""
+        """(512, H, W) features -> (H * W, 3) scene coordinates, cells in row-major order."""
+        c, h, w = features.shape
         with torch.inference_mode(), device_lib.autocast(self.device, self.mixed_precision):
-            return self.head(features)
+            return self.head(features.reshape(c, h * w).T)
 
 
 class Localizer:
@@ -85,8 +86,19 @@ class Localizer:
     def from_file(cls, map_path: str, cfg: LocalizationConfig) -> 'Localizer':
         return cls(load_map(map_path), cfg)
 
+    def warm_up(self, frame: Frame) -> float:
+        """Run the network once on `frame` (its size, not its pose, matters); seconds taken.
+
+        The first frame of each image size pays for OpenVINO's compile (~3 s) and oneDNN's
+        kernel choice; warming up keeps that out of per-frame timings.
+        """
+        start = time.perf_counter()
+        self.predict_scene_coordinates(frame)
+        return time.perf_counter() - start
+
     def predict_scene_coordinates(self, frame: Frame) -> tuple:
-        """Frame -> ((N, 2) pixels, (N, 3) world points, K at network scale, timings)."""
+        """Frame -> ((H, W, 2) pixels, (H, W, 3) world points of the cell grid, K at network
+        scale, timings)."""
         timings = {}
         start = time.perf_counter()
         prepared = prepare_image(frame, self.cfg.image_height)
@@ -95,28 +107,30 @@ class Localizer:
         features = self._network.encode(prepared.gray)
         timings['encoder'] = time.perf_counter() - start
         start = time.perf_counter()
-        c, h, w = features.shape
-        points = self._network.predict(features.reshape(c, h * w).T)
+        _, h, w = features.shape
+        points = self._network.predict(features)
         # The one GPU -> CPU step: RANSAC and OpenCV's PnP run on the CPU.
         points_np = points.float().cpu().numpy().astype(np.float64)
         timings['head'] = time.perf_counter() - start
         pixels = cell_centers(prepared.gray.shape[0], prepared.gray.shape[1])
-        pixels_np = pixels.reshape(2, h * w).T.numpy().astype(np.float64)
-        return pixels_np, points_np, prepared.K, timings
+        pixels_np = pixels.permute(1, 2, 0).numpy().astype(np.float64)
+        return pixels_np, points_np.reshape(h, w, 3), prepared.K, timings
 
     def localize(self, frame: Frame) -> LocalizationResult:
         """Estimate `frame`'s camera-to-world pose; never raises for a failed estimate."""
         start = time.perf_counter()
         pixels, points, K, timings = self.predict_scene_coordinates(frame)
         ransac_start = time.perf_counter()
-        estimate = ransac_pnp(pixels, points, K, self.ransac, self._rng)
+        pool = coherent_cells(points, self.cfg.ransac_sample_fraction)
+        estimate = ransac_pnp(pixels.reshape(-1, 2), points.reshape(-1, 3), K, self.ransac,
+                              self._rng, sample_mask=pool)
         timings['ransac'] = time.perf_counter() - ransac_start
         timings['total'] = time.perf_counter() - start
         timings_ms = {k: v * 1000.0 for k, v in timings.items()}
         world_from_cam = estimate.world_from_cam if estimate.success else np.eye(4)
         return LocalizationResult(
             success=bool(estimate.success), world_from_cam=world_from_cam,
-            inlier_count=int(estimate.inlier_count), n_cells=len(points),
+            inlier_count=int(estimate.inlier_count), n_cells=estimate.n_correspondences,
             confidence=float(estimate.confidence), timings_ms=timings_ms,
             reason=estimate.reason)
 

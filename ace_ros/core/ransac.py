@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Optional, Tuple
 
 import cv2
 import numpy as np
@@ -241,6 +241,41 @@ def _reprojection_errors(rotation: FloatArray, translation: FloatArray,
                     np.float32(settings.max_reprojection_px))
 
 
+def coherent_cells(points_grid: FloatArray, fraction: float) -> BoolArray:
+    """The `fraction` of an image's cells whose scene coordinates agree best with their
+    image neighbours, as a flat row-major (H * W,) mask.
+
+    A regression head's outliers are spatially incoherent, while neighbouring correct cells
+    predict nearby points. A cell's score is the distance to its second-nearest of the four
+    neighbours' points (two agreeing neighbours, so a lone chance agreement does not count).
+    Drawing minimal sets from the best 30 % doubles the inlier ratio on the TUM split (11 % to
+    22 % median), i.e. ~16x more all-inlier 4-tuples (benchmarks/RESULTS.md).
+
+    Args:
+        points_grid: (H, W, 3) scene coordinates; non-finite cells are never chosen.
+        fraction: in (0, 1]; 1 keeps every finite cell.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f'fraction must be in (0, 1], got {fraction}')
+    geometry.check_shape(points_grid, (None, None, 3), 'points_grid')
+    h, w, _ = points_grid.shape
+    finite = np.isfinite(points_grid).all(axis=2).ravel()
+    if fraction == 1.0 or h < 2 or w < 2:
+        return finite
+    distance = np.full((h, w, 4), np.inf)
+    with np.errstate(invalid='ignore'):
+        horizontal = np.linalg.norm(points_grid[:, 1:] - points_grid[:, :-1], axis=2)
+        vertical = np.linalg.norm(points_grid[1:] - points_grid[:-1], axis=2)
+    distance[:, 1:, 0] = distance[:, :-1, 1] = horizontal
+    distance[1:, :, 2] = distance[:-1, :, 3] = vertical
+    score = np.partition(np.nan_to_num(distance, nan=np.inf), 1, axis=2)[..., 1].ravel()
+    score[~finite] = np.inf
+    keep = max(4, int(round(fraction * finite.sum())))
+    mask = np.zeros(h * w, dtype=bool)
+    mask[np.argsort(score, kind='stable')[:keep]] = True
+    return mask & finite
+
+
 def _sample_hypotheses(rays: FloatArray, points_world: FloatArray, pixels: FloatArray,
                        K: FloatArray, settings: RansacSettings, rng: np.random.Generator
                        ) -> Tuple[FloatArray, FloatArray, int]:
@@ -320,7 +355,8 @@ def _refine(cam_from_world: FloatArray, points_world: FloatArray, pixels: FloatA
 
 
 def ransac_pnp(pixels: FloatArray, points_world: FloatArray, K: FloatArray,
-               settings: RansacSettings, rng: np.random.Generator) -> RansacResult:
+               settings: RansacSettings, rng: np.random.Generator,
+               sample_mask: Optional[BoolArray] = None) -> RansacResult:
     """Camera pose from noisy 2D-3D correspondences (deterministic given `rng`'s state).
 
     Args:
@@ -330,6 +366,9 @@ def ransac_pnp(pixels: FloatArray, points_world: FloatArray, K: FloatArray,
         K: (3, 3) pinhole intrinsics, fx and fy may differ; no skew, no distortion.
         settings: RANSAC settings.
         rng: source of the random 4-tuples.
+        sample_mask: (N,) the correspondences minimal sets are drawn from (e.g.
+            `coherent_cells`); hypotheses are still scored and refined on all of them.
+            None, or fewer than 4 usable, draws from all.
 
     Returns:
         The pose and its inliers, or success=False with a reason.
@@ -375,8 +414,14 @@ def ransac_pnp(pixels: FloatArray, points_world: FloatArray, K: FloatArray,
         return result(f'too few correspondences ({len(index)} finite of {n_total}, need 4)')
     rays = np.concatenate([pixels, np.ones((len(pixels), 1))], axis=1) @ np.linalg.inv(K).T
     rays /= np.linalg.norm(rays, axis=1, keepdims=True)
-    rotation, translation, tries = _sample_hypotheses(rays, points_world, pixels, K, settings,
-                                                      rng)
+    pool = slice(None)
+    if sample_mask is not None:
+        sample_mask = np.asarray(sample_mask, dtype=bool)
+        geometry.check_shape(sample_mask, (n_total,), 'sample_mask')
+        if sample_mask[index].sum() >= 4:
+            pool = sample_mask[index]
+    rotation, translation, tries = _sample_hypotheses(rays[pool], points_world[pool],
+                                                      pixels[pool], K, settings, rng)
     if len(rotation) == 0:
         return result(f'no valid hypothesis in {tries} tries')
     error = _reprojection_errors(rotation, translation, points_world, pixels, K, settings)

@@ -44,12 +44,15 @@ def test_openvino_and_torch_predict_the_same_scene_coordinates(small_map):
         np.testing.assert_array_equal(px_t, px_o)
         np.testing.assert_array_equal(K_t, K_o)
         # Both run the matrix work in bf16: OpenVINO is as close to fp32 as torch's bf16 is.
-        ov_error = np.median(np.linalg.norm(pts_o - pts_exact, axis=1))
-        torch_error = np.median(np.linalg.norm(pts_t - pts_exact, axis=1))
+        ov_error = np.median(np.linalg.norm(pts_o - pts_exact, axis=-1))
+        torch_error = np.median(np.linalg.norm(pts_t - pts_exact, axis=-1))
         assert ov_error < 3 * torch_error + 1e-4
         assert timings['encoder'] > 0 and timings['head'] > 0
         result = ov_loc.localize(frame)
-        assert result.n_cells == len(pts_o) and set(result.timings_ms) >= {
+        # A grid of cells: cell (i, j) is centred on pixel (8 j + 3.5, 8 i + 3.5).
+        assert pts_o.shape[:2] == px_o.shape[:2] and pts_o.shape[2] == 3
+        np.testing.assert_array_equal(px_o[1, 2], [8 * 2 + 3.5, 8 * 1 + 3.5])
+        assert result.n_cells == pts_o.shape[0] * pts_o.shape[1] and set(result.timings_ms) >= {
             'encoder', 'head', 'ransac', 'total'}
 
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from ace_ros.core import geometry
-from ace_ros.core.ransac import RansacResult, RansacSettings, ransac_pnp, solve_p3p
+from ace_ros.core.ransac import (RansacResult, RansacSettings, coherent_cells, ransac_pnp,
+                                 solve_p3p)
 
 # fx != fy, principal point off-centre, as the full-K path must handle.
 K = np.array([[520.0, 0.0, 322.5], [0.0, 545.0, 236.0], [0.0, 0.0, 1.0]])
@@ -201,3 +202,54 @@ def test_bad_inputs_raise() -> None:
     for bad_K in (-K, skewed, K[:2]):
         with pytest.raises(ValueError, match='K'):
             ransac_pnp(np.zeros((10, 2)), np.zeros((10, 3)), bad_K, settings, rng)
+
+
+def test_coherent_cells_prefer_inliers_on_a_grid() -> None:
+    pixels, points, world_from_cam, inlier = _scene(5, 4800, 0.5, grid=True)
+    # A smooth surface (a slanted wall) in place of _scene's random per-cell depths.
+    rays = np.concatenate([pixels, np.ones((4800, 1))], axis=1) @ np.linalg.inv(K).T
+    depth = 2.0 + pixels[:, :1] / 640.0
+    points[inlier] = geometry.transform_points(world_from_cam, rays * depth)[inlier]
+    grid = points.reshape(60, 80, 3)
+    pool = coherent_cells(grid, 0.2)
+    assert pool.shape == (4800,) and pool.sum() == 960
+    # Outliers are scattered over the scene: their neighbours never agree with them.
+    assert inlier[pool].mean() > 0.95 and inlier.mean() < 0.55
+    np.testing.assert_array_equal(coherent_cells(grid, 1.0), np.ones(4800, dtype=bool))
+
+
+def test_coherent_cells_skip_non_finite_and_validate() -> None:
+    grid = np.zeros((4, 5, 3))
+    grid[..., 0] = np.arange(5)
+    grid[1, 2] = np.nan
+    pool = coherent_cells(grid, 0.5)
+    assert not pool[1 * 5 + 2] and pool.sum() == 10
+    assert not coherent_cells(grid, 1.0)[1 * 5 + 2]
+    for fraction in (0.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match='fraction'):
+            coherent_cells(grid, fraction)
+    with pytest.raises(ValueError, match='points_grid'):
+        coherent_cells(np.zeros((4, 5)), 0.5)
+
+
+def test_sample_mask_limits_sampling_not_scoring() -> None:
+    pixels, points, world_from_cam, inlier = _scene(7, 1000, 0.5, noise_px=0.5)
+    settings = RansacSettings(max_hypothesis_tries=5_000)
+    # Minimal sets from 20 inliers only: the pose is found and scored on all 1000.
+    few = np.flatnonzero(inlier)[:20]
+    mask = np.zeros(1000, dtype=bool)
+    mask[few] = True
+    result = ransac_pnp(pixels, points, K, settings, np.random.default_rng(0), sample_mask=mask)
+    assert result.success and result.inlier_count > 0.9 * inlier.sum()
+    # Minimal sets from outliers only: no consistent pose.
+    result = ransac_pnp(pixels, points, K, settings, np.random.default_rng(0),
+                        sample_mask=~inlier)
+    assert not result.success
+    # Fewer than 4 usable cells in the mask: drawn from all cells.
+    mask = np.zeros(1000, dtype=bool)
+    mask[:3] = True
+    assert ransac_pnp(pixels, points, K, settings, np.random.default_rng(0),
+                      sample_mask=mask).success
+    with pytest.raises(ValueError, match='sample_mask'):
+        ransac_pnp(pixels, points, K, settings, np.random.default_rng(0),
+                   sample_mask=np.ones(999, dtype=bool))
