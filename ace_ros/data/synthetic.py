@@ -44,6 +44,8 @@ class SyntheticSceneConfig:
     focal_y: float = field(default=0.0, metadata={'help': 'focal length fy (px); 0: = focal'})
     n_train: int = field(default=300, metadata={'help': 'frames in the train split'})
     n_test: int = field(default=100, metadata={'help': 'frames in the test split'})
+    path_fraction: float = field(default=1.0, metadata={
+        'help': 'part of the camera loop both splits cover (1 = the whole room)'})
     texel_size: float = field(default=0.004, metadata={'help': 'texture resolution (m/texel)'})
     noise_std: float = field(default=0.0, metadata={'help': 'Gaussian pixel noise (8-bit levels)'})
     motion_blur_px: float = field(default=0.0, metadata={'help': 'max motion blur length (px)'})
@@ -64,6 +66,8 @@ class SyntheticSceneConfig:
         if self.n_train < 0 or self.n_test < 0 or self.n_train + self.n_test == 0:
             raise ValueError(f'n_train and n_test must be >= 0 and not both 0, got '
                              f'{self.n_train} and {self.n_test}')
+        if not 0.0 < self.path_fraction <= 1.0:
+            raise ValueError(f'path_fraction must be in (0, 1], got {self.path_fraction}')
         if not 0.002 <= self.texel_size <= 0.05:
             raise ValueError(f'texel_size must be in [0.002, 0.05] m, got {self.texel_size}')
         for name in ('noise_std', 'motion_blur_px', 'defocus_px'):
@@ -106,7 +110,7 @@ def generate_frames_with_depth(cfg: SyntheticSceneConfig, split: str = 'train'
     room = cached_room(cfg.seed, cfg.texel_size)
     n_frames = cfg.n_train if split == 'train' else cfg.n_test
     K = cfg.intrinsics()
-    for index, world_from_cam in enumerate(room.trajectory(n_frames, split)):
+    for index, world_from_cam in enumerate(room.trajectory(n_frames, split, cfg.path_fraction)):
         image, depth = room.render(world_from_cam, K, cfg.width, cfg.height)
         image = _camera_effects(image, cfg, split, index, n_frames)
         yield Frame(name=f'frame-{index:06d}', image=image, K=K.copy(),

@@ -97,8 +97,10 @@ class SyntheticRoom:
         """Room extent (Lx, Ly, Lz), metres; x and y are centred on 0, the floor is z = 0."""
         return self.layout.size
 
-    def trajectory(self, n_frames: int, split: str = 'train') -> List[FloatArray]:
-        """`n_frames` (4, 4) world_from_cam poses evenly spaced along one loop of a path.
+    def trajectory(self, n_frames: int, split: str = 'train',
+                   fraction: float = 1.0) -> List[FloatArray]:
+        """`n_frames` (4, 4) world_from_cam poses evenly spaced along the first `fraction` of
+        one loop of a path.
 
         The 'test' path is a second, slightly shifted and turned lap whose frames fall
         half-way between the train frames of the same count.
@@ -107,8 +109,11 @@ class SyntheticRoom:
             raise ValueError(f'split must be one of {SPLITS}, got {split!r}')
         if n_frames < 0:
             raise ValueError(f'n_frames must be >= 0, got {n_frames}')
+        if not 0.0 < fraction <= 1.0:
+            raise ValueError(f'fraction must be in (0, 1], got {fraction}')
         offset = 0.5 if split == 'test' else 0.0
-        return self.layout.paths[split].poses((np.arange(n_frames) + offset) / max(n_frames, 1))
+        steps = (np.arange(n_frames) + offset) / max(n_frames, 1)
+        return self.layout.paths[split].poses(steps * fraction)
 
     def distance_to_geometry(self, points: FloatArray) -> FloatArray:
         """Distance (m) from each of (N, 3) world points to the nearest surface."""

@@ -183,6 +183,7 @@ def test_atlas_lookup_returns_texels() -> None:
     {'seed': -1}, {'width': 4}, {'height': 100000}, {'focal': 0.0}, {'focal_y': -1.0},
     {'n_train': -1}, {'n_train': 0, 'n_test': 0}, {'texel_size': 0.0}, {'noise_std': -1.0},
     {'motion_blur_px': -1.0}, {'defocus_px': float('nan')}, {'lighting_change': 0.9},
+    {'path_fraction': 0.0}, {'path_fraction': 1.5},
 ])
 def test_config_validation(kwargs: dict) -> None:
     with pytest.raises(ValueError):
@@ -203,5 +204,15 @@ def test_render_rejects_bad_input(room: SyntheticRoom, K: np.ndarray) -> None:
         room.render(pose[:3], K, W, H)
     with pytest.raises(ValueError, match='split'):
         room.trajectory(4, 'val')
+    with pytest.raises(ValueError, match='fraction'):
+        room.trajectory(4, fraction=0.0)
     with pytest.raises(ValueError, match='texel_size'):
         SyntheticRoom(0, texel_size=1.0)
+
+
+@pytest.mark.parametrize('split', ['train', 'test'])
+def test_path_fraction_covers_the_start_of_the_loop(room: SyntheticRoom, split: str) -> None:
+    # A quarter of the loop with 4 frames is the first 4 of 16 frames over the whole loop,
+    # for the test lap too (its frames stay half-way between the train frames).
+    quarter = np.array(room.trajectory(4, split, fraction=0.25))
+    np.testing.assert_allclose(quarter, np.array(room.trajectory(16, split))[:4], atol=1e-12)
