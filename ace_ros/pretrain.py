@@ -367,10 +367,14 @@ class Pretrainer:
             if seed not in self.rooms:
                 self.rooms[seed] = render_room(seed, self.cfg)
             if self.cfg.head_weight > 0 and seed not in self.heads:
-                self.heads[seed] = self._new_head(self.rooms[seed])
+                self.heads[seed] = self._new_head(seed, self.rooms[seed])
 
-    def _new_head(self, room: RoomViews) -> Tuple[Head, torch.optim.Optimizer]:
-        head = Head(HeadConfig(num_blocks=MappingConfig().head_blocks)).to(self.device)
+    def _new_head(self, seed: int, room: RoomViews) -> Tuple[Head, torch.optim.Optimizer]:
+        # Initialised from the run's and the room's seeds, not from the global RNG, whose
+        # state differs in a resumed process: resuming must reproduce an uninterrupted run.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.cfg.seed * 1_000_003 + seed)
+            head = Head(HeadConfig(num_blocks=MappingConfig().head_blocks)).to(self.device)
         head.scene_mean.copy_(torch.as_tensor(room.mean_centre, dtype=torch.float32))
         return head, torch.optim.AdamW(head.parameters(), lr=self.cfg.head_lr)
 

@@ -137,3 +137,25 @@ def test_config_refuses_bad_settings():
     with pytest.raises(ValueError, match='validation seeds'):
         PretrainConfig(first_seed=VALIDATION_SEED - 5)
     assert PretrainConfig(real_scenes='a, b,').real_folders() == [Path('a'), Path('b')]
+
+
+def test_resumed_run_reproduces_an_uninterrupted_one(tmp_path, monkeypatch):
+    # The shipped weights came from a run resumed across sessions: resuming must not change
+    # the result, so `pretrain-encoder ... --stop-at N` reproduces its tensors bit for bit.
+    # (Not the file's bytes: safetensors writes its metadata keys in no fixed order.)
+    real_validation_pairs = pretrain_module.validation_pairs
+    monkeypatch.setattr(pretrain_module, 'validation_pairs',
+                        lambda c: real_validation_pairs(c, n_rooms=1, per_room=2))
+    cfg = PretrainConfig(**SMALL, steps=4, checkpoint_every=1, validate_every=2, warmup=1,
+                         head_weight=0.5, head_steps=1)
+
+    def tensors(path):
+        return load_encoder_state(path)
+
+    whole = tensors(pretrain(cfg, tmp_path / 'whole'))
+    pretrain(cfg, tmp_path / 'resumed', stop_at=1)
+    pretrain(cfg, tmp_path / 'resumed', stop_at=3)
+    resumed = tensors(pretrain(cfg, tmp_path / 'resumed'))
+    assert all(torch.equal(resumed[k], whole[k]) for k in whole)
+    stopped = tensors(pretrain(cfg, tmp_path / 'stopped', stop_at=3))
+    assert not all(torch.equal(stopped[k], whole[k]) for k in whole)  # step 3 != step 4
