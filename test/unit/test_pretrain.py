@@ -121,7 +121,7 @@ def test_head_loss_trains_the_room_head(room):
                          real_fraction=0.0)
     trainer = Pretrainer(cfg)
     trainer.rooms = {1000: room}
-    trainer.heads = {1000: trainer._new_head(room)}
+    trainer.heads = {1000: trainer._new_head(1000, room)}
     trainer._refresh_rooms = lambda: None
     pair = room_pair(room, np.random.default_rng(3), cfg, min_cells=16)
     trainer._pairs = lambda: [pair]
