@@ -24,6 +24,9 @@ from ace_ros.core.mapper import Progress as _Progress
 from ace_ros.core.types import Frame
 
 _logger = logging.getLogger('ace_ros')
+#: The demo camera covers a quarter of its room loop: one side of the room, as a robot mapping
+#: one area would, which the `cpu` preset maps within its budget (benchmarks/RESULTS.md).
+DEMO_PATH_FRACTION = 0.25
 
 
 class _MappingProgress:
@@ -248,7 +251,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from ace_ros.data.synthetic import SyntheticSceneConfig, write_synthetic_scene
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix='ace_ros_demo_'))
     scene_cfg = SyntheticSceneConfig(seed=args.seed, n_train=args.frames,
-                                     n_test=args.queries)
+                                     n_test=args.queries, path_fraction=args.path_fraction)
     _logger.info('rendering a synthetic room (%d mapping + %d query frames) into %s',
                  args.frames, args.queries, workdir)
     scene = write_synthetic_scene(workdir / 'scene', scene_cfg)
@@ -369,6 +372,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--workdir', help='where to write the scene and map (default: a temp dir)')
     p.add_argument('--frames', type=int, default=300, help='mapping frames (default: 300)')
     p.add_argument('--queries', type=int, default=100, help='query frames (default: 100)')
+    p.add_argument('--path-fraction', type=float, default=DEMO_PATH_FRACTION,
+                   help='part of the room loop the camera covers (default: '
+                   f'{DEMO_PATH_FRACTION}; 1 = a full 360-degree lap, which the cpu preset\'s '
+                   'budget does not map well: benchmarks/RESULTS.md)')
     p.add_argument('--preset', default='cpu', help='mapping preset (default: cpu)')
     p.add_argument('--device', default='auto', help="'auto', 'cpu' or 'cuda'")
     p.add_argument('--seed', type=int, default=0, help='scene seed')

@@ -124,9 +124,11 @@ def _positive(cfg: Any, *names: str) -> None:
 PRESETS: Dict[str, Dict[str, Any]] = {
     # The paper's schedule: 8 M cell buffer, 16 epochs (~25k iterations of 5120).
     'default': {},
-    # Maps a 500-frame 640x480 scene in under 10 minutes on a 2-core CPU:
-    # one augmented encoder pass (~80 s), then ~5 minutes of head training.
-    'cpu': {'max_buffer_passes': 1, 'epochs': 16.0, 'max_iterations': 1500},
+    # A fixed budget for any scene size, under 10 minutes on a 2-core CPU: a 512k-cell buffer
+    # (~500 image encodings: one pass over a 500-frame scene, more augmented passes over
+    # smaller ones) and 1500 iterations.
+    'cpu': {'buffer_size': 512_000, 'max_buffer_passes': 10, 'epochs': 16.0,
+            'max_iterations': 1500},
     # Tests and smoke runs: tiny images, few iterations.
     'tiny': {'image_height': 240, 'max_buffer_passes': 1, 'samples_per_image': 512,
              'batch_size': 2048, 'epochs': 12.0, 'max_iterations': 400},

@@ -120,7 +120,8 @@ class Mapper:
         cfg = self.cfg
         if buffer is None:
             buffer = self.new_buffer(len(frames))
-        total = len(frames) * max(0, cfg.max_buffer_passes - passes_done)
+        images_to_fill = -(-(buffer.capacity - buffer.size) // cfg.samples_per_image)
+        total = min(len(frames) * max(0, cfg.max_buffer_passes - passes_done), images_to_fill)
         done = 0
         start = time.perf_counter()
         for _ in range(passes_done, cfg.max_buffer_passes):
@@ -131,6 +132,8 @@ class Mapper:
                 self.add_to_buffer(buffer, frames[index])
                 done += 1
                 if progress:
+                    # Frames with invalid cells give fewer samples: the total may grow.
+                    total = max(total, done)
                     progress(Progress('buffer', done, total, **_rate_eta(done, total, start)))
                 if buffer.full:
                     return buffer

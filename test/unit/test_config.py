@@ -50,8 +50,11 @@ def test_every_field_has_help_and_a_supported_type():
 def test_presets_apply():
     assert mapping_config() == MappingConfig()
     cpu = mapping_config('cpu')
-    assert (cpu.preset, cpu.max_buffer_passes, cpu.max_iterations) == ('cpu', 1, 1500)
-    assert cpu.batch_size == 5120
+    assert (cpu.preset, cpu.max_iterations, cpu.batch_size) == ('cpu', 1500, 5120)
+    # A fixed budget: ~500 image encodings whatever the scene's size.
+    for n_frames, cells in ((500, 512_000), (50, 50 * 10 * 1024), (1000, 512_000)):
+        assert min(cpu.buffer_size,
+                   n_frames * cpu.max_buffer_passes * cpu.samples_per_image) == cells
     tiny = mapping_config('tiny')
     for name, value in PRESETS['tiny'].items():
         assert getattr(tiny, name) == value
