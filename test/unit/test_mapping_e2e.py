@@ -11,7 +11,7 @@ import torch
 from ace_ros import cli
 from ace_ros.core import geometry
 from ace_ros.core.buffer import TrainingBuffer, prepare_image
-from ace_ros.core.config import LocalizationConfig, mapping_config
+from ace_ros.core.config import PRESETS, LocalizationConfig, mapping_config
 from ace_ros.core.localizer import Localizer
 from ace_ros.core.mapfile import load_map
 from ace_ros.core.mapper import Mapper
@@ -132,3 +132,16 @@ def test_cli_reports_bad_input_clearly(tmp_path, caplog):
     assert cli.main(['info', str(tmp_path / 'broken.ace')]) == 2
     assert 'broken.ace' in caplog.text
     assert not (tmp_path / 'x.ace').exists()
+
+
+def test_demo_runs_end_to_end_with_the_shipped_encoder(tmp_path, monkeypatch, capsys):
+    # The README's main job, shrunk: 8 mapping and 3 query frames, 20 iterations.
+    monkeypatch.setitem(PRESETS, 'tiny', {**PRESETS['tiny'], 'max_iterations': 20})
+    out = tmp_path / 'demo.json'
+    assert cli.main(['demo', '--frames', '8', '--queries', '3', '--preset', 'tiny',
+                     '--device', 'cpu', '--workdir', str(tmp_path), '--json', str(out)]) == 0
+    summary = json.loads(out.read_text())
+    assert summary['n_frames'] == 3 and summary['mapping_iterations'] == 20
+    assert 0 < summary['mapping_map_bytes'] < 4.5e6
+    assert len(load_map(str(tmp_path / 'room.ace')).frame_names) == 8
+    assert 'ace_ros demo: mapped 8 frames' in capsys.readouterr().out
