@@ -36,6 +36,16 @@ class Frame:
         self.K = np.asarray(self.K, dtype=np.float64)
         if self.K.shape != (3, 3):
             raise ValueError(f'frame {self.name}: K must be (3, 3), got {self.K.shape}')
+        skew = self.K[0, 1]
+        if skew != 0.0:
+            # Calibrations often carry a numerically zero skew (DTU: 2e-4); PnP ignores skew,
+            # so only skew that moves pixels visibly is refused.
+            if abs(skew) * self.image.shape[0] >= 0.5:
+                raise ValueError(f'frame {self.name}: K has skew {skew:g} (shifts pixels by up '
+                                 f'to {abs(skew) * self.image.shape[0]:.1f} px); skewed '
+                                 'intrinsics are not supported: rectify the images')
+            self.K = self.K.copy()
+            self.K[0, 1] = 0.0
         if self.world_from_cam is not None:
             self.world_from_cam = np.asarray(self.world_from_cam, dtype=np.float64)
             if self.world_from_cam.shape != (4, 4):

@@ -317,3 +317,13 @@ def test_detect_format_unknown(tmp_path: Path) -> None:
         detect_format(tmp_path / 'missing')
     with pytest.raises(ValueError, match='fmt must be one of'):
         open_source(tmp_path, fmt='colmap')
+
+
+def test_frame_drops_negligible_skew_and_refuses_real_skew() -> None:
+    image = np.zeros((480, 640, 3), np.uint8)
+    K = np.array([[1156.9, 0.000238, 329.0], [0.0, 1153.3, 247.3], [0.0, 0.0, 1.0]])  # DTU
+    frame = Frame(name='dtu', image=image, K=K)
+    assert frame.K[0, 1] == 0.0 and K[0, 1] == 0.000238  # the caller's array is untouched
+    K[0, 1] = 0.01  # 4.8 px across the image
+    with pytest.raises(ValueError, match='skew 0.01'):
+        Frame(name='skewed', image=image, K=K)
