@@ -1,16 +1,16 @@
 """Mapping convergence: accuracy vs training iterations, for one or more encoders.
 
 Usage: .venv/bin/python benchmarks/bench_convergence.py SOURCE --map-split 25:0
-       --query-split 25:1 [--encoders '' random:0] [--iterations 150 400 800 1500]
+       --query-split 25:1 [--encoders '' random:0] [--iterations 150 400 800 0]
        [--preset cpu] [--json OUT.json]
 
 For each encoder the training buffer is filled once with the preset's settings; then a fresh
 head is trained for each iteration budget (the OneCycle schedule and the loss annealing are
-compressed to the budget, as `--max-iterations` does for `ace-ros map`) and the query frames
-are localized in it. Prints one row per (encoder, budget): training seconds, final training
-reprojection error and the accuracy table of `ace-ros evaluate`. Splits: `--map-split` /
-`--query-split` are block splits (BLOCK:PARITY, as `--block-split`); without them the ACE
-layout's train / test folders are used.
+compressed to the budget, as `--max-iterations` does for `ace-ros map`; 0 = the preset's
+own schedule) and the query frames are localized in it. Prints one row per (encoder, budget):
+training seconds, final training reprojection error and the accuracy of `ace-ros evaluate`.
+Splits: `--map-split` / `--query-split` are block splits (BLOCK:PARITY, as `--block-split`);
+without them the ACE layout's train / test folders are used.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def main() -> None:
     parser.add_argument('--query-split', help='BLOCK:PARITY of the query frames')
     parser.add_argument('--encoders', nargs='+', default=[''],
                         help="encoder specs ('' = shipped, random:0, a path)")
-    parser.add_argument('--iterations', nargs='+', type=int, default=[1500])
+    parser.add_argument('--iterations', nargs='+', type=int, default=[0])
     parser.add_argument('--preset', default='cpu')
     parser.add_argument('--json')
     args = parser.parse_args()
@@ -69,14 +69,18 @@ def main() -> None:
         buffer = Mapper(base_cfg, encoder, device).fill_buffer(mapping)
         buffer_s = time.perf_counter() - start
         for budget in args.iterations:
-            # epochs high enough that the budget, not the buffer size, sets the iterations
-            cfg = dataclasses.replace(base_cfg, encoder=spec, max_iterations=budget,
-                                      epochs=1e6)
+            # 0: the preset's own schedule; else epochs high enough that the budget, not the
+            # buffer size, sets the iterations
+            cfg = (dataclasses.replace(base_cfg, encoder=spec) if budget == 0 else
+                   dataclasses.replace(base_cfg, encoder=spec, max_iterations=budget,
+                                       epochs=1e6))
             mapper = Mapper(cfg, encoder, device)
             start = time.perf_counter()
             head, iterations, _, last = mapper.train(buffer, scene_mean)
             stats = MappingStats(train_s=time.perf_counter() - start, iterations=iterations,
-                                 buffer_size=buffer.size, buffer_s=buffer_s)
+                                 buffer_size=buffer.size, buffer_s=buffer_s,
+                                 final_loss=float(last.loss.detach()),
+                                 final_median_error_px=last.median_error_px)
             trained = TrainedHead(head, stats, [f.name for f in mapping],
                                   [mapping[0].K.tolist()])
             scene_map = scene_map_from(trained, cfg, sha256, label, 'map')
