@@ -474,23 +474,25 @@ def parameter_defaults() -> Dict[str, Any]:
     return defaults
 
 
-def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
 def main(args: Optional[list] = None) -> int:
     # Ctrl-C and SIGTERM are handled here rather than by rclpy (which would shut the context
     # down first), so that stopping training and saving keyframes can still log to /rosout.
+    # The handlers only set a flag: an exception raised asynchronously inside the executor
+    # can leave rclpy's handles marked in use, and destroying the node then blocks.
+    stop = threading.Event()
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
     node: Optional[MappingNode] = None
     code = 0
     try:
         node = MappingNode()
         executor = SingleThreadedExecutor()
         executor.add_node(node)
-        while rclpy.ok() and not node.finished:
+        while rclpy.ok() and not node.finished and not stop.is_set():
             executor.spin_once(timeout_sec=0.1)
+        if stop.is_set():
+            node.interrupt()
         code = node.exit_code
     except (KeyboardInterrupt, ExternalShutdownException):
         if node is not None:
