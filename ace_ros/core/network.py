@@ -137,6 +137,8 @@ class Head(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         x = features
+        if not torch.is_autocast_enabled(x.device.type):
+            x = x.to(self.fc1.weight.dtype)  # the buffer's fp16 features into an fp32 head
         for block in self.blocks:
             x = block(x)
         x = F.relu(_pointwise(self.fc1, x))
