@@ -41,10 +41,14 @@ class MappingConfig:
     batch_size: int = _f(5120, 'samples per iteration')
     epochs: float = _f(16.0, 'passes over the buffer (sets the iteration count)')
     max_iterations: int = _f(0, 'cap on iterations; 0 = no cap')
+    time_budget_s: float = _f(0.0, 'wall-clock budget (s) of mapping (encoding + training): '
+                              'training gets the time encoding left, at most the iterations '
+                              'above; 0 = no budget')
     learning_rate: float = _f(5e-3, 'OneCycle peak learning rate (AdamW)')
     weight_decay: float = _f(0.01, 'AdamW weight decay')
     head_blocks: int = _f(1, 'extra residual blocks in the head')
-    mixed_precision: bool = _f(True, 'bf16 autocast on CPU, fp16 on CUDA')
+    mixed_precision: bool = _f(True, 'fp16 on CUDA, bf16 on a CPU with native bf16 (AVX-512 '
+                                     'BF16, AMX, Arm BF16); fp32 on other CPUs')
     # loss (ACE's annealed robust reprojection loss)
     loss_tau_max: float = _f(50.0, 'soft clamp added to tau_min at the start (px)')
     loss_tau_min: float = _f(1.0, 'soft clamp at the end of training (px)')
@@ -67,8 +71,8 @@ class MappingConfig:
         if self.depth_max <= self.depth_min:
             raise ValueError(f'depth_max ({self.depth_max}) must exceed depth_min '
                              f'({self.depth_min})')
-        if self.max_iterations < 0 or self.head_blocks < 0:
-            raise ValueError('max_iterations and head_blocks must be >= 0')
+        if self.max_iterations < 0 or self.head_blocks < 0 or self.time_budget_s < 0:
+            raise ValueError('max_iterations, head_blocks and time_budget_s must be >= 0')
 
 
 @dataclass(frozen=True)
@@ -78,7 +82,8 @@ class LocalizationConfig:
     encoder: str = _f('', "encoder weights path; '' = the shipped encoder")
     device: str = _f('auto', "'auto', 'cpu', 'cuda' or 'cuda:N'")
     image_height: int = _f(480, 'images are resized to this height (px) before encoding')
-    mixed_precision: bool = _f(True, 'bf16 on CPU, fp16 on CUDA for encoder and head')
+    mixed_precision: bool = _f(True, 'encoder and head in fp16 on CUDA, bf16 on a CPU with '
+                                     'native bf16; fp32 on other CPUs')
     backend: str = _f('auto', "network inference: 'torch', 'openvino' (CPU) or 'auto' "
                       '(OpenVINO on the CPU when installed)')
     ransac_hypotheses: int = _f(64, 'PnP-RANSAC hypotheses per frame')
@@ -126,9 +131,10 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     'default': {},
     # A fixed budget for any scene size, under 10 minutes on a 2-core CPU: a 512k-cell buffer
     # (~500 image encodings: one pass over a 500-frame scene, more augmented passes over
-    # smaller ones) and 1500 iterations.
+    # smaller ones) and up to 1500 iterations, fewer where they would not fit in 9 minutes
+    # (a CPU without native bf16 trains ~3.5x slower).
     'cpu': {'buffer_size': 512_000, 'max_buffer_passes': 10, 'epochs': 16.0,
-            'max_iterations': 1500},
+            'max_iterations': 1500, 'time_budget_s': 540.0},
     # Tests and smoke runs: tiny images, few iterations.
     'tiny': {'image_height': 240, 'max_buffer_passes': 1, 'samples_per_image': 512,
              'batch_size': 2048, 'epochs': 12.0, 'max_iterations': 400},

@@ -144,14 +144,55 @@ class Mapper:
         iterations = max(1, int(math.ceil(cfg.epochs * buffer_size / cfg.batch_size)))
         return min(iterations, cfg.max_iterations) if cfg.max_iterations else iterations
 
+    def _step_seconds(self, head: Head, buffer: TrainingBuffer, batch: int) -> float:
+        """Measured cost of one training iteration (forward and backward of a batch)."""
+        features = buffer.features[:batch]
+        times = []
+        for _ in range(3):  # the first one warms up the kernels
+            start = time.perf_counter()
+            with device_lib.autocast(self.device, self.cfg.mixed_precision):
+                points = head(features)
+            points.float().square().mean().backward()
+            if self.device.type == 'cuda':
+                torch.cuda.synchronize(self.device)
+            times.append(time.perf_counter() - start)
+        head.zero_grad(set_to_none=True)
+        return min(times[1:])
+
+    def budgeted_iterations(self, head: Head, buffer: TrainingBuffer,
+                            time_left_s: Optional[float]) -> int:
+        """The schedule's iterations, or fewer where they would not fit in `time_left_s`."""
+        iterations = self.iterations_for(buffer.size)
+        if time_left_s is None:
+            return iterations
+        step_s = self._step_seconds(head, buffer, min(self.cfg.batch_size, buffer.size))
+        # ~5 % on top of forward and backward for the optimiser step and the loss.
+        fitting = int(max(0.0, time_left_s) / (1.05 * step_s))
+        if fitting >= iterations:
+            return iterations
+        floor = min(iterations, 100)
+        if fitting < floor:
+            _logger.warning('the time budget leaves %.0f s for training, %d iterations of %.0f '
+                            'ms; training %d anyway (raise time_budget_s, or 0 for none)',
+                            time_left_s, fitting, 1000 * step_s, floor)
+            return floor
+        _logger.info('time budget: %d of the schedule\'s %d iterations fit in the %.0f s left '
+                     '(%.0f ms each)', fitting, iterations, time_left_s, 1000 * step_s)
+        return fitting
+
     def train(self, buffer: TrainingBuffer, scene_mean: np.ndarray,
-              progress: Optional[ProgressCallback] = None) -> tuple:
-        """Train a fresh head on `buffer`; returns (head, iterations, loss history)."""
+              progress: Optional[ProgressCallback] = None,
+              time_left_s: Optional[float] = None) -> tuple:
+        """Train a fresh head on `buffer`; returns (head, iterations, loss history).
+
+        With `time_left_s` the schedule is compressed to the iterations that fit in it
+        (measured on the first batches); the OneCycle schedule keeps its shape.
+        """
         cfg = self.cfg
         head = Head(HeadConfig(num_blocks=cfg.head_blocks)).to(self.device)
         head.scene_mean.copy_(torch.as_tensor(scene_mean, dtype=torch.float32))
         head.train()
-        iterations = self.iterations_for(buffer.size)
+        iterations = self.budgeted_iterations(head, buffer, time_left_s)
         optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.learning_rate,
                                       weight_decay=cfg.weight_decay)
         schedule = torch.optim.lr_scheduler.OneCycleLR(
@@ -211,14 +252,16 @@ class Mapper:
                             stats.frames_without_pose, len(frames))
         if len(posed) < 2:
             raise ValueError(f'mapping needs at least 2 posed frames, got {len(posed)}')
-        start = time.perf_counter()
+        begin = start = time.perf_counter()
         buffer = self.fill_buffer(posed, progress, buffer, passes_done)
         stats.buffer_s = time.perf_counter() - start
         stats.buffer_size, stats.buffer_images = buffer.size, buffer.n_images
         scene_mean = np.mean([f.world_from_cam[:3, 3] for f in posed], axis=0)
         start = time.perf_counter()
+        time_left = (self.cfg.time_budget_s - (start - begin)) if self.cfg.time_budget_s \
+            else None
         head, stats.iterations, stats.loss_history, last = self.train(
-            buffer, scene_mean, progress)
+            buffer, scene_mean, progress, time_left)
         stats.train_s = time.perf_counter() - start
         stats.final_loss = float(last.loss.detach())
         stats.final_median_error_px = last.median_error_px

@@ -78,8 +78,9 @@ def test_explicit_overrides_win_over_the_preset():
     ({'aug_scale_min': 2.0}, 'aug_scale_min <= aug_scale_max'),
     ({'aug_scale_min': 0.0}, '0 < aug_scale_min'),
     ({'depth_max': 0.05}, 'depth_max .* must exceed depth_min'),
-    ({'max_iterations': -1}, 'max_iterations and head_blocks must be >= 0'),
-    ({'head_blocks': -1}, 'max_iterations and head_blocks must be >= 0'),
+    ({'max_iterations': -1}, 'max_iterations, head_blocks and time_budget_s must be >= 0'),
+    ({'head_blocks': -1}, 'max_iterations, head_blocks and time_budget_s must be >= 0'),
+    ({'time_budget_s': -1.0}, 'max_iterations, head_blocks and time_budget_s must be >= 0'),
     ({'preset': 'fast'}, "unknown preset 'fast'"),
 ])
 def test_mapping_validation(overrides, message):

@@ -145,3 +145,35 @@ def test_demo_runs_end_to_end_with_the_shipped_encoder(tmp_path, monkeypatch, ca
     assert 0 < summary['mapping_map_bytes'] < 4.5e6
     assert len(load_map(str(tmp_path / 'room.ace')).frame_names) == 8
     assert 'ace_ros demo: mapped 8 frames' in capsys.readouterr().out
+
+
+def test_time_budget_compresses_the_schedule(monkeypatch, caplog):
+    buffer, scene_mean = _oracle_buffer(2)
+    cfg = mapping_config('tiny', image_height=HEIGHT, batch_size=256, max_iterations=400,
+                         epochs=1000.0)
+    mapper = Mapper(cfg, None, torch.device('cpu'))
+    head = torch.nn.Module()
+    assert mapper.budgeted_iterations(head, buffer, None) == 400  # no budget: the schedule
+    monkeypatch.setattr(Mapper, '_step_seconds', lambda self, head, buffer, batch: 0.1)
+    assert mapper.budgeted_iterations(head, buffer, 1000.0) == 400  # the schedule fits
+    assert mapper.budgeted_iterations(head, buffer, 21.1) == 200  # 21.1 s / (1.05 x 0.1 s)
+    assert mapper.budgeted_iterations(head, buffer, 2.0) == 100  # a floor, with a warning
+    assert 'time budget leaves 2 s' in caplog.text
+    _, iterations, _, _ = mapper.train(buffer, scene_mean, time_left_s=10.5)
+    assert iterations == 100
+
+
+def test_time_budget_is_measured_on_real_training_steps():
+    buffer, scene_mean = _oracle_buffer(2)
+    cfg = mapping_config('tiny', image_height=HEIGHT, batch_size=256, max_iterations=1000,
+                         epochs=1000.0)
+    mapper = Mapper(cfg, None, torch.device('cpu'))
+    head = mapper.train(buffer, scene_mean, time_left_s=0.0)[0]  # any head of the mapper's
+    step_s = mapper._step_seconds(head.train(), buffer, 256)
+    assert 0 < step_s < 5
+    assert all(p.grad is None for p in head.parameters())  # the probe leaves no gradients
+    budget = 150 * 1.05 * step_s
+    assert 100 <= mapper.budgeted_iterations(head, buffer, budget) < 300
+    with pytest.raises(ValueError, match='time_budget_s'):
+        mapping_config('cpu', time_budget_s=-1.0)
+    assert mapping_config('cpu').time_budget_s > 0 and mapping_config().time_budget_s == 0
