@@ -177,3 +177,15 @@ def test_time_budget_is_measured_on_real_training_steps():
     with pytest.raises(ValueError, match='time_budget_s'):
         mapping_config('cpu', time_budget_s=-1.0)
     assert mapping_config('cpu').time_budget_s > 0 and mapping_config().time_budget_s == 0
+
+
+def test_time_budget_stops_encoding_at_its_deadline():
+    scene = SyntheticSceneConfig(seed=4, width=WIDTH, height=HEIGHT, focal=525 * HEIGHT / 480,
+                                 n_train=4, n_test=0, texel_size=0.01)
+    frames = [frame for frame, _ in generate_frames_with_depth(scene, 'train')]
+    encoder, _, _ = build_encoder('random:0', torch.device('cpu'))
+    cfg = mapping_config('tiny', image_height=HEIGHT, max_buffer_passes=3, device='cpu')
+    full = Mapper(cfg, encoder, torch.device('cpu')).fill_buffer(frames)
+    assert full.n_images == 12 and not full.full  # 3 passes over 4 frames
+    cut = Mapper(cfg, encoder, torch.device('cpu')).fill_buffer(frames, deadline=0.0)
+    assert cut.n_images == 2 and 0 < cut.size < full.size  # past the deadline: 2 images
