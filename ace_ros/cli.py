@@ -27,10 +27,11 @@ _logger = logging.getLogger('ace_ros')
 #: The demo camera covers a quarter of its room loop: one side of the room, as a robot mapping
 #: one area would, which the `cpu` preset maps within its budget (benchmarks/RESULTS.md).
 DEMO_PATH_FRACTION = 0.25
-#: Mapping's share of the demo's 10 minutes: rendering, loading and localizing 100 frames take
-#: ~2 minutes on a 2-core CPU without native bf16. With native bf16 the cpu preset's whole
-#: schedule fits in it (406 s).
-DEMO_TIME_BUDGET_S = 450.0
+#: Mapping's share of the demo's 10 minutes: rendering, loading and localizing 60 frames take
+#: ~75 s on a 2-core CPU without native bf16 (0.72 s per query). With native bf16 the cpu
+#: preset's whole schedule fits in it (406 s).
+DEMO_TIME_BUDGET_S = 490.0
+DEMO_QUERIES = 60
 
 
 class _MappingProgress:
@@ -376,7 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--json', metavar='OUT.json', help='write the summary here')
     p.add_argument('--workdir', help='where to write the scene and map (default: a temp dir)')
     p.add_argument('--frames', type=int, default=300, help='mapping frames (default: 300)')
-    p.add_argument('--queries', type=int, default=100, help='query frames (default: 100)')
+    p.add_argument('--queries', type=int, default=DEMO_QUERIES,
+                   help='query frames (default: %(default)s)')
     p.add_argument('--path-fraction', type=float, default=DEMO_PATH_FRACTION,
                    help='part of the room loop the camera covers (default: '
                    f'{DEMO_PATH_FRACTION}; 1 = a full 360-degree lap, which the cpu preset\'s '

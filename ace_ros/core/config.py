@@ -42,8 +42,8 @@ class MappingConfig:
     epochs: float = _f(16.0, 'passes over the buffer (sets the iteration count)')
     max_iterations: int = _f(0, 'cap on iterations; 0 = no cap')
     time_budget_s: float = _f(0.0, 'wall-clock budget (s) of mapping: encoding stops after '
-                              '40 percent of it, training gets the rest, at most the '
-                              'iterations above; 0 = no budget')
+                              '40 percent of it, training gets the rest (at most the '
+                              "schedule's iterations); 0 = no budget")
     learning_rate: float = _f(5e-3, 'OneCycle peak learning rate (AdamW)')
     weight_decay: float = _f(0.01, 'AdamW weight decay')
     head_blocks: int = _f(1, 'extra residual blocks in the head')
