@@ -42,7 +42,7 @@ class MappingConfig:
     epochs: float = _f(16.0, 'passes over the buffer (sets the iteration count)')
     max_iterations: int = _f(0, 'cap on iterations; 0 = no cap')
     time_budget_s: float = _f(0.0, 'wall-clock budget (s) of mapping: encoding stops after '
-                              '40 percent of it, training gets the rest (at most the '
+                              '25 percent of it, training gets the rest (at most the '
                               "schedule's iterations); 0 = no budget")
     learning_rate: float = _f(5e-3, 'OneCycle peak learning rate (AdamW)')
     weight_decay: float = _f(0.01, 'AdamW weight decay')
@@ -132,7 +132,7 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     # A fixed budget for any scene size, under 10 minutes on a 2-core CPU: a 512k-cell buffer
     # (~500 image encodings: one pass over a 500-frame scene, more augmented passes over
     # smaller ones) and up to 1500 iterations, fewer where they would not fit in 9 minutes
-    # (a CPU without native bf16 encodes ~3x and trains ~3.5x slower).
+    # (a CPU without native bf16 encodes and trains ~3.5x slower).
     'cpu': {'buffer_size': 512_000, 'max_buffer_passes': 10, 'epochs': 16.0,
             'max_iterations': 1500, 'time_budget_s': 540.0},
     # Tests and smoke runs: tiny images, few iterations.

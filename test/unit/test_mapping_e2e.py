@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from ace_ros.core.config import PRESETS, LocalizationConfig, mapping_config
 from ace_ros.core.localizer import Localizer
 from ace_ros.core.mapfile import load_map
 from ace_ros.core.mapper import Mapper
-from ace_ros.core.network import cell_centers
+from ace_ros.core.network import Head, HeadConfig, cell_centers
 from ace_ros.core.weights import build_encoder
 from ace_ros.data.synthetic import (SyntheticSceneConfig, generate_frames_with_depth,
                                     write_synthetic_scene)
@@ -165,8 +166,6 @@ def test_time_budget_compresses_the_schedule(monkeypatch, caplog):
     assert mapper.budgeted_iterations(head, buffer, 23.1) == 200  # 23.1 s / (1.15 x 0.1 s)
     assert mapper.budgeted_iterations(head, buffer, 2.0) == 100  # a floor, with a warning
     assert 'time budget leaves 2 s' in caplog.text
-    _, iterations, _, _ = mapper.train(buffer, scene_mean, time_left_s=11.0)
-    assert iterations == 100
 
 
 def test_time_budget_is_measured_on_real_training_steps():
@@ -174,8 +173,8 @@ def test_time_budget_is_measured_on_real_training_steps():
     cfg = mapping_config('tiny', image_height=HEIGHT, batch_size=256, max_iterations=1000,
                          epochs=1000.0)
     mapper = Mapper(cfg, None, torch.device('cpu'))
-    head = mapper.train(buffer, scene_mean, time_left_s=0.0)[0]  # any head of the mapper's
-    step_s = mapper._step_seconds(head.train(), buffer, 256)
+    head = Head(HeadConfig()).train()
+    step_s = mapper._step_seconds(head, buffer, 256)
     assert 0 < step_s < 5
     assert all(p.grad is None for p in head.parameters())  # the probe leaves no gradients
     budget = 150 * 1.15 * step_s
@@ -195,3 +194,31 @@ def test_time_budget_stops_encoding_at_its_deadline():
     assert full.n_images == 12 and not full.full  # 3 passes over 4 frames
     cut = Mapper(cfg, encoder, torch.device('cpu')).fill_buffer(frames, deadline=0.0)
     assert cut.n_images == 2 and 0 < cut.size < full.size  # past the deadline: 2 images
+
+
+def test_time_budget_refits_the_count_to_the_real_rate(monkeypatch, caplog):
+    refit = Mapper._refit_iterations
+    assert refit(200, 40, 0.1, 10.0, 400) == 140  # slower than planned: fewer
+    assert refit(200, 40, 0.1, 16.2, 400) == 200  # within 3 %: unchanged
+    assert refit(200, 40, 0.1, 100.0, 400) == 400  # never beyond the schedule
+    assert refit(200, 40, 0.1, -5.0, 400) == 100  # out of time: the budget's floor
+    assert refit(60, 50, 0.1, -5.0, 400) == 60  # a count under the floor stays
+    assert refit(300, 150, 0.1, -5.0, 400) == 151  # past the floor: end after this step
+    buffer, scene_mean = _oracle_buffer(2)
+    caplog.set_level(logging.INFO, logger='ace_ros.core.mapper')
+    cfg = mapping_config('tiny', image_height=HEIGHT, batch_size=64, max_iterations=1000,
+                         epochs=1e5)
+    mapper = Mapper(cfg, None, torch.device('cpu'))
+    # A probe that saw a burst of speed plans the whole schedule (1000 iterations: several
+    # seconds); the real steps are slower.
+    monkeypatch.setattr(Mapper, '_step_seconds', lambda self, head, buffer, batch: 1e-5)
+    schedules = []
+    original = torch.optim.lr_scheduler.OneCycleLR
+    monkeypatch.setattr(torch.optim.lr_scheduler, 'OneCycleLR',
+                        lambda *a, **k: schedules.append(original(*a, **k)) or schedules[-1])
+    _, iterations, _, _ = mapper.train(buffer, scene_mean, time_left_s=0.5)
+    assert 50 < iterations < 1000 and 'iterations instead of 1000' in caplog.text
+    # The OneCycle schedule was rebuilt for the new length and ran to its end.
+    assert len(schedules) == 2 and schedules[1].total_steps == iterations
+    assert schedules[1].last_epoch == iterations
+    assert schedules[1].get_last_lr()[0] < 1e-3 * cfg.learning_rate
