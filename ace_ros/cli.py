@@ -262,8 +262,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     scene = write_synthetic_scene(workdir / 'scene', scene_cfg)
     train = _load_all(open_source(str(scene), split='train'))
     map_path = str(workdir / 'room.ace')
-    budget = {'time_budget_s': args.time_budget_s} if args.time_budget_s is not None else {}
-    map_cfg = mapping_config(args.preset, device=args.device, **budget)
+    map_cfg = mapping_config(args.preset, device=args.device, time_budget_s=args.time_budget_s)
     report = run_map(train, map_cfg, map_path)
     # Localize at the height the preset mapped at, so small presets stay consistent.
     summary = run_evaluate(map_path, open_source(str(scene), split='test'),

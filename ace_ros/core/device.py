@@ -81,8 +81,9 @@ def describe(device: torch.device) -> str:
     """Human-readable device name for logs and reports."""
     if device.type == 'cuda':
         return f'{device} ({torch.cuda.get_device_name(device)})'
-    native = 'bf16' if cpu_has_fast_bf16() else 'fp32, no native bf16'
-    return f'cpu ({torch.get_num_threads()} threads, {native})'
+    computes = precision(device)
+    return f'cpu ({torch.get_num_threads()} threads, ' \
+        f"{computes}{'' if computes == 'bf16' else ', no native bf16'})"
 
 
 def resolve_backend(spec: str, device: torch.device) -> str:

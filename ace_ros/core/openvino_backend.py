@@ -16,6 +16,7 @@ from typing import Dict, Tuple
 import numpy as np
 import torch
 
+from ace_ros.core import device as device_lib
 from ace_ros.core.network import Encoder, Head, image_to_network_input
 
 _logger = logging.getLogger(__name__)
@@ -37,9 +38,9 @@ class OpenVinoNetwork:
         import openvino as ov
         self._ov = ov
         self._core = ov.Core()
-        bf16 = 'BF16' in self._core.get_property('CPU', 'OPTIMIZATION_CAPABILITIES')
+        cpu_precision = device_lib.precision(torch.device('cpu'), mixed_precision)
         self._config = {
-            'INFERENCE_PRECISION_HINT': 'bf16' if (mixed_precision and bf16) else 'f32',
+            'INFERENCE_PRECISION_HINT': 'bf16' if cpu_precision == 'bf16' else 'f32',
             'INFERENCE_NUM_THREADS': torch.get_num_threads(),
             'PERFORMANCE_HINT': 'LATENCY'}
         self._encoder = encoder.float().cpu().eval()
