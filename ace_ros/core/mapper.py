@@ -178,9 +178,13 @@ class Mapper:
         return min(times[1:])
 
     def budgeted_iterations(self, head: Head, buffer: TrainingBuffer,
-                            time_left_s: Optional[float]) -> int:
-        """The schedule's iterations, or fewer where they would not fit in `time_left_s`."""
-        iterations = self.iterations_for(buffer.size)
+                            time_left_s: Optional[float], planned_size: int = 0) -> int:
+        """The schedule's iterations, or fewer where they would not fit in `time_left_s`.
+
+        `planned_size` is the buffer size the schedule is for when a budget cut encoding
+        short: the cut saves time for training, so it must not shorten the schedule too.
+        """
+        iterations = self.iterations_for(max(buffer.size, planned_size))
         if time_left_s is None:
             return iterations
         step_s = self._step_seconds(head, buffer, min(self.cfg.batch_size, buffer.size))
@@ -216,18 +220,19 @@ class Mapper:
 
     def train(self, buffer: TrainingBuffer, scene_mean: np.ndarray,
               progress: Optional[ProgressCallback] = None,
-              time_left_s: Optional[float] = None) -> tuple:
+              time_left_s: Optional[float] = None, planned_size: int = 0) -> tuple:
         """Train a fresh head on `buffer`; returns (head, iterations, loss history).
 
-        With `time_left_s` the schedule is compressed to the iterations that fit in it
-        (measured on the first batches); the OneCycle schedule keeps its shape.
+        With `time_left_s` the schedule (for `planned_size` cells, see `budgeted_iterations`)
+        is compressed to the iterations that fit in it (measured on the first batches); the
+        OneCycle schedule keeps its shape.
         """
         cfg = self.cfg
         begin = time.perf_counter()
         head = Head(HeadConfig(num_blocks=cfg.head_blocks)).to(self.device)
         head.scene_mean.copy_(torch.as_tensor(scene_mean, dtype=torch.float32))
         head.train()
-        iterations = self.budgeted_iterations(head, buffer, time_left_s)
+        iterations = self.budgeted_iterations(head, buffer, time_left_s, planned_size)
         # Under a budget the count is checked once more against the real rate of the first
         # iterations: the probe's two batches can catch another process's burst.
         recheck_at = max(10, min(50, iterations // 5)) if time_left_s is not None else 0
@@ -250,7 +255,8 @@ class Mapper:
                 now = time.perf_counter()
                 refit = self._refit_iterations(
                     iterations, iteration, (now - start) / iteration,
-                    time_left_s - (now - begin), self.iterations_for(buffer.size))
+                    time_left_s - (now - begin),
+                    self.iterations_for(max(buffer.size, planned_size)))
                 if refit != iterations:
                     iterations = refit
                     # The same OneCycle shape over the new length, resumed at this step.
@@ -314,8 +320,11 @@ class Mapper:
         start = time.perf_counter()
         time_left = (self.cfg.time_budget_s - (start - begin)) if self.cfg.time_budget_s \
             else None
+        # Under a budget, the schedule of the buffer that encoding would have filled.
+        planned = min(buffer.capacity, len(posed) * self.cfg.max_buffer_passes
+                      * self.cfg.samples_per_image) if time_left is not None else 0
         head, stats.iterations, stats.loss_history, last = self.train(
-            buffer, scene_mean, progress, time_left)
+            buffer, scene_mean, progress, time_left, planned)
         stats.train_s = time.perf_counter() - start
         stats.final_loss = float(last.loss.detach())
         stats.final_median_error_px = last.median_error_px

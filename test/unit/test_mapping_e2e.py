@@ -198,6 +198,26 @@ def test_time_budget_stops_encoding_at_its_deadline():
     assert cut.n_images == 2 and 0 < cut.size < full.size  # past the deadline: 2 images
 
 
+def test_time_budget_cuts_encoding_not_the_schedule(monkeypatch):
+    """The time a budget's early encoding stop saves goes to training: the schedule is that
+    of the buffer encoding would have filled (session 5, TUM split on 2 AVX2 cores: 16 epochs
+    of the cut buffer ended training 65 s before the budget)."""
+    scene = SyntheticSceneConfig(seed=4, width=WIDTH, height=HEIGHT, focal=525 * HEIGHT / 480,
+                                 n_train=4, n_test=0, texel_size=0.01)
+    frames = [frame for frame, _ in generate_frames_with_depth(scene, 'train')]
+    encoder, _, _ = build_encoder('random:0', torch.device('cpu'))
+    cfg = mapping_config('tiny', image_height=HEIGHT, max_buffer_passes=3, device='cpu',
+                         batch_size=256, time_budget_s=1000.0)
+    monkeypatch.setattr('ace_ros.core.mapper.BUFFER_SHARE_OF_BUDGET', 0.0)  # cut at 2 images
+    monkeypatch.setattr(Mapper, '_step_seconds', lambda self, head, buffer, batch: 1e-3)
+    mapper = Mapper(cfg, encoder, torch.device('cpu'))
+    stats = mapper.map(frames).stats
+    assert stats.buffer_images == 2
+    planned = 4 * 3 * cfg.samples_per_image  # 3 passes over 4 frames
+    assert mapper.iterations_for(stats.buffer_size) < 30 < stats.iterations
+    assert stats.iterations == mapper.iterations_for(planned)
+
+
 def test_time_budget_refits_the_count_to_the_real_rate(monkeypatch, caplog):
     refit = Mapper._refit_iterations
     assert refit(200, 40, 0.1, 10.0, 400) == 140  # slower than planned: fewer
