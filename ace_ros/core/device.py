@@ -77,34 +77,87 @@ def precision(device: torch.device, mixed_precision: bool = True) -> str:
     return {torch.float16: 'fp16', torch.bfloat16: 'bf16'}.get(dtype, 'fp32')
 
 
-def describe(device: torch.device) -> str:
-    """Human-readable device name for logs and reports."""
+def describe(device: torch.device, encoder_precision: str = 'float') -> str:
+    """Human-readable device name for logs and reports; `encoder_precision` as the mapping
+    setting (resolved here when 'auto')."""
     if device.type == 'cuda':
         return f'{device} ({torch.cuda.get_device_name(device)})'
     computes = precision(device)
+    encoder = ', int8 encoder' \
+        if resolve_encoder_precision(encoder_precision, device) == 'int8' else ''
     return f'cpu ({torch.get_num_threads()} threads, ' \
-        f"{computes}{'' if computes == 'bf16' else ', no native bf16'})"
+        f"{computes}{'' if computes == 'bf16' else ', no native bf16'}{encoder})"
 
 
-def resolve_backend(spec: str, device: torch.device) -> str:
-    """Inference backend for localization: 'auto', 'torch' or 'openvino' -> 'torch' | 'openvino'.
+ENCODER_PRECISIONS = ('auto', 'float', 'int8')
 
-    'auto' takes OpenVINO on the CPU when it is installed (faster than PyTorch there, in bf16
-    and in fp32) and PyTorch otherwise; OpenVINO is CPU-only here.
+
+def resolve_encoder_precision(spec: str, device: torch.device) -> str:
+    """The encoder features a map is built from: 'float' (fp32, or bf16/fp16 per
+    `precision`) or 'int8' (OpenVINO, quantized; see `openvino_backend`).
+
+    'auto' takes int8 on a CPU without native bf16 when OpenVINO and NNCF are installed: there
+    it encodes ~2x faster at the same accuracy (TUM split on 2 AVX2 cores: 85.5 % within
+    5cm/5deg vs 84.3 %, benchmarks/RESULTS.md); float everywhere else, where int8 is not
+    measured yet.
 
     Raises:
-        ValueError: for an unknown spec, or 'openvino' where it cannot run.
+        ValueError: for an unknown spec, or 'int8' where it cannot run.
     """
     from ace_ros.core import openvino_backend
     spec = spec.strip().lower()
-    if spec not in ('auto', 'torch', 'openvino'):
-        raise ValueError(f"backend must be 'auto', 'torch' or 'openvino', got '{spec}'")
+    if spec not in ENCODER_PRECISIONS:
+        raise ValueError(f"encoder_precision must be one of {', '.join(ENCODER_PRECISIONS)}; "
+                         f"got '{spec}'")
     if spec == 'auto':
-        return 'openvino' if device.type == 'cpu' and openvino_backend.available() else 'torch'
-    if spec == 'openvino':
+        return 'int8' if device.type == 'cpu' and not cpu_has_fast_bf16() \
+            and openvino_backend.available(int8=True) else 'float'
+    if spec == 'int8':
         if device.type != 'cpu':
-            raise ValueError(f"backend 'openvino' runs on the CPU only, but device is {device}")
-        if not openvino_backend.available():
-            raise ValueError("backend 'openvino' asked for but the openvino package is not "
-                             'installed (pip install openvino, or use backend torch)')
+            raise ValueError(f"encoder_precision 'int8' runs on the CPU only, but device is "
+                             f"{device}")
+        if not openvino_backend.available(int8=True):
+            raise ValueError("encoder_precision 'int8' needs the openvino and nncf packages "
+                             '(scripts/setup.sh installs them)')
+    return spec
+
+
+BACKENDS = ('auto', 'torch', 'openvino', 'openvino-int8')
+
+
+def resolve_backend(spec: str, device: torch.device, map_encoder: str = 'float') -> str:
+    """Inference backend for localization: 'auto', 'torch', 'openvino' or 'openvino-int8'
+    (the encoder quantized to int8) -> the one that runs.
+
+    'auto' follows the map: a map built from int8 features (`map_encoder`) localizes with the
+    int8 encoder; otherwise OpenVINO on the CPU when it is installed (faster than PyTorch
+    there, in bf16 and in fp32) and PyTorch elsewhere. OpenVINO is CPU-only here. A choice
+    that gives other features than the map was built from works, at a loss of accuracy: it
+    is logged as a warning.
+
+    Raises:
+        ValueError: for an unknown spec, or an OpenVINO backend where it cannot run.
+    """
+    from ace_ros.core import openvino_backend
+    spec = spec.strip().lower()
+    if spec not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got '{spec}'")
+    cpu = device.type == 'cpu'
+    if spec == 'auto':
+        if map_encoder == 'int8' and cpu and openvino_backend.available(int8=True):
+            spec = 'openvino-int8'
+        else:
+            spec = 'openvino' if cpu and openvino_backend.available() else 'torch'
+    elif spec.startswith('openvino'):
+        if not cpu:
+            raise ValueError(f"backend '{spec}' runs on the CPU only, but device is {device}")
+        int8 = spec == 'openvino-int8'
+        if not openvino_backend.available(int8):
+            raise ValueError(f"backend '{spec}' asked for but the openvino "
+                             f"{'and nncf packages are' if int8 else 'package is'} not "
+                             'installed (scripts/setup.sh installs them; or use backend torch)')
+    if (spec == 'openvino-int8') != (map_encoder == 'int8'):
+        _logger.warning("the map was built from %s encoder features but backend '%s' gives "
+                        '%s ones: expect lower accuracy (map again, or use backend auto)',
+                        map_encoder, spec, 'int8' if spec == 'openvino-int8' else 'float')
     return spec

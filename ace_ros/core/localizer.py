@@ -68,10 +68,14 @@ class Localizer:
         self.encoder = encoder.to(self.device)
         self.head = head_from_map(scene_map, self.device)
         self.scene_map = scene_map
-        self.backend = device_lib.resolve_backend(cfg.backend, self.device)
-        if self.backend == 'openvino':
+        # Maps from before encoder_precision existed were all built from float features.
+        self.backend = device_lib.resolve_backend(
+            cfg.backend, self.device, scene_map.mapping_config.get('encoder_precision', 'float'))
+        if self.backend.startswith('openvino'):
             from ace_ros.core.openvino_backend import OpenVinoNetwork
-            self._network = OpenVinoNetwork(self.encoder, self.head, cfg.mixed_precision)
+            self._network = OpenVinoNetwork(
+                self.encoder, self.head, cfg.mixed_precision,
+                int8_encoder=self.backend == 'openvino-int8', encoder_id=encoder_sha256)
         else:
             self._network = TorchNetwork(self.encoder, self.head, self.device,
                                          cfg.mixed_precision)

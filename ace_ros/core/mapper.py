@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import threading
@@ -91,10 +92,17 @@ class TrainedHead:
 class Mapper:
     """Trains a Head for one scene against a frozen encoder, on `cfg.device`."""
 
-    def __init__(self, cfg: MappingConfig, encoder: Encoder, device: torch.device) -> None:
-        self.cfg = cfg
+    def __init__(self, cfg: MappingConfig, encoder: Encoder, device: torch.device,
+                 encoder_id: str = '') -> None:
+        """`encoder_id` (the encoder's sha256) names the cached int8 encoder."""
+        # The resolved choice, so the map records what its features are.
+        self.cfg = dataclasses.replace(
+            cfg, encoder_precision=device_lib.resolve_encoder_precision(cfg.encoder_precision,
+                                                                        device))
         self.encoder = encoder
         self.device = device
+        self._encoder_id = encoder_id
+        self._int8_encoder = None  # built at the first image: quantizing takes a while
         torch.manual_seed(cfg.seed)
         self._rng = np.random.default_rng(cfg.seed)
         self._torch_rng = torch.Generator().manual_seed(cfg.seed)
@@ -116,8 +124,16 @@ class Mapper:
         """Augment, encode and sample one posed frame into `buffer`; returns cells added."""
         cfg = self.cfg
         encoded = prepare_image(frame, cfg.image_height, self._rng, cfg)
-        features = encode(self.encoder, encoded.gray, self.device, cfg.mixed_precision)
+        features = self._encoder_features(encoded.gray)
         return buffer.add_image(encoded, features, cfg.samples_per_image, self._torch_rng)
+
+    def _encoder_features(self, gray: np.ndarray) -> torch.Tensor:
+        if self.cfg.encoder_precision == 'int8':
+            if self._int8_encoder is None:
+                from ace_ros.core.openvino_backend import Int8Encoder
+                self._int8_encoder = Int8Encoder(self.encoder, self._encoder_id)
+            return self._int8_encoder(gray)
+        return encode(self.encoder, gray, self.device, self.cfg.mixed_precision)
 
     def fill_buffer(self, frames: Sequence[Frame],
                     progress: Optional[ProgressCallback] = None,
@@ -348,10 +364,11 @@ def map_frames(frames: Sequence[Frame], cfg: MappingConfig, world_frame_id: str 
     device = device_lib.resolve_device(cfg.device)
     encoder, encoder_sha256, label = build_encoder(cfg.encoder, device)
     _logger.info('mapping %d frames on %s with encoder %s, preset %s', len(frames),
-                 device_lib.describe(device), label, cfg.preset)
-    trained = Mapper(cfg, encoder, device).map(frames, progress)
-    scene_map = scene_map_from(trained, cfg, encoder_sha256, label, world_frame_id)
-    return scene_map, trained.stats, device_lib.describe(device)
+                 device_lib.describe(device, cfg.encoder_precision), label, cfg.preset)
+    mapper = Mapper(cfg, encoder, device, encoder_sha256)
+    trained = mapper.map(frames, progress)
+    scene_map = scene_map_from(trained, mapper.cfg, encoder_sha256, label, world_frame_id)
+    return scene_map, trained.stats, device_lib.describe(device, mapper.cfg.encoder_precision)
 
 
 def scene_map_from(trained: TrainedHead, cfg: MappingConfig, encoder_sha256: str,

@@ -149,8 +149,9 @@ class OnlineMappingSession:
         encoder, self._encoder_sha256, self._encoder_label = build_encoder(
             cfg.encoder, self.device)
         _logger.info('online mapping on %s with encoder %s, preset %s',
-                     device_lib.describe(self.device), self._encoder_label, cfg.preset)
-        self._mapper = Mapper(cfg, encoder, self.device)
+                     device_lib.describe(self.device, cfg.encoder_precision),
+                     self._encoder_label, cfg.preset)
+        self._mapper = Mapper(cfg, encoder, self.device, self._encoder_sha256)
         self._buffer = self._mapper.new_buffer(online.max_keyframes)
         self._track = PoseTrack(int(round(online.stamp_tolerance_s * 1e9)))
         self._pose_source: PoseSource = pose_source if pose_source is not None else self._track
@@ -387,7 +388,7 @@ class OnlineMappingSession:
                     progress(p)
 
             trained = self._mapper.map(keyframes, report, self._buffer, passes_done=1)
-            scene_map = scene_map_from(trained, self.cfg, self._encoder_sha256,
+            scene_map = scene_map_from(trained, self._mapper.cfg, self._encoder_sha256,
                                        self._encoder_label, self.world_frame_id or 'map')
             save_map(self.online.map_path, scene_map)
         except BaseException as error:  # noqa: B902 - Ctrl-C too: record it, then re-raise

@@ -7,18 +7,23 @@ import pytest
 import torch
 
 from ace_ros.core import device as device_lib
+from ace_ros.core.buffer import prepare_image
 from ace_ros.core.config import LocalizationConfig, mapping_config
 from ace_ros.core.localizer import Localizer
-from ace_ros.core.mapper import map_frames
+from ace_ros.core.mapper import Mapper, map_frames
+from ace_ros.core.weights import build_encoder
 from ace_ros.data.synthetic import SyntheticSceneConfig, generate_frames
 
 HEIGHT, WIDTH = 96, 128
 
 
+SCENE = SyntheticSceneConfig(seed=2, width=WIDTH, height=HEIGHT, focal=525 * HEIGHT / 480,
+                             n_train=6, n_test=2, texel_size=0.01)
+
+
 @pytest.fixture(scope='module')
 def small_map():
-    scene = SyntheticSceneConfig(seed=2, width=WIDTH, height=HEIGHT, focal=525 * HEIGHT / 480,
-                                 n_train=6, n_test=2, texel_size=0.01)
+    scene = SCENE
     frames = list(generate_frames(scene, 'train'))
     cfg = mapping_config('tiny', image_height=HEIGHT, max_iterations=30, device='cpu',
                          encoder='random:0')
@@ -64,5 +69,84 @@ def test_backend_choice():
     assert device_lib.resolve_backend('auto', torch.device('cuda')) == 'torch'
     with pytest.raises(ValueError, match='CPU only'):
         device_lib.resolve_backend('openvino', torch.device('cuda'))
-    with pytest.raises(ValueError, match="'auto', 'torch' or 'openvino'"):
+    with pytest.raises(ValueError, match="auto, torch, openvino, openvino-int8; got 'onnx'"):
         device_lib.resolve_backend('onnx', cpu)
+    assert device_lib.resolve_backend('OpenVINO-int8', cpu) == 'openvino-int8'
+    with pytest.raises(ValueError, match="'openvino-int8' runs on the CPU only"):
+        device_lib.resolve_backend('openvino-int8', torch.device('cuda'))
+
+
+def _median_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.reshape(512, -1).double(), b.reshape(512, -1).double()
+    return float(torch.nn.functional.cosine_similarity(a, b, dim=0).median())
+
+
+@pytest.fixture
+def int8_cache(tmp_path, monkeypatch):
+    """A private cache, and calibration at this file's image size (fast)."""
+    from ace_ros.core import openvino_backend
+    monkeypatch.setenv('ACE_ROS_CACHE_DIR', str(tmp_path))
+    monkeypatch.setattr(openvino_backend, 'CALIBRATION_SIZE', (HEIGHT, WIDTH))
+    return tmp_path
+
+
+def test_int8_encoder_is_close_to_fp32_and_cached_on_disk(small_map, int8_cache, monkeypatch,
+                                                          caplog):
+    from ace_ros.core import openvino_backend
+    quantize = openvino_backend.quantize_encoder
+    scene_map, frames = small_map
+    gray = prepare_image(frames[0], HEIGHT).gray
+    exact = _localizer(scene_map, 'openvino', mixed_precision=False)._network.encode(gray)
+    int8 = _localizer(scene_map, 'openvino-int8')
+    assert int8.backend == 'openvino-int8'
+    features = int8._network.encode(gray)
+    assert features.shape == exact.shape
+    assert 0.95 < _median_cosine(features, exact) < 0.99999  # quantized, and close
+    cached = list((int8_cache / 'openvino').glob('encoder-*-int8-*/encoder.xml'))
+    assert len(cached) == 1 and scene_map.encoder_sha256[:16] in str(cached[0])
+    # Any image size from the one cached model; a second localizer reads the cache.
+    assert int8._network.encode(np.zeros((HEIGHT // 2, WIDTH), np.float32)).shape == (
+        512, HEIGHT // 16, WIDTH // 8)
+    monkeypatch.setattr(openvino_backend, 'quantize_encoder', _fail)
+    again = _localizer(scene_map, 'openvino-int8')._network.encode(gray)
+    torch.testing.assert_close(again, features)
+    # A damaged cache entry is rebuilt with a warning, not fatal.
+    cached[0].write_text('<net broken')
+    monkeypatch.setattr(openvino_backend, 'quantize_encoder', quantize)
+    rebuilt = _localizer(scene_map, 'openvino-int8')
+    assert rebuilt.localize(frames[1]).timings_ms['encoder'] > 0
+    assert 'ignoring the unreadable cached encoder' in caplog.text
+    monkeypatch.setattr(openvino_backend, 'quantize_encoder', _fail)  # replaced in the cache
+    torch.testing.assert_close(_localizer(scene_map, 'openvino-int8')._network.encode(gray),
+                               rebuilt._network.encode(gray))
+
+
+def test_int8_maps_localize_with_the_int8_encoder(small_map, int8_cache, caplog):
+    """Mapping records its encoder's precision; localization follows it, and warns when told
+    to use the other kind of features."""
+    scene_map, frames = small_map
+    train = list(generate_frames(SCENE, 'train'))
+    cfg = mapping_config('tiny', image_height=HEIGHT, max_iterations=30, device='cpu',
+                         encoder='random:0', encoder_precision='int8')
+    mapper = Mapper(cfg, build_encoder('random:0', torch.device('cpu'))[0], torch.device('cpu'),
+                    scene_map.encoder_sha256)
+    assert mapper.cfg.encoder_precision == 'int8'
+    int8_map, stats, device = map_frames(train, cfg)
+    assert int8_map.mapping_config['encoder_precision'] == 'int8' and 'int8 encoder' in device
+    assert scene_map.mapping_config['encoder_precision'] == 'float'  # the tiny preset's
+    # Mapping and localization see the same features: the same cached int8 model.
+    localizer = _localizer(int8_map, 'auto')
+    assert localizer.backend == 'openvino-int8' and 'expect lower accuracy' not in caplog.text
+    prepared = prepare_image(train[0], HEIGHT)
+    torch.testing.assert_close(mapper._encoder_features(prepared.gray),
+                               localizer._network.encode(prepared.gray))
+    assert _localizer(int8_map, 'openvino').backend == 'openvino'
+    assert 'built from int8 encoder features' in caplog.text
+    with pytest.raises(ValueError, match="encoder_precision must be 'auto', 'float' or 'int8'"):
+        mapping_config('cpu', encoder_precision='fp8')
+    with pytest.raises(ValueError, match="'int8' runs on the CPU only"):
+        device_lib.resolve_encoder_precision('int8', torch.device('cuda'))
+
+
+def _fail(*args, **kwargs):
+    raise AssertionError('quantized again instead of reading the cache')
