@@ -92,8 +92,9 @@ class LocalizationConfig:
     mixed_precision: bool = _f(True, 'encoder and head in fp16 on CUDA, bf16 on a CPU with '
                                      'native bf16; fp32 on other CPUs')
     backend: str = _f('auto', "network inference: 'torch', 'openvino' (CPU), "
-                      "'openvino-int8' (CPU, the encoder quantized to int8: ~2x faster "
-                      "without native bf16) or 'auto' (OpenVINO on the CPU when installed)")
+                      "'openvino-int8' (CPU, the encoder quantized to int8) or 'auto' "
+                      '(follows the map: int8 for a map built from int8 features, else '
+                      'OpenVINO on the CPU when installed)')
     ransac_hypotheses: int = _f(64, 'PnP-RANSAC hypotheses per frame')
     inlier_threshold_px: float = _f(10.0, 'inlier reprojection error (px at image_height)')
     max_reprojection_px: float = _f(100.0, 'reprojection errors are clamped here for scoring')
