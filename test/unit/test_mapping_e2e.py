@@ -240,8 +240,8 @@ def test_time_budget_refits_the_count_to_the_real_rate(monkeypatch, caplog):
                         lambda *a, **k: schedules.append(original(*a, **k)) or schedules[-1])
     _, iterations, _, _ = mapper.train(buffer, scene_mean, time_left_s=0.5)
     assert 50 < iterations < 1000 and 'iterations instead of 1000' in caplog.text
-    # The OneCycle schedule was rebuilt for the new length (again half-way where the rate
-    # drifted by more than 3 %) and ran to its end.
-    assert len(schedules) in (2, 3) and schedules[-1].total_steps == iterations
+    # The OneCycle schedule was rebuilt for the new length (again at later checks where the
+    # rate drifted by more than 3 %) and ran to its end.
+    assert len(schedules) >= 2 and schedules[-1].total_steps == iterations
     assert schedules[-1].last_epoch == iterations
     assert schedules[-1].get_last_lr()[0] < 1e-3 * cfg.learning_rate
