@@ -97,9 +97,9 @@ def resolve_encoder_precision(spec: str, device: torch.device) -> str:
     `precision`) or 'int8' (OpenVINO, quantized; see `openvino_backend`).
 
     'auto' takes int8 on a CPU without native bf16 when OpenVINO and NNCF are installed: there
-    it encodes ~2x faster at the same accuracy (TUM split on 2 AVX2 cores: 85.5 % within
-    5cm/5deg vs 84.3 %, benchmarks/RESULTS.md); float everywhere else, where int8 is not
-    measured yet.
+    it encodes ~2x faster, so a time budget holds ~2x more images, at the same accuracy (TUM
+    split on 2 AVX2 cores: 84.3 % within 5cm/5deg either way, 9 vs 14 failures;
+    benchmarks/RESULTS.md); float everywhere else, where int8 is not measured yet.
 
     Raises:
         ValueError: for an unknown spec, or 'int8' where it cannot run.

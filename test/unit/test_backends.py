@@ -150,3 +150,23 @@ def test_int8_maps_localize_with_the_int8_encoder(small_map, int8_cache, caplog)
 
 def _fail(*args, **kwargs):
     raise AssertionError('quantized again instead of reading the cache')
+
+
+def test_encoder_precision_choice(monkeypatch):
+    import importlib.util
+    cpu, resolve = torch.device('cpu'), device_lib.resolve_encoder_precision
+    monkeypatch.setattr(device_lib, 'cpu_has_fast_bf16', lambda: False)
+    assert resolve('auto', cpu) == 'int8' and resolve('auto', torch.device('cuda')) == 'float'
+    assert resolve(' Float', cpu) == 'float' and resolve('int8', cpu) == 'int8'
+    monkeypatch.setattr(device_lib, 'cpu_has_fast_bf16', lambda: True)
+    assert resolve('auto', cpu) == 'float'  # int8 is not measured against native bf16
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, 'find_spec',
+                        lambda name, *args: None if name == 'nncf' else find_spec(name, *args))
+    monkeypatch.setattr(device_lib, 'cpu_has_fast_bf16', lambda: False)
+    assert resolve('auto', cpu) == 'float'  # without nncf
+    with pytest.raises(ValueError, match='needs the openvino and nncf packages'):
+        resolve('int8', cpu)
+    with pytest.raises(ValueError, match="openvino and nncf packages are not installed"):
+        device_lib.resolve_backend('openvino-int8', cpu)
+    assert device_lib.resolve_backend('auto', cpu, map_encoder='int8') == 'openvino'
