@@ -179,7 +179,8 @@ class LocalizationNode(Node):
             self._localizer, self._map_frame, self._map_path = localizer, map_frame, path
             self._map_from_odom = None
         message = (f"loaded map {path} (frame '{map_frame}', {len(scene_map.frame_names)} "
-                   f'mapping frames) on {device_lib.describe(localizer.device)}')
+                   f'mapping frames) on {device_lib.describe(localizer.device)}, backend '
+                   f'{localizer.backend}')
         self.get_logger().info(message)
         return True, message
 
