@@ -66,7 +66,7 @@ def main() -> None:
     for spec in args.encoders:
         encoder, sha256, label = build_encoder(spec, device)
         start = time.perf_counter()
-        buffer = Mapper(base_cfg, encoder, device).fill_buffer(mapping)
+        buffer = Mapper(base_cfg, encoder, device, sha256).fill_buffer(mapping)
         buffer_s = time.perf_counter() - start
         for budget in args.iterations:
             # 0: the preset's own schedule; else epochs high enough that the budget, not the
@@ -74,7 +74,7 @@ def main() -> None:
             cfg = (dataclasses.replace(base_cfg, encoder=spec) if budget == 0 else
                    dataclasses.replace(base_cfg, encoder=spec, max_iterations=budget,
                                        epochs=1e6))
-            mapper = Mapper(cfg, encoder, device)
+            mapper = Mapper(cfg, encoder, device, sha256)
             start = time.perf_counter()
             head, iterations, _, last = mapper.train(buffer, scene_mean)
             stats = MappingStats(train_s=time.perf_counter() - start, iterations=iterations,
@@ -83,7 +83,7 @@ def main() -> None:
                                  final_median_error_px=last.median_error_px)
             trained = TrainedHead(head, stats, [f.name for f in mapping],
                                   [mapping[0].K.tolist()])
-            scene_map = scene_map_from(trained, cfg, sha256, label, 'map')
+            scene_map = scene_map_from(trained, mapper.cfg, sha256, label, 'map')
             localizer = Localizer(scene_map, LocalizationConfig(
                 encoder=spec, image_height=cfg.image_height), encoder, sha256)
             localizer.warm_up(queries[0])

@@ -378,7 +378,11 @@ def map_frames(frames: Sequence[Frame], cfg: MappingConfig, world_frame_id: str 
 
 def scene_map_from(trained: TrainedHead, cfg: MappingConfig, encoder_sha256: str,
                    encoder_label: str, world_frame_id: str) -> SceneMap:
-    """The map file contents of a trained head (offline and online mapping alike)."""
+    """The map file contents of a trained head (offline and online mapping alike); `cfg` is
+    the mapper's own (`Mapper.cfg`), whose encoder precision is resolved."""
+    if cfg.encoder_precision not in ('float', 'int8'):
+        raise ValueError(f"the map must record the encoder precision its features had, not "
+                         f"'{cfg.encoder_precision}': pass Mapper.cfg")
     stats = trained.stats
     return SceneMap(
         head_state=trained.head.weights(), scene_mean=trained.head.scene_mean,

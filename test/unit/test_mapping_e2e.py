@@ -245,3 +245,14 @@ def test_time_budget_refits_the_count_to_the_real_rate(monkeypatch, caplog):
     assert len(schedules) >= 2 and schedules[-1].total_steps == iterations
     assert schedules[-1].last_epoch == iterations
     assert schedules[-1].get_last_lr()[0] < 1e-3 * cfg.learning_rate
+
+
+def test_a_map_records_the_resolved_encoder_precision():
+    from ace_ros.core.mapper import MappingStats, TrainedHead, scene_map_from
+    trained = TrainedHead(Head(HeadConfig()), MappingStats(final_loss=1.0), ['a'],
+                          [np.eye(3).tolist()])
+    with pytest.raises(ValueError, match="not 'auto': pass Mapper.cfg"):
+        scene_map_from(trained, mapping_config('cpu'), '0' * 64, 'label', 'map')
+    cfg = Mapper(mapping_config('tiny'), None, torch.device('cpu')).cfg
+    scene_map = scene_map_from(trained, cfg, '0' * 64, 'label', 'map')
+    assert scene_map.mapping_config['encoder_precision'] == 'float'
