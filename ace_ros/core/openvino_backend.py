@@ -161,8 +161,12 @@ class OpenVinoNetwork:
                 model.reshape(list(example.shape))  # a fixed size runs ~9 % faster
             else:
                 model = _convert(module, example)
+            # The int8 encoder runs as mapping ran it (fp32 hint), so a map's features are
+            # reproduced exactly even where bf16 is native.
+            config = _cpu_config(False) if name == 'encoder' and self.int8_encoder \
+                else self._config
             self._compiled[key] = self._core.compile_model(
-                model, 'CPU', self._config).create_infer_request()
+                model, 'CPU', config).create_infer_request()
             # Once per input size: the first frame of a camera pays for it.
             _logger.info('compiled the %s with OpenVINO (%s) for input %s in %.1f s', name,
                          'int8' if name == 'encoder' and self.int8_encoder
