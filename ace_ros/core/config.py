@@ -16,6 +16,10 @@ def _f(default: Any, help: str) -> Any:  # noqa: A002 - 'help' reads best at cal
     return field(default=default, metadata={'help': help})
 
 
+#: What `MappingConfig.encoder_precision` takes; a map records 'float' or 'int8'.
+ENCODER_PRECISIONS = ('auto', 'float', 'int8')
+
+
 @dataclass(frozen=True)
 class MappingConfig:
     """Settings for training a scene head (mapping); see ACE_NOTES.md for the numbers."""
@@ -75,7 +79,7 @@ class MappingConfig:
         if self.depth_max <= self.depth_min:
             raise ValueError(f'depth_max ({self.depth_max}) must exceed depth_min '
                              f'({self.depth_min})')
-        if self.encoder_precision not in ('auto', 'float', 'int8'):
+        if self.encoder_precision not in ENCODER_PRECISIONS:
             raise ValueError("encoder_precision must be 'auto', 'float' or 'int8', got "
                              f"'{self.encoder_precision}'")
         if self.max_iterations < 0 or self.head_blocks < 0 or self.time_budget_s < 0:

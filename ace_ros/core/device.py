@@ -89,9 +89,6 @@ def describe(device: torch.device, encoder_precision: str = 'float') -> str:
         f"{computes}{'' if computes == 'bf16' else ', no native bf16'}{encoder})"
 
 
-ENCODER_PRECISIONS = ('auto', 'float', 'int8')
-
-
 def resolve_encoder_precision(spec: str, device: torch.device) -> str:
     """The encoder features a map is built from: 'float' (fp32, or bf16/fp16 per
     `precision`) or 'int8' (OpenVINO, quantized; see `openvino_backend`).
@@ -105,6 +102,7 @@ def resolve_encoder_precision(spec: str, device: torch.device) -> str:
         ValueError: for an unknown spec, or 'int8' where it cannot run.
     """
     from ace_ros.core import openvino_backend
+    from ace_ros.core.config import ENCODER_PRECISIONS
     spec = spec.strip().lower()
     if spec not in ENCODER_PRECISIONS:
         raise ValueError(f"encoder_precision must be one of {', '.join(ENCODER_PRECISIONS)}; "

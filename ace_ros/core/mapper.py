@@ -113,12 +113,14 @@ class Mapper:
         if self.cancel.is_set():
             raise MappingCancelled(f'mapping cancelled during {what}')
 
+    def planned_cells(self, n_frames: int) -> int:
+        """Buffer cells for `cfg.max_buffer_passes` passes over `n_frames` frames."""
+        cfg = self.cfg
+        return min(cfg.buffer_size, n_frames * cfg.max_buffer_passes * cfg.samples_per_image)
+
     def new_buffer(self, n_frames: int) -> TrainingBuffer:
         """An empty buffer sized for `cfg.max_buffer_passes` passes over `n_frames` frames."""
-        cfg = self.cfg
-        return TrainingBuffer(
-            min(cfg.buffer_size, n_frames * cfg.max_buffer_passes * cfg.samples_per_image),
-            self.device)
+        return TrainingBuffer(self.planned_cells(n_frames), self.device)
 
     def add_to_buffer(self, buffer: TrainingBuffer, frame: Frame) -> int:
         """Augment, encode and sample one posed frame into `buffer`; returns cells added."""
@@ -252,6 +254,7 @@ class Mapper:
         # Under a budget the count is checked against the real rate of the first iterations:
         # the probe's two batches can catch another process's burst.
         recheck_at = max(10, min(50, iterations // 5)) if time_left_s is not None else 0
+        schedule_iterations = self.iterations_for(max(buffer.size, planned_size))
         optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.learning_rate,
                                       weight_decay=cfg.weight_decay)
         schedule = torch.optim.lr_scheduler.OneCycleLR(
@@ -275,9 +278,8 @@ class Mapper:
                 now = time.perf_counter()
                 rate = (now - checked[0]) / (iteration - checked[1])  # since the last check
                 checked = (now, iteration)
-                refit = self._refit_iterations(
-                    iterations, iteration, rate, time_left_s - (now - begin),
-                    self.iterations_for(max(buffer.size, planned_size)))
+                refit = self._refit_iterations(iterations, iteration, rate,
+                                               time_left_s - (now - begin), schedule_iterations)
                 if refit != iterations:
                     iterations = refit
                     # The same OneCycle shape over the new length, resumed at this step.
@@ -342,8 +344,7 @@ class Mapper:
         time_left = (self.cfg.time_budget_s - (start - begin)) if self.cfg.time_budget_s \
             else None
         # Under a budget, the schedule of the buffer that encoding would have filled.
-        planned = min(buffer.capacity, len(posed) * self.cfg.max_buffer_passes
-                      * self.cfg.samples_per_image) if time_left is not None else 0
+        planned = self.planned_cells(len(posed)) if time_left is not None else 0
         head, stats.iterations, stats.loss_history, last = self.train(
             buffer, scene_mean, progress, time_left, planned)
         stats.train_s = time.perf_counter() - start
@@ -368,19 +369,20 @@ def map_frames(frames: Sequence[Frame], cfg: MappingConfig, world_frame_id: str 
     """Map a scene end to end -> (SceneMap, MappingStats, device description)."""
     device = device_lib.resolve_device(cfg.device)
     encoder, encoder_sha256, label = build_encoder(cfg.encoder, device)
-    _logger.info('mapping %d frames on %s with encoder %s, preset %s', len(frames),
-                 device_lib.describe(device, cfg.encoder_precision), label, cfg.preset)
     mapper = Mapper(cfg, encoder, device, encoder_sha256)
+    described = device_lib.describe(device, mapper.cfg.encoder_precision)
+    _logger.info('mapping %d frames on %s with encoder %s, preset %s', len(frames),
+                 described, label, cfg.preset)
     trained = mapper.map(frames, progress)
     scene_map = scene_map_from(trained, mapper.cfg, encoder_sha256, label, world_frame_id)
-    return scene_map, trained.stats, device_lib.describe(device, mapper.cfg.encoder_precision)
+    return scene_map, trained.stats, described
 
 
 def scene_map_from(trained: TrainedHead, cfg: MappingConfig, encoder_sha256: str,
                    encoder_label: str, world_frame_id: str) -> SceneMap:
     """The map file contents of a trained head (offline and online mapping alike); `cfg` is
     the mapper's own (`Mapper.cfg`), whose encoder precision is resolved."""
-    if cfg.encoder_precision not in ('float', 'int8'):
+    if cfg.encoder_precision == 'auto':
         raise ValueError(f"the map must record the encoder precision its features had, not "
                          f"'{cfg.encoder_precision}': pass Mapper.cfg")
     stats = trained.stats

@@ -154,7 +154,8 @@ class OpenVinoNetwork:
         key = (name, tuple(example.shape))
         if key not in self._compiled:
             start = time.perf_counter()
-            if name == 'encoder' and self.int8_encoder:
+            int8 = name == 'encoder' and self.int8_encoder
+            if int8:
                 if self._int8_model is None:
                     self._int8_model = int8_encoder_model(self._encoder, self._encoder_id)
                 model = self._int8_model
@@ -163,14 +164,12 @@ class OpenVinoNetwork:
                 model = _convert(module, example)
             # The int8 encoder runs as mapping ran it (fp32 hint), so a map's features are
             # reproduced exactly even where bf16 is native.
-            config = _cpu_config(False) if name == 'encoder' and self.int8_encoder \
-                else self._config
+            config = _cpu_config(False) if int8 else self._config
             self._compiled[key] = self._core.compile_model(
                 model, 'CPU', config).create_infer_request()
             # Once per input size: the first frame of a camera pays for it.
             _logger.info('compiled the %s with OpenVINO (%s) for input %s in %.1f s', name,
-                         'int8' if name == 'encoder' and self.int8_encoder
-                         else self._config['INFERENCE_PRECISION_HINT'],
+                         'int8' if int8 else config['INFERENCE_PRECISION_HINT'],
                          tuple(example.shape), time.perf_counter() - start)
         return self._compiled[key]
 
