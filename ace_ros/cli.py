@@ -188,8 +188,9 @@ def run_localize(map_path: str, frames, cfg: LocalizationConfig):
     first = next(frames, None)
     if first is None:
         return
-    _logger.info('network warm-up for %dx%d images (backend %s): %.1f s (not in the '
-                 'per-frame times)', first.width, first.height, localizer.backend,
+    _logger.info('network warm-up for %dx%d images (backend %s, %s head): %.1f s (not in '
+                 'the per-frame times)', first.width, first.height, localizer.backend,
+                 localizer.head_precision,
                  localizer.warm_up(first))
     for frame in tqdm(itertools.chain([first], frames), desc='localizing', unit='img',
                       total=total, file=sys.stderr, disable=None, mininterval=1.0):

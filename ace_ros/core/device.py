@@ -120,6 +120,36 @@ def resolve_encoder_precision(spec: str, device: torch.device) -> str:
     return spec
 
 
+def resolve_head_precision(spec: str, device: torch.device) -> str:
+    """The head's arithmetic at localization: 'float' (fp32, or bf16/fp16 per `precision`)
+    or 'int8' (dynamic quantization; see `quantized_head`).
+
+    'auto' takes int8 on a CPU without native bf16, where it runs the head ~1.4x faster at
+    the same accuracy (TUM split on 2 AVX2 cores; benchmarks/RESULTS.md); float elsewhere:
+    bf16 and fp16 are fast there and int8 is not measured.
+
+    Raises:
+        ValueError: for an unknown spec, or 'int8' where it cannot run.
+    """
+    from ace_ros.core import quantized_head
+    from ace_ros.core.config import HEAD_PRECISIONS
+    spec = spec.strip().lower()
+    if spec not in HEAD_PRECISIONS:
+        raise ValueError(f"head_precision must be one of {', '.join(HEAD_PRECISIONS)}; "
+                         f"got '{spec}'")
+    if spec == 'auto':
+        return 'int8' if device.type == 'cpu' and not cpu_has_fast_bf16() \
+            and quantized_head.available() else 'float'
+    if spec == 'int8':
+        if device.type != 'cpu':
+            raise ValueError(f"head_precision 'int8' runs on the CPU only, but device is "
+                             f'{device}')
+        if not quantized_head.available():
+            raise ValueError("head_precision 'int8' needs PyTorch's dynamic quantization, which "
+                             'this PyTorch build does not have (use float)')
+    return spec
+
+
 BACKENDS = ('auto', 'torch', 'openvino', 'openvino-int8')
 
 

@@ -79,6 +79,11 @@ class Localizer:
         else:
             self._network = TorchNetwork(self.encoder, self.head, self.device,
                                          cfg.mixed_precision)
+        self.head_precision = device_lib.resolve_head_precision(cfg.head_precision, self.device)
+        self._predict = self._network.predict
+        if self.head_precision == 'int8':
+            from ace_ros.core.quantized_head import Int8HeadPredictor
+            self._predict = Int8HeadPredictor(self.head)
         self.ransac = RansacSettings(
             hypotheses=cfg.ransac_hypotheses, inlier_threshold_px=cfg.inlier_threshold_px,
             max_reprojection_px=cfg.max_reprojection_px,
@@ -112,7 +117,7 @@ class Localizer:
         timings['encoder'] = time.perf_counter() - start
         start = time.perf_counter()
         _, h, w = features.shape
-        points = self._network.predict(features)
+        points = self._predict(features)
         # The one GPU -> CPU step: RANSAC and OpenCV's PnP run on the CPU.
         points_np = points.float().cpu().numpy().astype(np.float64)
         timings['head'] = time.perf_counter() - start

@@ -89,11 +89,14 @@ class HeadConfig:
         return asdict(self)
 
 
-def _pointwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """A 1x1 convolution on flat (N, C) features (one matrix product) or on (B, C, H, W)."""
+def _pointwise(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A 1x1 convolution on flat (N, C) features (one matrix product) or on (B, C, H, W);
+    a layer that is not a convolution (the int8 head's linear layers) is applied as it is."""
+    if not isinstance(layer, nn.Conv2d):
+        return layer(x)
     if x.dim() == 4:  # feature maps stay in the encoder's layout: no transpose copy
-        return conv(x)
-    return F.linear(x, conv.weight.flatten(1), conv.bias)
+        return layer(x)
+    return F.linear(x, layer.weight.flatten(1), layer.bias)
 
 
 class _ResBlock(nn.Module):
@@ -138,7 +141,7 @@ class Head(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         x = features
         if not torch.is_autocast_enabled(x.device.type):
-            x = x.to(self.fc1.weight.dtype)  # the buffer's fp16 features into an fp32 head
+            x = x.to(self.out.weight.dtype)  # the buffer's fp16 features into an fp32 head
         for block in self.blocks:
             x = block(x)
         x = F.relu(_pointwise(self.fc1, x))

@@ -180,7 +180,7 @@ class LocalizationNode(Node):
             self._map_from_odom = None
         message = (f"loaded map {path} (frame '{map_frame}', {len(scene_map.frame_names)} "
                    f'mapping frames) on {device_lib.describe(localizer.device)}, backend '
-                   f'{localizer.backend}')
+                   f'{localizer.backend}, {localizer.head_precision} head')
         self.get_logger().info(message)
         return True, message
 

@@ -31,10 +31,10 @@ def small_map():
     return scene_map, list(generate_frames(scene, 'test'))
 
 
-def _localizer(scene_map, backend, mixed_precision=True):
+def _localizer(scene_map, backend, mixed_precision=True, head_precision='float'):
     return Localizer(scene_map, LocalizationConfig(
         device='cpu', image_height=HEIGHT, encoder='random:0', backend=backend,
-        min_inliers=4, mixed_precision=mixed_precision))
+        min_inliers=4, mixed_precision=mixed_precision, head_precision=head_precision))
 
 
 def test_openvino_and_torch_predict_the_same_scene_coordinates(small_map):
@@ -146,6 +146,51 @@ def test_int8_maps_localize_with_the_int8_encoder(small_map, int8_cache, caplog)
         mapping_config('cpu', encoder_precision='fp8')
     with pytest.raises(ValueError, match="'int8' runs on the CPU only"):
         device_lib.resolve_encoder_precision('int8', torch.device('cuda'))
+
+
+def test_int8_head_predicts_close_to_the_float_head(small_map):
+    from ace_ros.core.quantized_head import int8_head
+    scene_map, frames = small_map
+    exact = _localizer(scene_map, 'torch', mixed_precision=False)
+    int8 = _localizer(scene_map, 'torch', mixed_precision=False, head_precision='int8')
+    assert (exact.head_precision, int8.head_precision) == ('float', 'int8')
+    for frame in frames:
+        points = exact.predict_scene_coordinates(frame)[1]
+        points_int8, timings = int8.predict_scene_coordinates(frame)[1::2]
+        # Quantized, and close: a few mm in a room-sized scene (the 5 cm accuracy class).
+        error = np.median(np.linalg.norm(points_int8 - points, axis=-1))
+        assert 0 < error < 0.01, error
+        assert timings['head'] > 0
+    # Only the head's copy is quantized: the map's head still predicts in float.
+    head = exact.head
+    quantized = int8_head(head)
+    assert type(quantized.fc1).__name__ == 'Linear' and quantized.fc1 is not head.fc1
+    assert 'quantized' in type(quantized.fc1).__module__
+    assert isinstance(quantized.out, torch.nn.Conv2d) and head.fc1.weight.dtype == torch.float32
+    features = torch.randn(7, 512)
+    torch.testing.assert_close(head(features), quantized(features), atol=0.05, rtol=0.05)
+
+
+def test_head_precision_choice(monkeypatch):
+    from ace_ros.core import quantized_head
+    cpu, resolve = torch.device('cpu'), device_lib.resolve_head_precision
+    monkeypatch.setattr(device_lib, 'cpu_has_fast_bf16', lambda: False)
+    assert resolve('auto', cpu) == 'int8' and resolve('auto', torch.device('cuda')) == 'float'
+    assert resolve(' Float', cpu) == 'float' and resolve('INT8', cpu) == 'int8'
+    monkeypatch.setattr(device_lib, 'cpu_has_fast_bf16', lambda: True)
+    assert resolve('auto', cpu) == 'float'  # bf16 is fast there; int8 is not measured
+    with pytest.raises(ValueError, match="'int8' runs on the CPU only"):
+        resolve('int8', torch.device('cuda'))
+    with pytest.raises(ValueError, match="head_precision must be one of auto, float, int8"):
+        resolve('int4', cpu)
+    with pytest.raises(ValueError, match="head_precision must be one of"):
+        LocalizationConfig(head_precision='int4')
+    # When PyTorch drops dynamic quantization, 'auto' falls back to the float head.
+    monkeypatch.setattr(device_lib, 'cpu_has_fast_bf16', lambda: False)
+    monkeypatch.setattr(quantized_head, 'available', lambda: False)
+    assert resolve('auto', cpu) == 'float'
+    with pytest.raises(ValueError, match='dynamic quantization'):
+        resolve('int8', cpu)
 
 
 def _fail(*args, **kwargs):

@@ -13,13 +13,13 @@ from ace_ros import cli
 from ace_ros.core import geometry
 from ace_ros.core.buffer import TrainingBuffer, prepare_image
 from ace_ros.core.config import PRESETS, LocalizationConfig, mapping_config
-from ace_ros.core.localizer import Localizer
+from ace_ros.core.localizer import Localizer, pose_errors
 from ace_ros.core.mapfile import load_map
-from ace_ros.core.mapper import Mapper
+from ace_ros.core.mapper import Mapper, map_frames
 from ace_ros.core.network import Head, HeadConfig, cell_centers
 from ace_ros.core.weights import build_encoder
-from ace_ros.data.synthetic import (SyntheticSceneConfig, generate_frames_with_depth,
-                                    write_synthetic_scene)
+from ace_ros.data.synthetic import (SyntheticSceneConfig, generate_frames,
+                                    generate_frames_with_depth, write_synthetic_scene)
 
 HEIGHT, WIDTH = 120, 160
 
@@ -256,3 +256,24 @@ def test_a_map_records_the_resolved_encoder_precision():
     cfg = Mapper(mapping_config('tiny'), None, torch.device('cpu')).cfg
     scene_map = scene_map_from(trained, cfg, '0' * 64, 'label', 'map')
     assert scene_map.mapping_config['encoder_precision'] == 'float'
+
+
+def test_a_synthetic_room_maps_and_localizes_to_a_stated_accuracy():
+    """The whole engine with the shipped encoder, CI-sized: 40 mapping frames of 320x240,
+    500 iterations (~1.5 min on 2 cores). Stated accuracy: at least 7 of 10 query frames
+    within 10 cm / 5 deg, with the float head and with the int8 one (8 and 8 measured)."""
+    scene = SyntheticSceneConfig(seed=5, width=320, height=240, focal=262.5, n_train=40,
+                                 n_test=10, path_fraction=0.3, texel_size=0.008)
+    cfg = mapping_config('tiny', image_height=240, device='cpu', max_buffer_passes=3,
+                         samples_per_image=1024, epochs=1000.0, max_iterations=500)
+    scene_map, stats, _ = map_frames(list(generate_frames(scene, 'train')), cfg)
+    assert stats.iterations == 500
+    queries = list(generate_frames(scene, 'test'))
+    for head_precision in ('float', 'int8'):
+        localizer = Localizer(scene_map, LocalizationConfig(
+            device='cpu', image_height=240, head_precision=head_precision))
+        errors = np.array([pose_errors(localizer.localize(frame), frame.world_from_cam)
+                           for frame in queries])
+        within = (errors[:, 0] < 0.10) & (errors[:, 1] < 5.0)
+        assert within.sum() >= 7, (head_precision, errors)
+        assert np.median(errors[:, 0]) < 0.08, (head_precision, errors)
