@@ -92,9 +92,8 @@ class HeadConfig:
 def _pointwise(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """A 1x1 convolution on flat (N, C) features (one matrix product) or on (B, C, H, W);
     a layer that is not a convolution (the int8 head's linear layers) is applied as it is."""
-    if not isinstance(layer, nn.Conv2d):
-        return layer(x)
-    if x.dim() == 4:  # feature maps stay in the encoder's layout: no transpose copy
+    # Feature maps stay in the encoder's layout: no transpose copy.
+    if x.dim() == 4 or not isinstance(layer, nn.Conv2d):
         return layer(x)
     return F.linear(x, layer.weight.flatten(1), layer.bias)
 
