@@ -124,9 +124,10 @@ def resolve_head_precision(spec: str, device: torch.device) -> str:
     """The head's arithmetic at localization: 'float' (fp32, or bf16/fp16 per `precision`)
     or 'int8' (dynamic quantization; see `quantized_head`).
 
-    'auto' takes int8 on a CPU without native bf16, where it runs the head ~1.4x faster at
-    the same accuracy (TUM split on 2 AVX2 cores; benchmarks/RESULTS.md); float elsewhere:
-    bf16 and fp16 are fast there and int8 is not measured.
+    'auto' takes int8 on a CPU without native bf16, where it runs the head ~1.2x faster (155
+    vs 190 ms at 480x640 on 2 AVX2 cores) with the same % within 5cm/5deg, ~1 mm less precise
+    (benchmarks/RESULTS.md, session 6); float elsewhere: bf16 and fp16 are fast there and
+    int8 is not measured.
 
     Raises:
         ValueError: for an unknown spec, or 'int8' where it cannot run.

@@ -4,7 +4,8 @@ Dynamic quantization: weights int8 per output channel, each layer's input quanti
 range of the frame at hand. Static ranges calibrated beforehand (OpenVINO + NNCF) ran the head
 faster (87 vs ~120 ms at 480x640 on 2 AVX2 cores; fp32: 171 ms) but cost 3-17 points within
 5cm/5deg on the TUM split, whether calibrated on synthetic or on TUM frames; per-frame ranges
-cost nothing measurable (benchmarks/RESULTS.md, session 6). PyTorch's fbgemm kernels are the
+keep the 5 cm class and cost ~1 mm (activations get 7 bits: fbgemm's range on AVX2; see
+benchmarks/RESULTS.md, session 6). PyTorch's fbgemm kernels are the
 only fast CPU implementation of dynamic int8 we have; PyTorch deprecates that API, so
 `available` turns False when it goes and 'auto' falls back to the float head.
 
