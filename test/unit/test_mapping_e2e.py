@@ -262,7 +262,7 @@ def test_a_synthetic_room_maps_and_localizes_to_a_stated_accuracy():
     """The whole engine with the shipped encoder, CI-sized: 40 mapping frames of 320x240,
     500 iterations (~1.5 min on 2 cores). Stated accuracy: at least 6 of 10 query frames
     within 10 cm / 5 deg and a median under 10 cm, with the float head and with the int8 one
-    (measured on 2 AVX2 cores: 8 and 8, medians 4.2 and 3.1 cm; a random encoder: ~0)."""
+    (measured on 2 AVX2 cores: 8 and 8, medians 4.2 and 3.1 cm)."""
     scene = SyntheticSceneConfig(seed=5, width=320, height=240, focal=262.5, n_train=40,
                                  n_test=10, path_fraction=0.3, texel_size=0.008)
     cfg = mapping_config('tiny', image_height=240, device='cpu', max_buffer_passes=3,
