@@ -124,10 +124,9 @@ def resolve_head_precision(spec: str, device: torch.device) -> str:
     """The head's arithmetic at localization: 'float' (fp32, or bf16/fp16 per `precision`)
     or 'int8' (dynamic quantization; see `quantized_head`).
 
-    'auto' takes int8 on a CPU without native bf16, where it runs the head ~1.2x faster (155
-    vs 190 ms at 480x640 on 2 AVX2 cores) with the same % within 5cm/5deg, ~1 mm less precise
-    (benchmarks/RESULTS.md, session 6); float elsewhere: bf16 and fp16 are fast there and
-    int8 is not measured.
+    float is the default: int8 runs the head ~1.2x faster on a CPU without native bf16 (155
+    vs 190 ms at 480x640 on 2 AVX2 cores) but costs 0-2.3 points within 5cm/5deg and ~1 mm
+    (benchmarks/RESULTS.md, session 6): a choice for who needs the 35 ms more than those.
 
     Raises:
         ValueError: for an unknown spec, or 'int8' where it cannot run.
@@ -138,9 +137,6 @@ def resolve_head_precision(spec: str, device: torch.device) -> str:
     if spec not in HEAD_PRECISIONS:
         raise ValueError(f"head_precision must be one of {', '.join(HEAD_PRECISIONS)}; "
                          f"got '{spec}'")
-    if spec == 'auto':
-        return 'int8' if device.type == 'cpu' and not cpu_has_fast_bf16() \
-            and quantized_head.available() else 'float'
     if spec == 'int8':
         if device.type != 'cpu':
             raise ValueError(f"head_precision 'int8' runs on the CPU only, but device is "

@@ -174,21 +174,17 @@ def test_int8_head_predicts_close_to_the_float_head(small_map):
 def test_head_precision_choice(monkeypatch):
     from ace_ros.core import quantized_head
     cpu, resolve = torch.device('cpu'), device_lib.resolve_head_precision
-    monkeypatch.setattr(device_lib, 'cpu_has_fast_bf16', lambda: False)
-    assert resolve('auto', cpu) == 'int8' and resolve('auto', torch.device('cuda')) == 'float'
+    assert LocalizationConfig().head_precision == 'float'  # int8 costs accuracy: opt in
     assert resolve(' Float', cpu) == 'float' and resolve('INT8', cpu) == 'int8'
-    monkeypatch.setattr(device_lib, 'cpu_has_fast_bf16', lambda: True)
-    assert resolve('auto', cpu) == 'float'  # bf16 is fast there; int8 is not measured
+    assert resolve('float', torch.device('cuda')) == 'float'
     with pytest.raises(ValueError, match="'int8' runs on the CPU only"):
         resolve('int8', torch.device('cuda'))
-    with pytest.raises(ValueError, match="head_precision must be one of auto, float, int8"):
+    with pytest.raises(ValueError, match="head_precision must be one of float, int8"):
         resolve('int4', cpu)
     with pytest.raises(ValueError, match="head_precision must be one of"):
         LocalizationConfig(head_precision='int4')
-    # When PyTorch drops dynamic quantization, 'auto' falls back to the float head.
-    monkeypatch.setattr(device_lib, 'cpu_has_fast_bf16', lambda: False)
+    # When PyTorch drops dynamic quantization, asking for int8 is a clear error.
     monkeypatch.setattr(quantized_head, 'available', lambda: False)
-    assert resolve('auto', cpu) == 'float'
     with pytest.raises(ValueError, match='dynamic quantization'):
         resolve('int8', cpu)
 
