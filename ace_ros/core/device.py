@@ -103,20 +103,12 @@ def resolve_encoder_precision(spec: str, device: torch.device) -> str:
     """
     from ace_ros.core import openvino_backend
     from ace_ros.core.config import ENCODER_PRECISIONS
-    spec = spec.strip().lower()
-    if spec not in ENCODER_PRECISIONS:
-        raise ValueError(f"encoder_precision must be one of {', '.join(ENCODER_PRECISIONS)}; "
-                         f"got '{spec}'")
+    spec = _checked_precision('encoder_precision', spec, ENCODER_PRECISIONS, device,
+                              lambda: openvino_backend.available(int8=True),
+                              'the openvino and nncf packages (scripts/setup.sh installs them)')
     if spec == 'auto':
         return 'int8' if device.type == 'cpu' and not cpu_has_fast_bf16() \
             and openvino_backend.available(int8=True) else 'float'
-    if spec == 'int8':
-        if device.type != 'cpu':
-            raise ValueError(f"encoder_precision 'int8' runs on the CPU only, but device is "
-                             f"{device}")
-        if not openvino_backend.available(int8=True):
-            raise ValueError("encoder_precision 'int8' needs the openvino and nncf packages "
-                             '(scripts/setup.sh installs them)')
     return spec
 
 
@@ -133,17 +125,23 @@ def resolve_head_precision(spec: str, device: torch.device) -> str:
     """
     from ace_ros.core import quantized_head
     from ace_ros.core.config import HEAD_PRECISIONS
+    return _checked_precision('head_precision', spec, HEAD_PRECISIONS, device,
+                              quantized_head.available, "PyTorch's dynamic quantization, which "
+                              'this PyTorch build does not have (use float)')
+
+
+def _checked_precision(setting: str, spec: str, choices: tuple, device: torch.device,
+                       available, needs: str) -> str:
+    """`spec` normalised; ValueError when it is not one of `choices`, or is 'int8' off the
+    CPU or where `available()` says it cannot run (the error says it `needs`)."""
     spec = spec.strip().lower()
-    if spec not in HEAD_PRECISIONS:
-        raise ValueError(f"head_precision must be one of {', '.join(HEAD_PRECISIONS)}; "
-                         f"got '{spec}'")
+    if spec not in choices:
+        raise ValueError(f"{setting} must be one of {', '.join(choices)}; got '{spec}'")
     if spec == 'int8':
         if device.type != 'cpu':
-            raise ValueError(f"head_precision 'int8' runs on the CPU only, but device is "
-                             f'{device}')
-        if not quantized_head.available():
-            raise ValueError("head_precision 'int8' needs PyTorch's dynamic quantization, which "
-                             'this PyTorch build does not have (use float)')
+            raise ValueError(f"{setting} 'int8' runs on the CPU only, but device is {device}")
+        if not available():
+            raise ValueError(f"{setting} 'int8' needs {needs}")
     return spec
 
 
