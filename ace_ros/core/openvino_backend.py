@@ -25,6 +25,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Dict, List, Tuple
 
@@ -80,7 +81,9 @@ def quantize_encoder(model: object, height: int, width: int) -> object:
 
 def _convert(module: torch.nn.Module, example: torch.Tensor) -> object:
     import openvino as ov
-    with torch.no_grad():  # torch.export: TorchScript tracing is deprecated
+    with torch.no_grad(), warnings.catch_warnings():  # torch.export: tracing is deprecated
+        # PyTorch's own pytree code trips its own LeafSpec deprecation while exporting.
+        warnings.filterwarnings('ignore', message='.*LeafSpec', category=FutureWarning)
         return ov.convert_model(torch.export.export(module, (example,)))
 
 
