@@ -7,8 +7,7 @@ faster (87 vs ~120 ms at 480x640 on 2 AVX2 cores; fp32: 171 ms) but cost 3-17 po
 cost 0-2.3 points and ~1 mm (activations get 7 bits: fbgemm's range on AVX2; see
 benchmarks/RESULTS.md, session 6), so the float head stays the default. PyTorch's fbgemm
 kernels are the only fast CPU implementation of dynamic int8 we have; PyTorch deprecates that
-API, so
-`available` turns False when it goes and asking for int8 becomes a clear error.
+API, so `available` turns False when it goes and asking for int8 becomes a clear error.
 
 The last layer (512 -> 4, homogeneous coordinates) stays fp32: it is ~1 % of the work and
 its output is the scene coordinate itself.
