@@ -41,23 +41,27 @@ class _MappingProgress:
         self._bars: Dict[str, Any] = {}
         self._interactive = sys.stderr.isatty()
         self._started: Dict[str, float] = {}
+        self._first_done: Dict[str, int] = {}
         self._next_log: Dict[str, int] = {}
 
     def __call__(self, p) -> None:
         if p.stage not in self._started:
             self._started[p.stage] = time.perf_counter()
+            # A resumed run starts mid-way: its rate counts only the work done here.
+            self._first_done[p.stage] = p.done
             self._next_log[p.stage] = 0
         if self._interactive:
             self._update_bar(p)
         elif p.done >= self._next_log[p.stage] or p.done == p.total:
             self._next_log[p.stage] = p.done + max(1, p.total // 10)
             elapsed = time.perf_counter() - self._started[p.stage]
-            rate = p.done / elapsed if elapsed > 0 else float('nan')
+            done_here = p.done - self._first_done[p.stage]
+            rate = done_here / elapsed if elapsed > 0 and done_here > 0 else float('nan')
             eta = (p.total - p.done) / rate if rate > 0 else float('nan')
             extra = {'train': f', loss {p.loss:.2f}, median error {p.median_error_px:.1f} px',
                      'pretrain': f', loss {p.loss:.2f}, match {p.valid_fraction:.2f}'
                      }.get(p.stage, '')
-            _logger.info('%s %d/%d (%.1f/s, ETA %.0f s%s)', _STAGE_NAMES[p.stage], p.done,
+            _logger.info('%s %d/%d (%.2f/s, ETA %.0f s%s)', _STAGE_NAMES[p.stage], p.done,
                          p.total, rate, eta, extra)
 
     def _update_bar(self, p) -> None:
