@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import torch
 
 from ace_ros import cli
 from ace_ros.core import geometry
-from ace_ros.core.buffer import TrainingBuffer, prepare_image
+from ace_ros.core.buffer import TrainingBuffer, encode, prepare_image
 from ace_ros.core.config import PRESETS, LocalizationConfig, mapping_config
 from ace_ros.core.localizer import Localizer, pose_errors
 from ace_ros.core.mapfile import load_map
@@ -217,6 +218,41 @@ def test_time_budget_cuts_encoding_not_the_schedule(monkeypatch):
     planned = 4 * 3 * cfg.samples_per_image  # 3 passes over 4 frames
     assert mapper.iterations_for(stats.buffer_size) < 30 < stats.iterations
     assert stats.iterations == mapper.iterations_for(planned)
+
+
+def test_time_budget_starts_after_the_int8_encoder_is_built(monkeypatch):
+    """Quantizing a new encoder takes ~25 s once, then it is cached. Inside the budget it cost
+    a new encoder's first TUM map 89 of 379 buffer images (session 8)."""
+    from ace_ros.core import mapper as mapper_module, openvino_backend
+    built = []
+
+    class RecordingInt8Encoder:
+        def __init__(self, encoder, encoder_id):
+            self.encoder = encoder
+            built.append(time.perf_counter())
+
+        def __call__(self, gray):
+            return encode(self.encoder, gray, torch.device('cpu'), False)
+
+    deadlines = []
+    fill_buffer = Mapper.fill_buffer
+
+    def recording_fill_buffer(self, frames, progress=None, buffer=None, passes_done=0,
+                              deadline=None):
+        deadlines.append(deadline)
+        return fill_buffer(self, frames, progress, buffer, passes_done, deadline)
+
+    monkeypatch.setattr(openvino_backend, 'Int8Encoder', RecordingInt8Encoder)
+    monkeypatch.setattr(Mapper, 'fill_buffer', recording_fill_buffer)
+    scene = SyntheticSceneConfig(seed=4, width=WIDTH, height=HEIGHT, focal=525 * HEIGHT / 480,
+                                 n_train=3, n_test=0, texel_size=0.01)
+    frames = [frame for frame, _ in generate_frames_with_depth(scene, 'train')]
+    encoder, _, _ = build_encoder('random:0', torch.device('cpu'))
+    cfg = mapping_config('tiny', image_height=HEIGHT, device='cpu', encoder_precision='int8',
+                         max_iterations=2, time_budget_s=1000.0)
+    Mapper(cfg, encoder, torch.device('cpu')).map(frames)
+    budget_start = deadlines[0] - mapper_module.BUFFER_SHARE_OF_BUDGET * cfg.time_budget_s
+    assert len(built) == 1 and built[0] <= budget_start
 
 
 def test_time_budget_refits_the_count_to_the_real_rate(monkeypatch, caplog):
