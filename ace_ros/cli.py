@@ -20,7 +20,7 @@ from ace_ros import __version__
 from ace_ros.cli_args import add_config_flags, config_from_args
 from ace_ros.core import geometry, metrics
 from ace_ros.core.config import LocalizationConfig, MappingConfig
-from ace_ros.core.mapper import Progress as _Progress
+from ace_ros.core.mapper import Progress as _Progress, eta_text
 from ace_ros.core.types import Frame
 
 _logger = logging.getLogger('ace_ros')
@@ -61,8 +61,8 @@ class _MappingProgress:
             extra = {'train': f', loss {p.loss:.2f}, median error {p.median_error_px:.1f} px',
                      'pretrain': f', loss {p.loss:.2f}, match {p.valid_fraction:.2f}'
                      }.get(p.stage, '')
-            _logger.info('%s %d/%d (%.2f/s, ETA %.0f s%s)', _STAGE_NAMES[p.stage], p.done,
-                         p.total, rate, eta, extra)
+            _logger.info('%s %d/%d (%.2f/s, %s%s)', _STAGE_NAMES[p.stage], p.done,
+                         p.total, rate, eta_text(eta), extra)
 
     def _update_bar(self, p) -> None:
         from tqdm import tqdm

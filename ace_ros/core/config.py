@@ -46,7 +46,8 @@ class MappingConfig:
     batch_size: int = _f(5120, 'samples per iteration')
     epochs: float = _f(16.0, 'passes over the buffer (sets the iteration count)')
     max_iterations: int = _f(0, 'cap on iterations; 0 = no cap')
-    time_budget_s: float = _f(0.0, 'wall-clock budget (s) of mapping: encoding stops after '
+    time_budget_s: float = _f(0.0, 'wall-clock budget (s) of mapping (mapping_node: from '
+                              '~/finish, queued keyframes included): encoding stops after '
                               '25 percent of it, training gets the rest (at most the '
                               "schedule's iterations); 0 = no budget")
     learning_rate: float = _f(5e-3, 'OneCycle peak learning rate (AdamW)')

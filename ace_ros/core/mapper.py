@@ -60,6 +60,11 @@ def _rate_eta(done: int, total: int, start: float) -> Dict[str, float]:
     return {'rate': rate, 'eta_s': (total - done) / rate if rate > 0 else math.nan}
 
 
+def eta_text(eta_s: float) -> str:
+    """'ETA 43 s' for progress lines; 'ETA unknown' before a rate is measurable."""
+    return f'ETA {eta_s:.0f} s' if math.isfinite(eta_s) else 'ETA unknown'
+
+
 ProgressCallback = Callable[[Progress], None]
 
 
@@ -325,11 +330,14 @@ class Mapper:
 
     def map(self, frames: Sequence[Frame],
             progress: Optional[ProgressCallback] = None,
-            buffer: Optional[TrainingBuffer] = None, passes_done: int = 0) -> TrainedHead:
+            buffer: Optional[TrainingBuffer] = None, passes_done: int = 0,
+            budget_start: Optional[float] = None) -> TrainedHead:
         """Buffer + training for the posed frames in `frames`.
 
         `buffer` and `passes_done` continue a buffer already filled with that many passes
-        over `frames` (online mapping); see `fill_buffer`.
+        over `frames` (online mapping); see `fill_buffer`. `budget_start`, a
+        `time.perf_counter()` value, is when the time budget began (default: now), so that
+        work a caller did first for this map (online mapping: the queued keyframes) counts.
         """
         posed = [f for f in frames if f.world_from_cam is not None]
         stats = MappingStats(frames_used=len(posed),
@@ -339,7 +347,7 @@ class Mapper:
                             stats.frames_without_pose, len(frames))
         if len(posed) < 2:
             raise ValueError(f'mapping needs at least 2 posed frames, got {len(posed)}')
-        begin = time.perf_counter()
+        begin = time.perf_counter() if budget_start is None else budget_start
         # Inside the budget (it bounds the wall time), but before the buffer's share is set:
         # quantizing a new encoder at the first image took 89 of 379 images from the buffer.
         self.prepare_encoder()

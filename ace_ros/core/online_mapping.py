@@ -338,6 +338,8 @@ class OnlineMappingSession:
         """Stop collecting, finish encoding, save the keyframes, train, write map_path.
 
         Keyframes still queued for the encoder are encoded first (a Ctrl-C then stops it).
+        A time budget (`MappingConfig.time_budget_s`) counts from this call, so it bounds
+        the wait for the map: the queue takes from the augmented passes' and training's time.
 
         The map at map_path is replaced only by a complete new map (atomic save); after a
         failure or cancellation it is untouched and the keyframes stay saved.
@@ -354,6 +356,8 @@ class OnlineMappingSession:
             RuntimeError: finish was called before.
             ace_ros.core.mapper.MappingCancelled: `cancel` was set.
         """
+        # The time budget bounds the wait from here to the map, queued keyframes included.
+        budget_start = time.perf_counter()
         with self._lock:
             if self._state != 'collecting':
                 raise RuntimeError(f'finish: mapping has already started (state {self._state})')
@@ -387,7 +391,8 @@ class OnlineMappingSession:
                 if progress:
                     progress(p)
 
-            trained = self._mapper.map(keyframes, report, self._buffer, passes_done=1)
+            trained = self._mapper.map(keyframes, report, self._buffer, passes_done=1,
+                                       budget_start=budget_start)
             scene_map = scene_map_from(trained, self._mapper.cfg, self._encoder_sha256,
                                        self._encoder_label, self.world_frame_id or 'map')
             save_map(self.online.map_path, scene_map)

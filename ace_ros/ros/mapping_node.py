@@ -29,7 +29,7 @@ import time
 from typing import Any, Callable, Deque, Dict, Optional
 
 from ace_ros.core.config import MappingConfig
-from ace_ros.core.mapper import MappingCancelled, Progress
+from ace_ros.core.mapper import MappingCancelled, Progress, eta_text
 from ace_ros.core.online_mapping import OnlineMappingConfig, OnlineMappingSession
 from ace_ros.core.pose_track import PoseLookup
 from ace_ros.ros import conversions, diagnostics, params
@@ -362,14 +362,14 @@ class MappingNode(Node):
         self._last_progress_log = now
         if p.stage == 'keyframes':
             self.get_logger().info(f'encoding queued keyframes: {p.done}/{p.total}, '
-                                   f'{p.rate:.1f} img/s, ETA {p.eta_s:.0f} s')
+                                   f'{p.rate:.1f} img/s, {eta_text(p.eta_s)}')
         elif p.stage == 'train':
             self.get_logger().info(
                 f'training: iteration {p.done}/{p.total}, loss {p.loss:.3f}, '
-                f'{p.rate:.1f} it/s, ETA {p.eta_s:.0f} s')
+                f'{p.rate:.1f} it/s, {eta_text(p.eta_s)}')
         else:
             self.get_logger().info(f'encoding augmented passes: image {p.done}/{p.total}, '
-                                   f'{p.rate:.1f} img/s, ETA {p.eta_s:.0f} s')
+                                   f'{p.rate:.1f} img/s, {eta_text(p.eta_s)}')
 
     def _on_save_keyframes(self, request: Trigger.Request, response: Trigger.Response):
         try:

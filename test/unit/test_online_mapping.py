@@ -459,3 +459,35 @@ def test_a_keyframe_that_fails_to_encode_is_dropped_and_counted(frames, tmp_path
     assert status.counts['encode_failed'] == 1 and 'out of memory' in caplog.text
     assert status.keyframes == status.counts['keyframes'] == status.encoded == 3
     assert stamp_name(T0 + PERIOD) not in [f.name for f in session._keyframes]
+
+
+def test_time_budget_counts_from_finish_queued_keyframes_included(
+        frames, tmp_path, monkeypatch):
+    """The budget bounds the wait from `finish` to the map (README): a TUM replay at 30 Hz
+    left 52 s of queued keyframes, which once came on top of the cpu preset's 540 s."""
+    from ace_ros.core.mapper import Mapper
+    train, _ = frames
+    session = _session(tmp_path, cfg=_cfg(time_budget_s=100.0))
+    gate, _ = _gate_encoder(session)
+    _collect(session, train)
+    calls = []
+    original_train = Mapper.train
+
+    def recording_train(self, buffer, scene_mean, progress=None, time_left_s=None,
+                        planned_size=0):
+        calls.append((time.perf_counter(), time_left_s))
+        return original_train(self, buffer, scene_mean, progress, time_left_s, planned_size)
+
+    monkeypatch.setattr(Mapper, 'train', recording_train)
+    outcome = {}
+    thread = threading.Thread(target=lambda: outcome.update(result=session.finish()))
+    started = time.perf_counter()
+    thread.start()
+    time.sleep(2.0)  # the queued keyframes wait for the encoder this long
+    gate.set()
+    thread.join(60.0)
+    assert not thread.is_alive() and session.state == 'done', session.status().error
+    (called, time_left), = calls
+    assert called - started > 2.0
+    # Counted from finish: what is left is the budget minus everything since, the queue too.
+    assert time_left + (called - started) == pytest.approx(100.0, abs=0.3)
