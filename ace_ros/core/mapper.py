@@ -336,8 +336,9 @@ class Mapper:
 
         `buffer` and `passes_done` continue a buffer already filled with that many passes
         over `frames` (online mapping); see `fill_buffer`. `budget_start`, a
-        `time.perf_counter()` value, is when the time budget began (default: now), so that
-        work a caller did first for this map (online mapping: the queued keyframes) counts.
+        `time.perf_counter()` value, is when the time budget began (default: now): what a
+        caller did since (online mapping: encoding the queued keyframes) counts as buffer
+        encoding.
         """
         posed = [f for f in frames if f.world_from_cam is not None]
         stats = MappingStats(frames_used=len(posed),
@@ -348,12 +349,16 @@ class Mapper:
         if len(posed) < 2:
             raise ValueError(f'mapping needs at least 2 posed frames, got {len(posed)}')
         begin = time.perf_counter() if budget_start is None else budget_start
-        # Inside the budget (it bounds the wall time), but before the buffer's share is set:
+        # Inside the budget (it bounds the wall time), but outside the buffer's share:
         # quantizing a new encoder at the first image took 89 of 379 images from the buffer.
+        # Time spent before this call (online: encoding queued keyframes) is buffer time.
+        prepared = time.perf_counter()
         self.prepare_encoder()
         start = time.perf_counter()
-        deadline = start + BUFFER_SHARE_OF_BUDGET * (self.cfg.time_budget_s - (start - begin)) \
-            if self.cfg.time_budget_s else None
+        prepare_s, encoded_before_s = start - prepared, prepared - begin
+        deadline = (start - encoded_before_s
+                    + BUFFER_SHARE_OF_BUDGET * (self.cfg.time_budget_s - prepare_s)
+                    if self.cfg.time_budget_s else None)
         buffer = self.fill_buffer(posed, progress, buffer, passes_done, deadline)
         stats.buffer_s = time.perf_counter() - start
         stats.buffer_size, stats.buffer_images = buffer.size, buffer.n_images

@@ -339,7 +339,7 @@ class OnlineMappingSession:
 
         Keyframes still queued for the encoder are encoded first (a Ctrl-C then stops it).
         A time budget (`MappingConfig.time_budget_s`) counts from this call, so it bounds
-        the wait for the map: the queue takes from the augmented passes' and training's time.
+        the wait for the map; encoding the queue counts towards the buffer's share of it.
 
         The map at map_path is replaced only by a complete new map (atomic save); after a
         failure or cancellation it is untouched and the keyframes stay saved.

@@ -465,13 +465,19 @@ def test_time_budget_counts_from_finish_queued_keyframes_included(
         frames, tmp_path, monkeypatch):
     """The budget bounds the wait from `finish` to the map (README): a TUM replay at 30 Hz
     left 52 s of queued keyframes, which once came on top of the cpu preset's 540 s."""
+    from ace_ros.core import mapper as mapper_module
     from ace_ros.core.mapper import Mapper
     train, _ = frames
     session = _session(tmp_path, cfg=_cfg(time_budget_s=100.0))
     gate, _ = _gate_encoder(session)
     _collect(session, train)
-    calls = []
-    original_train = Mapper.train
+    calls, deadlines = [], []
+    original_train, original_fill = Mapper.train, Mapper.fill_buffer
+
+    def recording_fill_buffer(self, frames, progress=None, buffer=None, passes_done=0,
+                              deadline=None):
+        deadlines.append(deadline)
+        return original_fill(self, frames, progress, buffer, passes_done, deadline)
 
     def recording_train(self, buffer, scene_mean, progress=None, time_left_s=None,
                         planned_size=0):
@@ -479,6 +485,7 @@ def test_time_budget_counts_from_finish_queued_keyframes_included(
         return original_train(self, buffer, scene_mean, progress, time_left_s, planned_size)
 
     monkeypatch.setattr(Mapper, 'train', recording_train)
+    monkeypatch.setattr(Mapper, 'fill_buffer', recording_fill_buffer)
     outcome = {}
     thread = threading.Thread(target=lambda: outcome.update(result=session.finish()))
     started = time.perf_counter()
@@ -491,3 +498,6 @@ def test_time_budget_counts_from_finish_queued_keyframes_included(
     assert called - started > 2.0
     # Counted from finish: what is left is the budget minus everything since, the queue too.
     assert time_left + (called - started) == pytest.approx(100.0, abs=0.3)
+    # Encoding the queue is buffer work: it counts towards the buffer's share, not training's.
+    share = mapper_module.BUFFER_SHARE_OF_BUDGET
+    assert deadlines[0] - started == pytest.approx(share * 100.0, abs=0.3)
