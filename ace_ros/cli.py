@@ -61,8 +61,9 @@ class _MappingProgress:
             extra = {'train': f', loss {p.loss:.2f}, median error {p.median_error_px:.1f} px',
                      'pretrain': f', loss {p.loss:.2f}, match {p.valid_fraction:.2f}'
                      }.get(p.stage, '')
-            _logger.info('%s %d/%d (%.2f/s, %s%s)', _STAGE_NAMES[p.stage], p.done,
-                         p.total, rate, eta_text(eta), extra)
+            rate_text = f'{rate:.2f}/s' if rate > 0 else 'rate unknown'
+            _logger.info('%s %d/%d (%s, %s%s)', _STAGE_NAMES[p.stage], p.done, p.total,
+                         rate_text, eta_text(eta), extra)
 
     def _update_bar(self, p) -> None:
         from tqdm import tqdm
