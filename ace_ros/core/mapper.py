@@ -355,17 +355,16 @@ class Mapper:
         prepared = time.perf_counter()
         self.prepare_encoder()
         start = time.perf_counter()
-        prepare_s, encoded_before_s = start - prepared, prepared - begin
-        deadline = (start - encoded_before_s
-                    + BUFFER_SHARE_OF_BUDGET * (self.cfg.time_budget_s - prepare_s)
-                    if self.cfg.time_budget_s else None)
+        prepare_s = start - prepared
+        budget = self.cfg.time_budget_s
+        deadline = begin + prepare_s + BUFFER_SHARE_OF_BUDGET * (budget - prepare_s) \
+            if budget else None
         buffer = self.fill_buffer(posed, progress, buffer, passes_done, deadline)
         stats.buffer_s = time.perf_counter() - start
         stats.buffer_size, stats.buffer_images = buffer.size, buffer.n_images
         scene_mean = np.mean([f.world_from_cam[:3, 3] for f in posed], axis=0)
         start = time.perf_counter()
-        time_left = (self.cfg.time_budget_s - (start - begin)) if self.cfg.time_budget_s \
-            else None
+        time_left = budget - (start - begin) if budget else None
         # Under a budget, the schedule of the buffer that encoding would have filled.
         planned = self.planned_cells(len(posed)) if time_left is not None else 0
         head, stats.iterations, stats.loss_history, last = self.train(

@@ -220,7 +220,8 @@ def test_time_budget_cuts_encoding_not_the_schedule(monkeypatch):
     assert stats.iterations == mapper.iterations_for(planned)
 
 
-def test_time_budget_shares_out_what_building_the_int8_encoder_leaves(monkeypatch):
+def test_time_budget_shares_out_what_building_the_int8_encoder_leaves(
+        monkeypatch, fill_buffer_deadlines):
     """Quantizing a new encoder takes ~25 s once, then it is cached. Done at the first image,
     it cost a new encoder's first TUM map 89 of 379 buffer images (session 8); now the
     budget still bounds the wall time, and the buffer gets its share of what is left."""
@@ -236,16 +237,7 @@ def test_time_budget_shares_out_what_building_the_int8_encoder_leaves(monkeypatc
         def __call__(self, gray):
             return encode(self.encoder, gray, torch.device('cpu'), False)
 
-    deadlines = []
-    fill_buffer = Mapper.fill_buffer
-
-    def recording_fill_buffer(self, frames, progress=None, buffer=None, passes_done=0,
-                              deadline=None):
-        deadlines.append(deadline)
-        return fill_buffer(self, frames, progress, buffer, passes_done, deadline)
-
     monkeypatch.setattr(openvino_backend, 'Int8Encoder', SlowInt8Encoder)
-    monkeypatch.setattr(Mapper, 'fill_buffer', recording_fill_buffer)
     scene = SyntheticSceneConfig(seed=4, width=WIDTH, height=HEIGHT, focal=525 * HEIGHT / 480,
                                  n_train=3, n_test=0, texel_size=0.01)
     frames = [frame for frame, _ in generate_frames_with_depth(scene, 'train')]
@@ -256,7 +248,8 @@ def test_time_budget_shares_out_what_building_the_int8_encoder_leaves(monkeypatc
     assert len(built) == 1
     share = mapper_module.BUFFER_SHARE_OF_BUDGET
     # Counted from the end of the build: share x (100 - 1) s; from before it: share x 100 - 1.
-    assert deadlines[0] - built[0] == pytest.approx(share * (cfg.time_budget_s - 1.0), abs=0.2)
+    deadline = fill_buffer_deadlines[0]
+    assert deadline - built[0] == pytest.approx(share * (cfg.time_budget_s - 1.0), abs=0.2)
 
 
 def test_time_budget_refits_the_count_to_the_real_rate(monkeypatch, caplog):
