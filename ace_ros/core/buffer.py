@@ -95,6 +95,31 @@ def encode(encoder: Encoder, gray: np.ndarray, device: torch.device,
         return encoder(image)[0]
 
 
+def target_cells(encoded: EncoderInput, world_points: np.ndarray,
+                 valid: np.ndarray) -> tuple:
+    """Cells of `encoded` that triangulated `world_points` project into, and the target of
+    each: the point moved onto the cell centre's ray at its own depth (so a target has no
+    reprojection error of its own). Returns ((M,) flat cell indices, (M, 3) float32)."""
+    cam = encoded.cam_from_world[:3, :3] @ world_points.T.astype(np.float64) \
+        + encoded.cam_from_world[:3, 3:4]
+    depth = cam[2]
+    uv = (encoded.K @ cam)[:2] / np.maximum(depth, 1e-9)
+    rows, cols = valid.shape
+    # Cell (i, j) covers the pixel block [8j, 8j + 8): x in [8j - 0.5, 8j + 7.5).
+    col = np.floor((uv[0] + 0.5) / ENCODER_STRIDE).astype(np.int64)
+    row = np.floor((uv[1] + 0.5) / ENCODER_STRIDE).astype(np.int64)
+    ok = (depth > 0) & (col >= 0) & (col < cols) & (row >= 0) & (row < rows)
+    ok[ok] &= valid[row[ok], col[ok]]
+    row, col, depth = row[ok], col[ok], depth[ok]
+    centre = np.stack([col * ENCODER_STRIDE + 3.5, row * ENCODER_STRIDE + 3.5,
+                       np.ones(len(col))])
+    ray_cam = np.linalg.solve(encoded.K, centre) * depth
+    world_from_cam = geometry.invert_pose(encoded.cam_from_world)
+    points = (world_from_cam[:3, :3] @ ray_cam + world_from_cam[:3, 3:4]).T
+    # Several points in one cell: the last one wins (any is as good).
+    return row * cols + col, points.astype(np.float32)
+
+
 class TrainingBuffer:
     """Fixed-capacity store of (feature, pixel, image) samples on `device`.
 
@@ -108,6 +133,9 @@ class TrainingBuffer:
         self.features = torch.empty((capacity, feature_dim), dtype=torch.float16, device=device)
         self.pixels = torch.empty((capacity, 2), dtype=torch.float32, device=device)
         self.image_index = torch.empty(capacity, dtype=torch.int32, device=device)
+        #: Triangulated world point a cell sees (NaN: none), for `target_loss`.
+        self.targets = torch.full((capacity, 3), float('nan'), dtype=torch.float32,
+                                  device=device)
         self._cam_from_world: list = []
         self._K: list = []
         self.size = 0
@@ -121,20 +149,39 @@ class TrainingBuffer:
         return len(self._K)
 
     def add_image(self, encoded: EncoderInput, features: torch.Tensor, max_samples: int,
-                  generator: torch.Generator) -> int:
-        """Sample up to `max_samples` valid cells of one encoded image; returns the count."""
-        cells = torch.from_numpy(valid_cells(encoded.valid)).to(self.device).flatten()
+                  generator: torch.Generator,
+                  world_points: Optional[np.ndarray] = None) -> int:
+        """Sample up to `max_samples` valid cells of one encoded image; returns the count.
+
+        With `world_points` ((N, 3) triangulated points the image sees), the cells they fall
+        in are sampled first (up to half the samples) and carry their point as a target.
+        """
+        valid = valid_cells(encoded.valid)
+        cells = torch.from_numpy(valid).to(self.device).flatten()
         candidates = torch.nonzero(cells).squeeze(1)
         n = min(max_samples, candidates.numel(), self.capacity - self.size)
         if n <= 0:
             return 0
-        order = torch.randperm(candidates.numel(), generator=generator)[:n].to(self.device)
-        chosen = candidates[order]
         c, h, w = features.shape
+        targets = torch.full((h * w, 3), float('nan'), device=self.device)
+        if world_points is not None and len(world_points):
+            cell_ids, cell_points = target_cells(encoded, world_points, valid)
+            targets[torch.from_numpy(cell_ids).to(self.device)] = \
+                torch.from_numpy(cell_points).to(self.device)
+        has_target = ~torch.isnan(targets[candidates, 0])
+        first = candidates[has_target]
+        first = first[torch.randperm(first.numel(), generator=generator)[:n // 2]
+                      .to(self.device)]
+        rest = candidates[~has_target]
+        rest = rest[torch.randperm(rest.numel(), generator=generator)[:n - first.numel()]
+                    .to(self.device)]
+        chosen = torch.cat([first, rest])
+        n = chosen.numel()
         centers = cell_centers(encoded.gray.shape[0], encoded.gray.shape[1], self.device)
         sl = slice(self.size, self.size + n)
         self.features[sl] = features.reshape(c, h * w)[:, chosen].T.to(torch.float16)
         self.pixels[sl] = centers.reshape(2, h * w)[:, chosen].T
+        self.targets[sl] = targets[chosen]
         self.image_index[sl] = len(self._K)
         self._cam_from_world.append(encoded.cam_from_world[:3])
         self._K.append(encoded.K)
@@ -151,4 +198,4 @@ class TrainingBuffer:
 
     def nbytes(self) -> int:
         return (self.features.numel() * 2 + self.pixels.numel() * 4
-                + self.image_index.numel() * 4)
+                + self.image_index.numel() * 4 + self.targets.numel() * 4)

@@ -42,6 +42,13 @@ class MappingConfig:
     aug_rotation_deg: float = _f(15.0, 'largest in-plane rotation, degrees')
     aug_brightness: float = _f(0.1, 'brightness jitter amplitude')
     aug_contrast: float = _f(0.1, 'contrast jitter amplitude')
+    # triangulated targets (a warm start for short budgets)
+    triangulate: bool = _f(False, 'supervise the first part of training with 3D points '
+                           'triangulated from SIFT matches between mapping frames (their '
+                           'poses are known): far fewer iterations to the same accuracy')
+    target_weight: float = _f(1.0, 'weight of the triangulated targets\' loss at the start')
+    target_until: float = _f(0.7, 'share of training after which the targets are not used '
+                             '(their weight fades out over the second half of it)')
     # optimisation
     batch_size: int = _f(5120, 'samples per iteration')
     epochs: float = _f(16.0, 'passes over the buffer (sets the iteration count)')
@@ -84,6 +91,9 @@ class MappingConfig:
         if self.encoder_precision not in ENCODER_PRECISIONS:
             raise ValueError("encoder_precision must be 'auto', 'float' or 'int8', got "
                              f"'{self.encoder_precision}'")
+        if not 0.0 < self.target_until <= 1.0 or self.target_weight < 0:
+            raise ValueError('need target_weight >= 0 and 0 < target_until <= 1, got '
+                             f'{self.target_weight}, {self.target_until}')
         if self.max_iterations < 0 or self.head_blocks < 0 or self.time_budget_s < 0:
             raise ValueError('max_iterations, head_blocks and time_budget_s must be >= 0')
 

@@ -64,3 +64,30 @@ def reprojection_loss(points_world: torch.Tensor, pixels: torch.Tensor,
     n_valid = int(valid.sum())
     median = float(error[valid].detach().median()) if n_valid else float('nan')
     return LossOutput(loss, n_valid / points.shape[0], median)
+
+
+def target_loss(points_world: torch.Tensor, targets: torch.Tensor,
+                cam_from_world: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+    """3D loss towards triangulated targets, in the reprojection loss's units.
+
+    For the cells with a target (rows of `targets` without NaN), the 3D distance between
+    prediction and target is expressed in pixels at the target's depth (focal length x
+    distance / depth), so that depth errors count as much as lateral ones and the term adds
+    to `reprojection_loss` on one scale. It is not clamped: a warm start must pull hardest
+    where the prediction is furthest off, where the soft-clamped reprojection loss gives
+    almost no gradient (oracle features, 40 iterations: 5.4 px training error unclamped,
+    18 px clamped like the reprojection loss, 15 px without targets). Wrong matches (a few
+    percent) are handled by fading the targets out before the end of training.
+
+    Returns the sum over the target cells (divide by the batch size like the reprojection
+    loss); 0 when the batch has none.
+    """
+    has = ~torch.isnan(targets[:, 0])
+    if not bool(has.any()):
+        return points_world.sum() * 0.0
+    points, target = points_world[has].float(), targets[has]
+    rotation, translation = cam_from_world[has, :, :3], cam_from_world[has, :, 3]
+    depth = (torch.einsum('bj,bj->b', rotation[:, 2], target) + translation[:, 2]).clamp(min=0.1)
+    focal = 0.5 * (K[has, 0, 0] + K[has, 1, 1])
+    error = focal * (points - target).norm(dim=1) / depth
+    return error.sum()

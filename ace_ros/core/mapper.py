@@ -17,8 +17,9 @@ from ace_ros.core import device as device_lib
 from ace_ros.core.buffer import TrainingBuffer, encode, prepare_image
 from ace_ros.core.config import MappingConfig, config_to_dict
 from ace_ros.core.mapfile import SceneMap
-from ace_ros.core.loss import reprojection_loss, soft_clamp_tau
+from ace_ros.core.loss import reprojection_loss, soft_clamp_tau, target_loss
 from ace_ros.core.network import Encoder, Head, HeadConfig
+from ace_ros.core.triangulation import FramePoints, triangulate_frames
 from ace_ros.core.types import Frame
 from ace_ros.core.weights import build_encoder
 
@@ -127,12 +128,15 @@ class Mapper:
         """An empty buffer sized for `cfg.max_buffer_passes` passes over `n_frames` frames."""
         return TrainingBuffer(self.planned_cells(n_frames), self.device)
 
-    def add_to_buffer(self, buffer: TrainingBuffer, frame: Frame) -> int:
-        """Augment, encode and sample one posed frame into `buffer`; returns cells added."""
+    def add_to_buffer(self, buffer: TrainingBuffer, frame: Frame,
+                      points: Optional[FramePoints] = None) -> int:
+        """Augment, encode and sample one posed frame into `buffer`; returns cells added.
+        `points` are the frame's triangulated points (cells they fall in become targets)."""
         cfg = self.cfg
         encoded = prepare_image(frame, cfg.image_height, self._rng, cfg)
         features = self._encoder_features(encoded.gray)
-        return buffer.add_image(encoded, features, cfg.samples_per_image, self._torch_rng)
+        return buffer.add_image(encoded, features, cfg.samples_per_image, self._torch_rng,
+                                points.world if points is not None else None)
 
     def prepare_encoder(self) -> None:
         """Builds the int8 encoder if mapping uses one: read from the disk cache, or quantized
@@ -151,12 +155,14 @@ class Mapper:
     def fill_buffer(self, frames: Sequence[Frame],
                     progress: Optional[ProgressCallback] = None,
                     buffer: Optional[TrainingBuffer] = None,
-                    passes_done: int = 0, deadline: Optional[float] = None) -> TrainingBuffer:
+                    passes_done: int = 0, deadline: Optional[float] = None,
+                    points: Optional[Sequence[FramePoints]] = None) -> TrainingBuffer:
         """Encode augmented passes over `frames` until the buffer is full, passes run out,
         or `time.perf_counter()` passes `deadline` (once 2 images are in).
 
         Online mapping encodes the first pass as keyframes arrive and hands that `buffer`
-        in with `passes_done=1`, so only the remaining passes run here.
+        in with `passes_done=1`, so only the remaining passes run here. `points`, aligned
+        with `frames`, are their triangulated points.
         """
         cfg = self.cfg
         if buffer is None:
@@ -176,7 +182,8 @@ class Mapper:
                                  'cells) to leave time for training', buffer.n_images,
                                  buffer.size)
                     return buffer
-                self.add_to_buffer(buffer, frames[index])
+                self.add_to_buffer(buffer, frames[index],
+                                   points[index] if points is not None else None)
                 done += 1
                 if progress:
                     # Frames with invalid cells give fewer samples: the total may grow.
@@ -313,8 +320,14 @@ class Mapper:
                 depth_min=cfg.depth_min, depth_max=cfg.depth_max,
                 max_error_px=cfg.max_reprojection_px,
                 invalid_target_depth=cfg.invalid_target_depth)
+            loss = out.loss
+            weight = target_weight(iteration / iterations, cfg.target_weight, cfg.target_until)
+            if weight > 0:
+                loss = loss + weight * target_loss(points, buffer.targets[index],
+                                                   cam_from_world[image],
+                                                   K[image]) / points.shape[0]
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(out.loss).backward()
+            scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
             schedule.step()
@@ -354,12 +367,16 @@ class Mapper:
         # Time spent before this call (online: encoding queued keyframes) is buffer time.
         prepared = time.perf_counter()
         self.prepare_encoder()
+        points = None
+        if self.cfg.triangulate:
+            points = triangulate_frames(posed, should_stop=self.cancel.is_set).points
+            self._check_cancel('triangulation')
         start = time.perf_counter()
         prepare_s = start - prepared
         budget = self.cfg.time_budget_s
         deadline = begin + prepare_s + BUFFER_SHARE_OF_BUDGET * (budget - prepare_s) \
             if budget else None
-        buffer = self.fill_buffer(posed, progress, buffer, passes_done, deadline)
+        buffer = self.fill_buffer(posed, progress, buffer, passes_done, deadline, points)
         stats.buffer_s = time.perf_counter() - start
         stats.buffer_size, stats.buffer_images = buffer.size, buffer.n_images
         scene_mean = np.mean([f.world_from_cam[:3, 3] for f in posed], axis=0)
@@ -374,6 +391,14 @@ class Mapper:
         stats.final_median_error_px = last.median_error_px
         intrinsics = _distinct_intrinsics(posed)
         return TrainedHead(head, stats, [f.name for f in posed], intrinsics)
+
+
+def target_weight(progress: float, weight: float, until: float) -> float:
+    """Weight of the triangulated targets at `progress` = iteration / total: `weight` for
+    the first half of `until`, then fading linearly to 0 at `until`."""
+    if progress >= until:
+        return 0.0
+    return weight * min(1.0, 2.0 * (until - progress) / until)
 
 
 def _distinct_intrinsics(frames: Sequence[Frame], limit: int = 16) -> List[list]:

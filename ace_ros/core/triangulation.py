@@ -1,0 +1,212 @@
+"""Sparse 3D points of the mapping frames, triangulated from matched features and known poses.
+
+Why: the reprojection loss alone starts from nothing and needs thousands of iterations
+before a head's predictions agree between views of a room; a few hundred points per image
+with known world coordinates turn the first part of training into plain regression, which a
+2-core CPU can afford (issue 13). OpenCV does the feature work (SIFT, matching,
+triangulation); the poses are the mapping poses, so no structure from motion is needed: a
+match is kept only if it lies on its epipolar line, triangulates in front of both cameras,
+reprojects within `max_reprojection_px` and has enough parallax to fix its depth.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from ace_ros.core import geometry
+from ace_ros.core.types import Frame
+
+_logger = logging.getLogger(__name__)
+
+FloatArray = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class TriangulationSettings:
+    """How partners are chosen and which matches become points."""
+
+    features_per_image: int = 1500
+    partners: int = 3               # partner frames per frame (each pair is matched once)
+    max_axis_angle_deg: float = 35.0  # optical axes further apart rarely share features
+    min_baseline_m: float = 0.02
+    ratio: float = 0.8              # Lowe's ratio test
+    max_epipolar_px: float = 1.5    # Sampson distance to the epipolar line
+    max_reprojection_px: float = 1.5
+    min_parallax_deg: float = 1.5   # below it depth is too uncertain to supervise
+    image_height: int = 480         # features are detected at this height (as encoded)
+
+
+@dataclass
+class FramePoints:
+    """Triangulated points of one frame: `pixels` (N, 2) in the frame's own image
+    coordinates and `world` (N, 3) the points they see."""
+
+    pixels: npt.NDArray[np.float32]
+    world: npt.NDArray[np.float32]
+
+
+@dataclass
+class TriangulationResult:
+    points: List[FramePoints]   # one per input frame, in order
+    pairs: int
+    seconds: float
+
+    @property
+    def total(self) -> int:
+        return sum(len(p.world) for p in self.points)
+
+
+def _camera_centres_and_axes(frames: Sequence[Frame]) -> tuple:
+    poses = np.stack([f.world_from_cam for f in frames])
+    return poses[:, :3, 3], poses[:, :3, 2]
+
+
+def choose_pairs(frames: Sequence[Frame], settings: TriangulationSettings) -> List[tuple]:
+    """(i, j) pairs with i < j: for each frame the `partners` frames with the widest baseline
+    among those looking the same way (axes within `max_axis_angle_deg`); no duplicates."""
+    centres, axes = _camera_centres_and_axes(frames)
+    cos_max = np.cos(np.radians(settings.max_axis_angle_deg))
+    pairs = set()
+    for i in range(len(frames)):
+        cos = axes @ axes[i]
+        baseline = np.linalg.norm(centres - centres[i], axis=1)
+        # Wide baselines fix depth, but the wider the fewer matches: prefer the partners
+        # whose baseline is closest to 0.1 m among the admissible ones.
+        ok = (cos >= cos_max) & (baseline >= settings.min_baseline_m)
+        ok[i] = False
+        candidates = np.nonzero(ok)[0]
+        if not len(candidates):
+            continue
+        # Score: baseline near 0.15 m, axes close.
+        score = np.abs(np.log(baseline[candidates] / 0.15)) + 2.0 * (1.0 - cos[candidates])
+        for j in candidates[np.argsort(score)[:settings.partners]]:
+            pairs.add((min(i, int(j)), max(i, int(j))))
+    return sorted(pairs)
+
+
+def _detect(frame: Frame, sift: cv2.SIFT, height: int) -> tuple:
+    scale = height / frame.height
+    width = int(round(frame.width * scale))
+    gray = cv2.cvtColor(cv2.resize(frame.image, (width, height), interpolation=cv2.INTER_AREA),
+                        cv2.COLOR_RGB2GRAY)
+    keypoints, descriptors = sift.detectAndCompute(gray, None)
+    if descriptors is None:
+        return np.zeros((0, 2), np.float32), np.zeros((0, 128), np.float32)
+    pts = np.array([k.pt for k in keypoints], np.float32)
+    # Back to the frame's own pixel coordinates (OpenCV's pixel-centre convention).
+    pts = (pts + 0.5) / scale - 0.5
+    return pts, descriptors
+
+
+def _projection(frame: Frame) -> FloatArray:
+    return frame.K @ geometry.invert_pose(frame.world_from_cam)[:3]
+
+
+def _sampson(F: FloatArray, a: FloatArray, b: FloatArray) -> FloatArray:
+    ah = np.hstack([a, np.ones((len(a), 1))])
+    bh = np.hstack([b, np.ones((len(b), 1))])
+    Fa = ah @ F.T
+    Ftb = bh @ F
+    num = np.einsum('ij,ij->i', bh, Fa) ** 2
+    den = Fa[:, 0] ** 2 + Fa[:, 1] ** 2 + Ftb[:, 0] ** 2 + Ftb[:, 1] ** 2
+    return np.sqrt(num / np.maximum(den, 1e-12))
+
+
+def _fundamental(fa: Frame, fb: Frame) -> FloatArray:
+    b_from_a = geometry.invert_pose(fb.world_from_cam) @ fa.world_from_cam
+    R, t = b_from_a[:3, :3], b_from_a[:3, 3]
+    tx = np.array([[0, -t[2], t[1]], [t[2], 0, -t[0]], [-t[1], t[0], 0]])
+    return np.linalg.inv(fb.K).T @ tx @ R @ np.linalg.inv(fa.K)
+
+
+def _triangulate_pair(fa: Frame, fb: Frame, pa: np.ndarray, pb: np.ndarray,
+                      settings: TriangulationSettings) -> tuple:
+    """Keeps matches that pass the epipolar, depth, reprojection and parallax checks;
+    returns (mask over the matches, (N, 3) world points of the kept ones)."""
+    keep = _sampson(_fundamental(fa, fb), pa.astype(np.float64),
+                    pb.astype(np.float64)) < settings.max_epipolar_px
+    if not keep.any():
+        return keep, np.zeros((0, 3))
+    Pa, Pb = _projection(fa), _projection(fb)
+    X = cv2.triangulatePoints(Pa, Pb, pa[keep].T.astype(np.float64),
+                              pb[keep].T.astype(np.float64))
+    X = (X[:3] / X[3]).T
+    ok = np.ones(len(X), bool)
+    for frame, P, pix in ((fa, Pa, pa[keep]), (fb, Pb, pb[keep])):
+        cam = geometry.transform_points(geometry.invert_pose(frame.world_from_cam), X)
+        proj = (P @ np.hstack([X, np.ones((len(X), 1))]).T).T
+        uv = proj[:, :2] / np.maximum(proj[:, 2:3], 1e-9)
+        reprojection = np.linalg.norm(uv - pix, axis=1)
+        ok &= (cam[:, 2] > 0.05) & (reprojection < settings.max_reprojection_px)
+    ray_a = X - fa.world_from_cam[:3, 3]
+    ray_b = X - fb.world_from_cam[:3, 3]
+    cos = np.einsum('ij,ij->i', ray_a, ray_b) / np.maximum(
+        np.linalg.norm(ray_a, axis=1) * np.linalg.norm(ray_b, axis=1), 1e-12)
+    ok &= cos < np.cos(np.radians(settings.min_parallax_deg))
+    mask = np.zeros(len(pa), bool)
+    mask[np.nonzero(keep)[0][ok]] = True
+    return mask, X[ok]
+
+
+def triangulate_frames(frames: Sequence[Frame],
+                       settings: TriangulationSettings = TriangulationSettings(),
+                       should_stop: Optional[Callable[[], bool]] = None
+                       ) -> TriangulationResult:
+    """Triangulated points for each posed frame (frames without a pose get none).
+
+    A keypoint triangulated from several partners keeps the point of the widest-parallax
+    pair (the first found, for simplicity: partners are ranked by baseline already).
+    `should_stop` is polled between frames and pairs (a time budget, cancellation): what was
+    found so far is returned.
+    """
+    start = time.perf_counter()
+    empty = FramePoints(np.zeros((0, 2), np.float32), np.zeros((0, 3), np.float32))
+    posed = [i for i, f in enumerate(frames) if f.world_from_cam is not None]
+    points: List[FramePoints] = [empty] * len(frames)
+    if len(posed) < 2:
+        return TriangulationResult(points, 0, time.perf_counter() - start)
+    sub = [frames[i] for i in posed]
+    pairs = choose_pairs(sub, settings)
+    sift = cv2.SIFT_create(nfeatures=settings.features_per_image)
+    matcher = cv2.BFMatcher(cv2.NORM_L2)
+    features: dict = {}
+    found: List[dict] = [dict() for _ in sub]  # keypoint index -> world point
+    done_pairs = 0
+    for i, j in pairs:
+        if should_stop is not None and should_stop():
+            break
+        for k in (i, j):
+            if k not in features:
+                features[k] = _detect(sub[k], sift, settings.image_height)
+        (pts_a, desc_a), (pts_b, desc_b) = features[i], features[j]
+        if len(desc_a) < 2 or len(desc_b) < 2:
+            continue
+        matches = matcher.knnMatch(desc_a, desc_b, k=2)
+        good = [m[0] for m in matches
+                if len(m) == 2 and m[0].distance < settings.ratio * m[1].distance]
+        if not good:
+            continue
+        ia = np.array([m.queryIdx for m in good])
+        ib = np.array([m.trainIdx for m in good])
+        mask, X = _triangulate_pair(sub[i], sub[j], pts_a[ia], pts_b[ib], settings)
+        for a, b, x in zip(ia[mask], ib[mask], X):
+            found[i].setdefault(int(a), x)
+            found[j].setdefault(int(b), x)
+        done_pairs += 1
+    for k, table in enumerate(found):
+        if table:
+            idx = np.fromiter(table.keys(), int)
+            points[posed[k]] = FramePoints(features[k][0][idx].astype(np.float32),
+                                           np.stack(list(table.values())).astype(np.float32))
+    result = TriangulationResult(points, done_pairs, time.perf_counter() - start)
+    _logger.info('triangulated %d points in %d of %d frames from %d image pairs (%.1f s)',
+                 result.total, sum(len(p.world) > 0 for p in points), len(frames),
+                 done_pairs, result.seconds)
+    return result
