@@ -265,7 +265,8 @@ class Mapper:
         """
         cfg = self.cfg
         begin = time.perf_counter()
-        head = Head(HeadConfig(num_blocks=cfg.head_blocks)).to(self.device)
+        head = Head(HeadConfig(num_blocks=cfg.head_blocks,
+                               channels=cfg.head_channels)).to(self.device)
         head.scene_mean.copy_(torch.as_tensor(scene_mean, dtype=torch.float32))
         head.train()
         iterations = self.budgeted_iterations(head, buffer, time_left_s, planned_size)

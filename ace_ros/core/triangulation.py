@@ -36,10 +36,15 @@ class TriangulationSettings:
     partners: int = 3               # partner frames per frame (each pair is matched once)
     max_axis_angle_deg: float = 35.0  # optical axes further apart rarely share features
     min_baseline_m: float = 0.02
+    preferred_baseline_m: float = 0.15
+    min_overlap: float = 0.6        # of the view, see `view_overlap`
     ratio: float = 0.8              # Lowe's ratio test
     max_epipolar_px: float = 1.5    # Sampson distance to the epipolar line
     max_reprojection_px: float = 1.5
-    min_parallax_deg: float = 1.5   # below it depth is too uncertain to supervise
+    min_parallax_deg: float = 2.0   # below it depth is too uncertain to supervise
+    # A pair whose matches mostly miss their epipolar lines has poses that do not fit its
+    # images to the pixel (TUM fr1/rpy's fast turns: 2-5 px); its few survivors are chance.
+    min_epipolar_inlier_share: float = 0.3
     image_height: int = 480         # features are detected at this height (as encoded)
 
 
@@ -68,25 +73,38 @@ def _camera_centres_and_axes(frames: Sequence[Frame]) -> tuple:
     return poses[:, :3, 3], poses[:, :3, 2]
 
 
+def view_overlap(a: Frame, b: Frame, depths: Sequence[float] = (1.0, 2.0, 4.0)) -> float:
+    """Share of a 5x5 grid of `a`'s pixels, placed at typical indoor `depths`, that `b` sees
+    in its image: a cheap, scene-free stand-in for how many features two views share."""
+    u, v = np.meshgrid(np.linspace(0.1, 0.9, 5) * a.width, np.linspace(0.1, 0.9, 5) * a.height)
+    rays = np.linalg.solve(a.K, np.stack([u.ravel(), v.ravel(), np.ones(u.size)]))
+    points_a = np.concatenate([rays * d for d in depths], axis=1)
+    b_from_a = geometry.invert_pose(b.world_from_cam) @ a.world_from_cam
+    points_b = b_from_a[:3, :3] @ points_a + b_from_a[:3, 3:4]
+    uv = (b.K @ points_b)[:2] / np.maximum(points_b[2], 1e-9)
+    seen = (points_b[2] > 0.1) & (uv[0] >= 0) & (uv[0] < b.width) & (uv[1] >= 0) \
+        & (uv[1] < b.height)
+    return float(seen.mean())
+
+
 def choose_pairs(frames: Sequence[Frame], settings: TriangulationSettings) -> List[tuple]:
-    """(i, j) pairs with i < j: for each frame the `partners` frames with the widest baseline
-    among those looking the same way (axes within `max_axis_angle_deg`); no duplicates."""
+    """(i, j) pairs with i < j, no duplicates: for each frame up to `partners` frames that
+    see most of its view (`min_overlap`) from a baseline of at least `min_baseline_m`,
+    preferring baselines near `preferred_baseline_m` (wider fixes depth better, narrower
+    matches more features)."""
     centres, axes = _camera_centres_and_axes(frames)
     cos_max = np.cos(np.radians(settings.max_axis_angle_deg))
     pairs = set()
     for i in range(len(frames)):
-        cos = axes @ axes[i]
         baseline = np.linalg.norm(centres - centres[i], axis=1)
-        # Wide baselines fix depth, but the wider the fewer matches: prefer the partners
-        # whose baseline is closest to 0.1 m among the admissible ones.
-        ok = (cos >= cos_max) & (baseline >= settings.min_baseline_m)
+        ok = ((axes @ axes[i]) >= cos_max) & (baseline >= settings.min_baseline_m)
         ok[i] = False
-        candidates = np.nonzero(ok)[0]
-        if not len(candidates):
+        candidates = [int(j) for j in np.nonzero(ok)[0]
+                      if view_overlap(frames[i], frames[j]) >= settings.min_overlap]
+        if not candidates:
             continue
-        # Score: baseline near 0.15 m, axes close.
-        score = np.abs(np.log(baseline[candidates] / 0.15)) + 2.0 * (1.0 - cos[candidates])
-        for j in candidates[np.argsort(score)[:settings.partners]]:
+        score = np.abs(np.log(baseline[candidates] / settings.preferred_baseline_m))
+        for j in np.array(candidates)[np.argsort(score)[:settings.partners]]:
             pairs.add((min(i, int(j)), max(i, int(j))))
     return sorted(pairs)
 
@@ -132,6 +150,8 @@ def _triangulate_pair(fa: Frame, fb: Frame, pa: np.ndarray, pb: np.ndarray,
     returns (mask over the matches, (N, 3) world points of the kept ones)."""
     keep = _sampson(_fundamental(fa, fb), pa.astype(np.float64),
                     pb.astype(np.float64)) < settings.max_epipolar_px
+    if keep.mean() < settings.min_epipolar_inlier_share:
+        keep[:] = False
     if not keep.any():
         return keep, np.zeros((0, 3))
     Pa, Pb = _projection(fa), _projection(fb)

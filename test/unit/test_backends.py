@@ -211,3 +211,26 @@ def test_encoder_precision_choice(monkeypatch):
     with pytest.raises(ValueError, match="openvino and nncf packages are not installed"):
         device_lib.resolve_backend('openvino-int8', cpu)
     assert device_lib.resolve_backend('auto', cpu, map_encoder='int8') == 'openvino'
+
+
+def test_a_narrow_head_maps_saves_and_runs_on_every_backend(tmp_path):
+    """head_channels 256: the map records it, the file round-trips, and PyTorch, OpenVINO and
+    the int8 head predict the same scene coordinates from it."""
+    from ace_ros.core.mapfile import load_map, save_map
+    frames = list(generate_frames(SCENE, 'train'))
+    cfg = mapping_config('tiny', image_height=HEIGHT, max_iterations=10, device='cpu',
+                         encoder='random:0', head_channels=256)
+    scene_map, _, _ = map_frames(frames, cfg)
+    assert scene_map.head_config['channels'] == 256
+    assert tuple(scene_map.head_state['inp.weight'].shape) == (256, 512, 1, 1)
+    path = tmp_path / 'narrow.ace'
+    save_map(str(path), scene_map)
+    loaded = load_map(str(path))
+    query = list(generate_frames(SCENE, 'test'))[0]
+    exact = _localizer(loaded, 'torch', mixed_precision=False)
+    reference = exact.predict_scene_coordinates(query)[1]
+    assert np.isfinite(reference).all()
+    for other in (_localizer(loaded, 'openvino', mixed_precision=False),
+                  _localizer(loaded, 'torch', mixed_precision=False, head_precision='int8')):
+        points = other.predict_scene_coordinates(query)[1]
+        assert np.median(np.linalg.norm(points - reference, axis=-1)) < 0.01
