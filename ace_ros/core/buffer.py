@@ -138,6 +138,8 @@ class TrainingBuffer:
                                   device=device)
         self._cam_from_world: list = []
         self._K: list = []
+        #: Name of the frame each encoded image came from ('' when not given).
+        self.sources: list = []
         self.size = 0
 
     @property
@@ -150,7 +152,7 @@ class TrainingBuffer:
 
     def add_image(self, encoded: EncoderInput, features: torch.Tensor, max_samples: int,
                   generator: torch.Generator,
-                  world_points: Optional[np.ndarray] = None) -> int:
+                  world_points: Optional[np.ndarray] = None, source: str = '') -> int:
         """Sample up to `max_samples` valid cells of one encoded image; returns the count.
 
         With `world_points` ((N, 3) triangulated points the image sees), the cells they fall
@@ -185,8 +187,39 @@ class TrainingBuffer:
         self.image_index[sl] = len(self._K)
         self._cam_from_world.append(encoded.cam_from_world[:3])
         self._K.append(encoded.K)
+        self.sources.append(source)
         self.size += n
         return n
+
+    def attach_targets(self, image: int, world_points: np.ndarray) -> int:
+        """Give the cells already sampled from encoded image `image` the targets that
+        `world_points` (its frame's triangulated points) put in them (online mapping encodes
+        keyframes before their points exist); returns how many cells got one."""
+        if not len(world_points):
+            return 0
+        rows = torch.nonzero(self.image_index[:self.size] == image).squeeze(1)
+        if not rows.numel():
+            return 0
+        cam_from_world = np.vstack([self._cam_from_world[image], [0.0, 0.0, 0.0, 1.0]])
+        pixels = self.pixels[rows].cpu().numpy()
+        grid = np.round((pixels - 3.5) / ENCODER_STRIDE).astype(np.int64)
+        shape = (int(grid[:, 1].max()) + 1, int(grid[:, 0].max()) + 1)
+        valid = np.zeros(shape, bool)
+        valid[grid[:, 1], grid[:, 0]] = True  # only the sampled cells can take a target
+        probe = EncoderInput(np.zeros((shape[0] * ENCODER_STRIDE, shape[1] * ENCODER_STRIDE),
+                                      np.float32), self._K[image], cam_from_world, valid)
+        cells, points = target_cells(probe, world_points, valid)
+        if not len(cells):
+            return 0
+        lookup = dict(zip(cells.tolist(), range(len(cells))))
+        flat = (grid[:, 1] * shape[1] + grid[:, 0]).tolist()
+        hit = [(row, lookup[c]) for row, c in zip(rows.tolist(), flat) if c in lookup]
+        if not hit:
+            return 0
+        index, which = zip(*hit)
+        self.targets[torch.tensor(index, device=self.device)] = torch.from_numpy(
+            points[list(which)]).to(self.device)
+        return len(hit)
 
     def geometry_tables(self) -> tuple:
         """(M, 3, 4) cam_from_world, (M, 3, 3) K, (M, 3, 3) K^-1 as float32 on the device."""

@@ -136,7 +136,16 @@ class Mapper:
         encoded = prepare_image(frame, cfg.image_height, self._rng, cfg)
         features = self._encoder_features(encoded.gray)
         return buffer.add_image(encoded, features, cfg.samples_per_image, self._torch_rng,
-                                points.world if points is not None else None)
+                                points.world if points is not None else None, frame.name)
+
+    @staticmethod
+    def attach_targets(buffer: TrainingBuffer, frames: Sequence[Frame],
+                       points: Sequence[FramePoints]) -> int:
+        """Targets for the cells of images already in `buffer` (matched to `frames` by
+        name); returns how many cells got one."""
+        by_name = {f.name: p for f, p in zip(frames, points)}
+        return sum(buffer.attach_targets(image, by_name[name].world)
+                   for image, name in enumerate(buffer.sources) if name in by_name)
 
     def prepare_encoder(self) -> None:
         """Builds the int8 encoder if mapping uses one: read from the disk cache, or quantized
@@ -372,6 +381,9 @@ class Mapper:
         if self.cfg.triangulate:
             points = triangulate_frames(posed, should_stop=self.cancel.is_set).points
             self._check_cancel('triangulation')
+            if buffer is not None and buffer.size:
+                _logger.info('%d cells already in the buffer got a triangulated target',
+                             self.attach_targets(buffer, posed, points))
         start = time.perf_counter()
         prepare_s = start - prepared
         budget = self.cfg.time_budget_s

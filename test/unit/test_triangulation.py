@@ -127,3 +127,35 @@ def test_target_weight_fades_out_by_its_share_of_training():
     assert target_weight(0.45, 2.0, 0.6) == pytest.approx(1.0)
     assert target_weight(0.6, 1.0, 0.6) == 0.0
     assert target_weight(0.9, 1.0, 0.6) == 0.0
+
+
+def test_targets_attach_to_cells_encoded_before_the_points_existed():
+    """Online mapping encodes keyframes as they arrive and triangulates at ~/finish: the
+    cells already sampled get their targets afterwards, on their cell centre's ray."""
+    K = np.array([[200.0, 0, 79.5], [0, 200.0, 59.5], [0, 0, 1]])
+    world_from_cam = geometry.make_pose(geometry.axis_angle_to_matrix([0.1, 0.2, 0.0]),
+                                        [0.5, -0.2, 1.0])
+    frame = Frame('kf-7', np.full((120, 160, 3), 128, np.uint8), K, world_from_cam)
+    cfg = mapping_config('tiny', image_height=120)
+    prepared = prepare_image(frame, 120, np.random.default_rng(3), cfg)
+    buffer = TrainingBuffer(1000, CPU)
+    rows, cols = valid_cells(prepared.valid).shape
+    buffer.add_image(prepared, torch.randn(512, rows, cols), 150,
+                     torch.Generator().manual_seed(0), source=frame.name)
+    assert torch.isnan(buffer.targets[:buffer.size]).all()
+    rng = np.random.default_rng(0)
+    cam_points = np.c_[rng.uniform(-0.6, 0.6, (400, 2)), rng.uniform(1.5, 3.0, 400)]
+    world = geometry.transform_points(world_from_cam, cam_points)
+    from ace_ros.core.mapper import Mapper
+    from ace_ros.core.triangulation import FramePoints
+    other = Frame('kf-8', frame.image, K, world_from_cam)
+    attached = Mapper.attach_targets(
+        buffer, [other, frame], [FramePoints(np.zeros((0, 2), np.float32), world[:0]),
+                                 FramePoints(np.zeros((400, 2), np.float32), world)])
+    has = ~torch.isnan(buffer.targets[:buffer.size, 0])
+    assert attached == int(has.sum()) >= 40
+    targets = buffer.targets[:buffer.size][has].double().numpy()
+    cam = geometry.transform_points(prepared.cam_from_world, targets)
+    np.testing.assert_allclose(geometry.project(cam, prepared.K),
+                               buffer.pixels[:buffer.size][has].numpy(), atol=1e-3)
+    assert np.all((cam[:, 2] > 1.4) & (cam[:, 2] < 3.1))
