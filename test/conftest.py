@@ -19,9 +19,10 @@ def fill_buffer_deadlines(monkeypatch):
     from ace_ros.core.mapper import Mapper
     deadlines, fill_buffer = [], Mapper.fill_buffer
 
-    def recording(self, frames, progress=None, buffer=None, passes_done=0, deadline=None):
+    def recording(self, frames, progress=None, buffer=None, passes_done=0, deadline=None,
+                  points=None):
         deadlines.append(deadline)
-        return fill_buffer(self, frames, progress, buffer, passes_done, deadline)
+        return fill_buffer(self, frames, progress, buffer, passes_done, deadline, points)
 
     monkeypatch.setattr(Mapper, 'fill_buffer', recording)
     return deadlines

@@ -191,8 +191,10 @@ class Mapper:
                                  'cells) to leave time for training', buffer.n_images,
                                  buffer.size)
                     return buffer
-                self.add_to_buffer(buffer, frames[index],
-                                   points[index] if points is not None else None)
+                if points is None:
+                    self.add_to_buffer(buffer, frames[index])
+                else:
+                    self.add_to_buffer(buffer, frames[index], points[index])
                 done += 1
                 if progress:
                     # Frames with invalid cells give fewer samples: the total may grow.
@@ -274,8 +276,8 @@ class Mapper:
         """
         cfg = self.cfg
         begin = time.perf_counter()
-        head = Head(HeadConfig(num_blocks=cfg.head_blocks,
-                               channels=cfg.head_channels)).to(self.device)
+        head = Head(HeadConfig(num_blocks=cfg.head_blocks, channels=cfg.head_channels,
+                               in_channels=buffer.features.shape[1])).to(self.device)
         head.scene_mean.copy_(torch.as_tensor(scene_mean, dtype=torch.float32))
         head.train()
         iterations = self.budgeted_iterations(head, buffer, time_left_s, planned_size)

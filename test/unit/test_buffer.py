@@ -272,4 +272,5 @@ def test_geometry_tables():
     np.testing.assert_allclose(cam_from_world[0].numpy(), first.cam_from_world[:3], rtol=1e-6)
     np.testing.assert_allclose(K[1].numpy(), second.K, rtol=1e-6)
     torch.testing.assert_close(K @ K_inv, torch.eye(3).expand(2, 3, 3), atol=1e-5, rtol=0)
-    assert buffer.nbytes() == 100 * 8 * 2 + 100 * 2 * 4 + 100 * 4
+    # features, pixels, image index and the triangulated targets (3 float32, NaN when none)
+    assert buffer.nbytes() == 100 * 8 * 2 + 100 * 2 * 4 + 100 * 4 + 100 * 3 * 4
