@@ -166,10 +166,13 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     'default': {},
     # A fixed budget for any scene size, under 10 minutes on a 2-core CPU: a 512k-cell buffer
     # (~500 image encodings: one pass over a 500-frame scene, more augmented passes over
-    # smaller ones) and up to 1500 iterations, fewer where they would not fit in 9 minutes
-    # (a CPU without native bf16 encodes and trains ~3.5x slower).
-    'cpu': {'buffer_size': 512_000, 'max_buffer_passes': 10, 'epochs': 16.0,
-            'max_iterations': 1500, 'time_budget_s': 540.0},
+    # smaller ones); a 256-wide head (~30 % of the 512-wide head's arithmetic per cell, so
+    # ~3x the iterations in the same time) warm-started by triangulated targets; as many
+    # iterations as fit in 9 minutes, at most 5000 (issue 13, benchmarks/RESULTS.md: TUM
+    # split at an AVX2 CPU's compute 79.1 -> 86.6 % within 5cm/5deg).
+    'cpu': {'buffer_size': 512_000, 'max_buffer_passes': 10, 'epochs': 50.0,
+            'max_iterations': 5000, 'time_budget_s': 540.0, 'head_channels': 256,
+            'triangulate': True},
     # Tests and smoke runs: tiny images, few iterations.
     # Float features: int8's speed matters little there, and tests run the same everywhere.
     'tiny': {'image_height': 240, 'max_buffer_passes': 1, 'samples_per_image': 512,
