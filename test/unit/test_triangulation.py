@@ -63,13 +63,19 @@ def test_pairs_look_the_same_way_and_have_a_baseline():
     assert not any(3 in pair for pair in pairs)
 
 
-def test_targets_reach_the_cells_that_see_them_after_augmentation():
+def _augmented_view(name: str, seed: int) -> tuple:
+    """A 160x120 posed frame and its augmented encoder input (scaled, rotated)."""
     K = np.array([[200.0, 0, 79.5], [0, 200.0, 59.5], [0, 0, 1]])
     world_from_cam = geometry.make_pose(geometry.axis_angle_to_matrix([0.1, 0.2, 0.0]),
                                         [0.5, -0.2, 1.0])
-    frame = Frame('f', np.full((120, 160, 3), 128, np.uint8), K, world_from_cam)
+    frame = Frame(name, np.full((120, 160, 3), 128, np.uint8), K, world_from_cam)
     cfg = mapping_config('tiny', image_height=120)
-    prepared = prepare_image(frame, 120, np.random.default_rng(4), cfg)
+    return frame, prepare_image(frame, 120, np.random.default_rng(seed), cfg)
+
+
+def test_targets_reach_the_cells_that_see_them_after_augmentation():
+    frame, prepared = _augmented_view('f', 4)
+    world_from_cam = frame.world_from_cam
     rng = np.random.default_rng(0)
     cam_points = np.c_[rng.uniform(-0.5, 0.5, (40, 2)), rng.uniform(1.5, 3.0, 40)]
     world = geometry.transform_points(world_from_cam, cam_points)
@@ -132,12 +138,8 @@ def test_target_weight_fades_out_by_its_share_of_training():
 def test_targets_attach_to_cells_encoded_before_the_points_existed():
     """Online mapping encodes keyframes as they arrive and triangulates at ~/finish: the
     cells already sampled get their targets afterwards, on their cell centre's ray."""
-    K = np.array([[200.0, 0, 79.5], [0, 200.0, 59.5], [0, 0, 1]])
-    world_from_cam = geometry.make_pose(geometry.axis_angle_to_matrix([0.1, 0.2, 0.0]),
-                                        [0.5, -0.2, 1.0])
-    frame = Frame('kf-7', np.full((120, 160, 3), 128, np.uint8), K, world_from_cam)
-    cfg = mapping_config('tiny', image_height=120)
-    prepared = prepare_image(frame, 120, np.random.default_rng(3), cfg)
+    frame, prepared = _augmented_view('kf-7', 3)
+    K, world_from_cam = frame.K, frame.world_from_cam
     buffer = TrainingBuffer(1000, CPU)
     rows, cols = valid_cells(prepared.valid).shape
     buffer.add_image(prepared, torch.randn(512, rows, cols), 150,
