@@ -494,3 +494,20 @@ def test_time_budget_counts_from_finish_queued_keyframes_included(
     # Encoding the queue is buffer work: it counts towards the buffer's share, not training's.
     share = mapper_module.BUFFER_SHARE_OF_BUDGET
     assert fill_buffer_deadlines[0] - started == pytest.approx(share * 100.0, abs=0.3)
+
+
+def test_keyframes_encoded_while_collecting_get_triangulated_targets(tmp_path, caplog):
+    """With `triangulate`, the cells of the first pass (encoded as keyframes arrived, before
+    any point existed) get their targets at finish."""
+    scene = SyntheticSceneConfig(seed=1, width=320, height=240, focal=262.5, n_train=12,
+                                 n_test=0)
+    train = list(generate_frames(scene, 'train'))
+    session = _session(tmp_path, cfg=_cfg(image_height=240, samples_per_image=200,
+                                          triangulate=True, max_buffer_passes=1))
+    _collect(session, train)
+    with caplog.at_level(logging.INFO, logger='ace_ros.core.mapper'):
+        session.finish()
+    assert session.state == 'done'
+    attached = [r.getMessage() for r in caplog.records
+                if 'already in the buffer got a triangulated target' in r.getMessage()]
+    assert attached and int(attached[0].split()[0]) >= 10 * len(train), attached
