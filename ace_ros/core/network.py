@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Dict, Mapping
+from typing import Dict, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
@@ -89,6 +89,10 @@ class HeadConfig:
     #: projection + ReLU narrows them first. A 256-wide head on 512 features costs ~30 % of
     #: the 512-wide head's arithmetic (training on a CPU).
     in_channels: int = 0
+    #: Width of the per-image context vector added to the first layer (0: none). The context
+    #: is `global_context` of the image's features: local features alone cannot tell apart
+    #: surfaces that look alike (a room seen from all sides), the image's mean feature can.
+    context_channels: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -135,9 +139,11 @@ class Head(nn.Module):
         self.config = config
         c = config.channels
         # Created only when used, so heads as ACE describes them keep its layout's keys.
-        self._project = config.in_channels not in (0, c)
+        self._project = config.in_channels not in (0, c) or config.context_channels > 0
         if self._project:
-            self.inp = nn.Conv2d(config.in_channels, c, 1)
+            self.inp = nn.Conv2d(config.in_channels or c, c, 1)
+        if config.context_channels:
+            self.ctx = nn.Conv2d(config.context_channels, c, 1)
         self.blocks = nn.ModuleList(_ResBlock(c) for _ in range(1 + config.num_blocks))
         self.fc1 = nn.Conv2d(c, c, 1)
         self.fc2 = nn.Conv2d(c, c, 1)
@@ -146,12 +152,24 @@ class Head(nn.Module):
         # softplus(0, beta) + 1/max_s == 1: an untrained head starts at h = 1.
         self._beta = math.log(2) / (1.0 - 1.0 / config.max_inv_scale)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, context: Optional[torch.Tensor] = None,
+                context_index: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Scene coordinates of `features`: (N, C) cells or (B, C, H, W) feature maps.
+
+        A head with context (`config.context_channels`) takes each cell's image context:
+        `context` (N, Cc) per cell, (Cc,) for all cells, or (M, Cc) per image with
+        `context_index` (N,) naming each cell's image (training: the projection then runs
+        once per image, not per cell). Without `context`, flat `features` are taken to be
+        the cells of one image and a map each its own image: their `global_context`.
+        """
         x = features
         if not torch.is_autocast_enabled(x.device.type):
             x = x.to(self.out.weight.dtype)  # the buffer's fp16 features into an fp32 head
         if self._project:
-            x = F.relu(_pointwise(self.inp, x))
+            x = _pointwise(self.inp, x)
+            if self.config.context_channels:
+                x = x + self._context_term(features, context, context_index).to(x.dtype)
+            x = F.relu(x)
         for block in self.blocks:
             x = block(x)
         x = F.relu(_pointwise(self.fc1, x))
@@ -162,6 +180,20 @@ class Head(nn.Module):
         mean = self.scene_mean if out.dim() == 2 else self.scene_mean[:, None, None]
         return out[:, :3] / h + mean
 
+    def _context_term(self, features: torch.Tensor, context: Optional[torch.Tensor],
+                      context_index: Optional[torch.Tensor]) -> torch.Tensor:
+        """The context's contribution to the first layer, shaped to add to its output."""
+        if context is None:
+            context = global_context(features)  # (C,) or (B, C)
+        context = context.to(self.ctx.weight.dtype)
+        term = F.linear(context.reshape(-1, context.shape[-1]), self.ctx.weight.flatten(1),
+                        self.ctx.bias)
+        if features.dim() == 4:
+            return term.reshape(-1, term.shape[1], 1, 1)
+        if context_index is not None:
+            return term[context_index]
+        return term  # (N, c) per cell or (1, c) for all
+
     def forward_image(self, features: torch.Tensor) -> torch.Tensor:
         """(B, 512, H, W) -> (B, 3, H, W); the same as `forward` on a feature map."""
         if features.dim() != 4:
@@ -171,6 +203,13 @@ class Head(nn.Module):
     def weights(self) -> Dict[str, torch.Tensor]:
         """The learned tensors (everything but the scene mean), for the map file."""
         return {k: v for k, v in self.state_dict().items() if k != 'scene_mean'}
+
+
+def global_context(features: torch.Tensor) -> torch.Tensor:
+    """An image's context vector: the mean of its cells' features scaled to norm sqrt(C)
+    (about the size of one cell's feature). (N, C) cells -> (C,); (B, C, H, W) -> (B, C)."""
+    mean = features.float().mean(dim=(2, 3) if features.dim() == 4 else 0)
+    return mean * (features.shape[1] ** 0.5) / mean.norm(dim=-1, keepdim=True).clamp(min=1e-6)
 
 
 def image_to_network_input(gray: torch.Tensor) -> torch.Tensor:

@@ -48,7 +48,8 @@ def int8_head(head: Head) -> Head:
     quantization = _quantization()
     linear = copy.deepcopy(head).float().cpu().eval()
     for name, module in list(linear.named_modules()):
-        if isinstance(module, nn.Conv2d) and name != 'out':
+        # The context layer runs once per image (nothing to gain) and stays fp32 like `out`.
+        if isinstance(module, nn.Conv2d) and name not in ('out', 'ctx'):
             layer = nn.Linear(module.in_channels, module.out_channels)
             layer.weight.data.copy_(module.weight.detach().flatten(1))
             layer.bias.data.copy_(module.bias.detach())

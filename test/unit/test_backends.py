@@ -213,16 +213,20 @@ def test_encoder_precision_choice(monkeypatch):
     assert device_lib.resolve_backend('auto', cpu, map_encoder='int8') == 'openvino'
 
 
-def test_a_narrow_head_maps_saves_and_runs_on_every_backend(tmp_path):
-    """head_channels 256: the map records it, the file round-trips, and PyTorch, OpenVINO and
-    the int8 head predict the same scene coordinates from it."""
+@pytest.mark.parametrize('global_context', [False, True])
+def test_a_narrow_head_maps_saves_and_runs_on_every_backend(tmp_path, global_context):
+    """head_channels 256, with and without each image's context: the map records it, the
+    file round-trips, and PyTorch, OpenVINO and the int8 head predict the same scene
+    coordinates from it (the context, a mean over the image, computed in each backend)."""
     from ace_ros.core.mapfile import load_map, save_map
     frames = list(generate_frames(SCENE, 'train'))
     cfg = mapping_config('tiny', image_height=HEIGHT, max_iterations=10, device='cpu',
-                         encoder='random:0', head_channels=256)
+                         encoder='random:0', head_channels=256, global_context=global_context)
     scene_map, _, _ = map_frames(frames, cfg)
     assert scene_map.head_config['channels'] == 256
     assert tuple(scene_map.head_state['inp.weight'].shape) == (256, 512, 1, 1)
+    assert scene_map.head_config['context_channels'] == (512 if global_context else 0)
+    assert ('ctx.weight' in scene_map.head_state) == global_context
     path = tmp_path / 'narrow.ace'
     save_map(str(path), scene_map)
     loaded = load_map(str(path))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from ace_ros.core.network import cell_centers, check_encoder_state, Encoder, ENCODER_SHAPES, \
-    Head, HeadConfig, image_to_network_input
+    global_context, Head, HeadConfig, image_to_network_input
 from ace_ros.core.weights import random_encoder_state
 import pytest
 import torch
@@ -175,6 +175,33 @@ def test_head_forward_image_equals_forward_on_flat_features(device):
         for b, i, j in [(0, 0, 0), (0, 2, 4), (1, 1, 3), (1, 2, 0)]:
             single = head(features[b, :, i, j][None])[0]
             torch.testing.assert_close(image[b, :, i, j], single, rtol=1e-5, atol=1e-5)
+
+
+def test_head_context_is_each_images_mean_feature_on_every_path():
+    """A head with context: a feature map, the image's flat cells, the context given per
+    cell and the context given per image with an index all predict the same; the context
+    changes the prediction; a head without it keeps ACE's layout (no inp/ctx layers)."""
+    torch.manual_seed(0)
+    head = Head(HeadConfig(channels=16, in_channels=32, context_channels=32))
+    features = torch.randn(2, 32, 3, 4)
+    with torch.no_grad():
+        image = head.forward_image(features)
+        for b in range(2):
+            flat = features[b].reshape(32, -1).T
+            expected = image[b].reshape(3, -1).T
+            context = global_context(flat)
+            assert float(context.norm()) == pytest.approx(32 ** 0.5, rel=1e-5)
+            torch.testing.assert_close(head(flat), expected, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(head(flat, context.expand(12, -1)), expected,
+                                       rtol=1e-5, atol=1e-5)
+            table = torch.stack([torch.randn(32), context])
+            torch.testing.assert_close(head(flat, table, torch.ones(12, dtype=torch.long)),
+                                       expected, rtol=1e-5, atol=1e-5)
+            other = head(flat, table, torch.zeros(12, dtype=torch.long))
+            assert (other - expected).abs().max() > 1e-3
+    torch.testing.assert_close(global_context(features)[1],
+                               global_context(features[1].reshape(32, -1).T))
+    assert not any(k.startswith(('inp.', 'ctx.')) for k in Head(HeadConfig()).state_dict())
 
 
 def test_head_forward_equals_conv2d_layers():
