@@ -18,7 +18,8 @@ import torch
 from ace_ros.core import geometry
 from ace_ros.core.config import MappingConfig
 from ace_ros.core.device import autocast
-from ace_ros.core.network import ENCODER_STRIDE, Encoder, cell_centers, image_to_network_input
+from ace_ros.core.network import (cell_centers, ENCODER_STRIDE, Encoder, global_context,
+                                  image_to_network_input)
 from ace_ros.core.types import Frame
 
 _logger = logging.getLogger(__name__)
@@ -138,6 +139,8 @@ class TrainingBuffer:
                                   device=device)
         self._cam_from_world: list = []
         self._K: list = []
+        #: Each image's `global_context` (over its valid cells), for heads with context.
+        self._context: list = []
         #: Name of the frame each encoded image came from ('' when not given).
         self.sources: list = []
         self.size = 0
@@ -187,6 +190,7 @@ class TrainingBuffer:
         self.image_index[sl] = len(self._K)
         self._cam_from_world.append(encoded.cam_from_world[:3])
         self._K.append(encoded.K)
+        self._context.append(global_context(features.reshape(c, h * w)[:, candidates].T))
         self.sources.append(source)
         self.size += n
         return n
@@ -228,6 +232,10 @@ class TrainingBuffer:
         return (cam_from_world.to(self.device),
                 torch.tensor(K, dtype=torch.float32, device=self.device),
                 torch.tensor(np.linalg.inv(K), dtype=torch.float32, device=self.device))
+
+    def context_table(self) -> torch.Tensor:
+        """(M, 512) float32: each encoded image's context vector, on the device."""
+        return torch.stack(self._context).to(self.device)
 
     def nbytes(self) -> int:
         return (self.features.numel() * 2 + self.pixels.numel() * 4

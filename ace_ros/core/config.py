@@ -49,6 +49,13 @@ class MappingConfig:
     target_weight: float = _f(1.0, 'weight of the triangulated targets\' loss at the start')
     target_until: float = _f(0.7, 'share of training after which the targets are not used '
                              '(their weight fades out over the second half of it)')
+    # image context (GLACE-style): which part of the scene an image sees
+    global_context: bool = _f(False, "give the head each image's mean feature as context: "
+                              'surfaces that look alike locally (a room seen from all sides) '
+                              'are told apart by the rest of the image')
+    context_noise: float = _f(0.3, 'std of the Gaussian noise added to each channel of an '
+                              "image's context in training (the context has norm "
+                              'sqrt(512), ~1 per channel)')
     # optimisation
     batch_size: int = _f(5120, 'samples per iteration')
     epochs: float = _f(16.0, 'passes over the buffer (sets the iteration count)')
@@ -98,6 +105,8 @@ class MappingConfig:
                              f'{self.target_weight}, {self.target_until}')
         if not 0 < self.head_channels <= 512:
             raise ValueError(f'head_channels must be in 1..512, got {self.head_channels}')
+        if self.context_noise < 0:
+            raise ValueError(f'context_noise must be >= 0, got {self.context_noise}')
         if self.max_iterations < 0 or self.head_blocks < 0 or self.time_budget_s < 0:
             raise ValueError('max_iterations, head_blocks and time_budget_s must be >= 0')
 

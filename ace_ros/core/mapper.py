@@ -276,8 +276,11 @@ class Mapper:
         """
         cfg = self.cfg
         begin = time.perf_counter()
+        feature_dim = buffer.features.shape[1]
         head = Head(HeadConfig(num_blocks=cfg.head_blocks, channels=cfg.head_channels,
-                               in_channels=buffer.features.shape[1])).to(self.device)
+                               in_channels=feature_dim,
+                               context_channels=feature_dim if cfg.global_context else 0)
+                    ).to(self.device)
         head.scene_mean.copy_(torch.as_tensor(scene_mean, dtype=torch.float32))
         head.train()
         iterations = self.budgeted_iterations(head, buffer, time_left_s, planned_size)
@@ -292,6 +295,7 @@ class Mapper:
         use_scaler = self.device.type == 'cuda' and cfg.mixed_precision
         scaler = torch.amp.GradScaler('cuda', enabled=use_scaler)
         cam_from_world, K, K_inv = buffer.geometry_tables()
+        contexts = buffer.context_table() if cfg.global_context else None
         batch = min(cfg.batch_size, buffer.size)
         order = torch.randperm(buffer.size, generator=self._torch_rng).to(self.device)
         cursor = 0
@@ -324,8 +328,14 @@ class Mapper:
             index = order[cursor:cursor + batch]
             cursor += batch
             image = buffer.image_index[index].long()
+            context = None
+            if contexts is not None:
+                # Noise on each image's context, new every step, so that the head cannot
+                # learn an image by its context and must still read the local features.
+                context = contexts + cfg.context_noise * torch.randn(
+                    contexts.shape, generator=self._torch_rng).to(self.device)
             with device_lib.autocast(self.device, cfg.mixed_precision):
-                points = head(buffer.features[index])
+                points = head(buffer.features[index], context, image)
             out = reprojection_loss(
                 points, buffer.pixels[index], cam_from_world[image], K[image], K_inv[image],
                 tau=soft_clamp_tau(iteration / iterations, cfg.loss_tau_max, cfg.loss_tau_min),

@@ -12,7 +12,7 @@ import torch
 
 from ace_ros import cli
 from ace_ros.core import geometry
-from ace_ros.core.buffer import TrainingBuffer, encode, prepare_image
+from ace_ros.core.buffer import EncoderInput, TrainingBuffer, encode, prepare_image
 from ace_ros.core.config import PRESETS, LocalizationConfig, mapping_config
 from ace_ros.core.localizer import Localizer, pose_errors
 from ace_ros.core.mapfile import load_map
@@ -337,3 +337,65 @@ def test_a_synthetic_room_maps_and_localizes_to_a_stated_accuracy():
         within = (errors[:, 0] < 0.10) & (errors[:, 1] < 5.0)
         assert within.sum() >= 6, (head_precision, errors)
         assert np.median(errors[:, 0]) < 0.10, (head_precision, errors)
+
+
+def _mirrored_walls_buffer(n_per_side: int = 8) -> tuple:
+    """Two walls that look alike cell for cell: cameras around z = -1 face the wall at
+    z = +2 and cameras around z = +1, turned by 180 degrees, the wall at z = -2, whose
+    texture is the first one's mirror image, so a cell's features (Fourier features of its
+    wall coordinates) name its point only up to that mirror. A random fifth of each image's
+    cells also carries a mark of its wall (a landmark), which tells the walls apart in an
+    image's mean feature but leaves the other cells ambiguous.
+
+    Returns the buffer and the true world point of each of its cells."""
+    height, width = 96, 128
+    K = np.array([[100.0, 0.0, 63.5], [0.0, 100.0, 47.5], [0.0, 0.0, 1.0]])
+    rng = np.random.default_rng(0)
+    projection = torch.randn(2, 240, generator=torch.Generator().manual_seed(0)) * 3.0
+    mark = torch.zeros(32)
+    mark[::2] = 3.0
+    buffer = TrainingBuffer(2 * n_per_side * 192, torch.device('cpu'))
+    truth = []
+    centers = cell_centers(height, width).reshape(2, -1).T.numpy().astype(np.float64)
+    rays = (np.linalg.inv(K) @ np.c_[centers, np.ones(len(centers))].T).T
+    for side in (1.0, -1.0):
+        turn = geometry.axis_angle_to_matrix(np.array([0.0, np.pi if side < 0 else 0.0, 0.0]))
+        for _ in range(n_per_side):
+            centre = rng.uniform(-0.3, 0.3, 3) - np.array([0.0, 0.0, side])
+            world_from_cam = geometry.make_pose(turn, centre)
+            directions = rays @ turn.T
+            world = centre + directions * ((2.0 * side - centre[2]) / directions[:, 2:3])
+            wall = torch.tensor(np.c_[side * world[:, 0], world[:, 1]], dtype=torch.float32)
+            angles = wall @ projection
+            features = torch.cat([angles.sin(), angles.cos(), torch.zeros(len(world), 32)], 1)
+            landmarks = torch.from_numpy(rng.random(len(world)) < 0.2)
+            features[landmarks, 480:] = side * mark
+            encoded = EncoderInput(np.zeros((height, width), np.float32), K,
+                                   geometry.invert_pose(world_from_cam),
+                                   np.ones((height, width), bool))
+            start = buffer.size
+            buffer.add_image(encoded, features.T.reshape(512, height // 8, width // 8), 192,
+                             torch.Generator().manual_seed(1))
+            cells = ((buffer.pixels[start:buffer.size] - 3.5) / 8).round().long()
+            truth.append(world[(cells[:, 1] * (width // 8) + cells[:, 0]).numpy()])
+    return buffer, torch.tensor(np.concatenate(truth), dtype=torch.float32)
+
+
+def test_image_context_tells_apart_surfaces_that_look_alike():
+    """On the mirrored walls, a head without context cannot place the ambiguous cells (no
+    point fits both walls), even with every second cell's true point as a target; with
+    each image's context it places the cells of both."""
+    buffer, truth = _mirrored_walls_buffer()
+    buffer.targets[:buffer.size:2] = truth[::2]  # as triangulation would give them
+    image = buffer.image_index[:buffer.size].long()
+    within = {}
+    for context in (False, True):
+        cfg = mapping_config('tiny', image_height=96, batch_size=512, max_iterations=300,
+                             epochs=100.0, head_channels=128, global_context=context)
+        head, _, _, _ = Mapper(cfg, None, torch.device('cpu')).train(buffer, np.zeros(3))
+        with torch.no_grad():
+            points = head(buffer.features[:buffer.size],
+                          buffer.context_table() if context else None,
+                          image if context else None)
+        within[context] = float(((points - truth).norm(dim=1) < 0.1).float().mean())
+    assert within[True] > 0.8 and within[False] < 0.5, within
