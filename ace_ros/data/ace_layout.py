@@ -3,11 +3,15 @@
 A scene folder holds `rgb/`, `poses/` and `calibration/`, either directly (a *flat* scene)
 or under `train/` and `test/` split folders::
 
-    <scene>/[<split>/]rgb/<name>.png|.jpg|.jpeg   colour image
-    <scene>/[<split>/]poses/<name>.txt            4x4 camera-to-world matrix
-    <scene>/[<split>/]calibration/<name>.txt      focal length (1 number) or 3x3 K
+    <scene>/[<split>/]rgb/<id>[.color].png|.jpg|.jpeg     colour image
+    <scene>/[<split>/]poses/<id>[.pose].txt               4x4 camera-to-world matrix
+    <scene>/[<split>/]calibration/<id>[.calibration].txt  focal length (1 number) or 3x3 K
 
-Files are matched by name (file stem). `poses/` may be absent (frames without poses).
+Files are matched by id: the file stem less one of ID_SUFFIXES, so both the bare names this
+module writes (`f000.png`, `f000.txt`) and those of ACE's dataset setup scripts
+(`frame-000000.color.png`, `frame-000000.pose.txt`, `frame-000000.calibration.txt`) pair up.
+Frames are named by their id. `poses/` may be absent (frames without poses); `depth/`, and
+depth images (`<id>.depth.png`) in `rgb/`, are ignored.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ _logger = logging.getLogger(__name__)
 RGB_EXTENSIONS = ('.png', '.jpg', '.jpeg')
 SPLITS = ('train', 'test')
 LAYOUT_DIRS = ('rgb', 'poses', 'calibration')
+#: Stem suffixes dropped to get a file's id (ACE's setup scripts name files like this).
+ID_SUFFIXES = ('.color', '.pose', '.calibration', '.depth')
 
 
 def is_ace_scene(path: str | Path) -> bool:
@@ -52,8 +58,9 @@ class AceLayoutSource(FrameSource):
         root: a flat scene, or one split folder of a scene (e.g. `<scene>/train`).
 
     Raises:
-        ValueError: if a folder is missing, the file names of rgb/, poses/ and calibration/
-            differ, or a pose or calibration file is malformed.
+        ValueError: if a folder is missing, the file ids of rgb/, poses/ and calibration/
+            differ (the message names the unmatched ids), or a pose or calibration file is
+            malformed.
     """
 
     def __init__(self, root: str | Path) -> None:
@@ -142,24 +149,46 @@ def write_ace_scene(out_dir: str | Path, frames: Iterable[Frame],
     return target
 
 
+def file_id(path: Path) -> str:
+    """A layout file's id: its stem less one of ID_SUFFIXES ('frame-0.color.png' -> 'frame-0')."""
+    stem = path.stem
+    for suffix in ID_SUFFIXES:
+        if stem.endswith(suffix) and len(stem) > len(suffix):
+            return stem[:-len(suffix)]
+    return stem
+
+
 def _rgb_files(folder: Path) -> dict[str, Path]:
     files = sorted(p for p in folder.iterdir()
                    if p.is_file() and p.suffix.lower() in RGB_EXTENSIONS)
-    by_name: dict[str, Path] = {}
+    by_id: dict[str, Path] = {}
     for path in files:
-        if path.stem in by_name:
-            raise ValueError(f'{folder}: two images named {path.stem!r}: '
-                             f'{by_name[path.stem].name} and {path.name}')
-        by_name[path.stem] = path
-    if not by_name:
+        if path.stem.endswith('.depth'):
+            # Depth maps share the colour image's id; a colour-only reader skips them.
+            continue
+        key = file_id(path)
+        if key in by_id:
+            raise ValueError(f'{folder}: two images with id {key!r}: '
+                             f'{by_id[key].name} and {path.name}')
+        by_id[key] = path
+    if not by_id:
         raise ValueError(f'{folder}: no images; expected files ending in {RGB_EXTENSIONS}')
-    return dict(sorted(by_name.items()))
+    return dict(sorted(by_id.items()))
 
 
 def _text_files(folder: Path) -> dict[str, Path]:
     if not folder.is_dir():
         raise ValueError(f'{folder}: folder missing')
-    return {p.stem: p for p in sorted(folder.glob('*.txt')) if p.is_file()}
+    by_id: dict[str, Path] = {}
+    for path in sorted(folder.glob('*.txt')):
+        if not path.is_file():
+            continue
+        key = file_id(path)
+        if key in by_id:
+            raise ValueError(f'{folder}: two files with id {key!r}: '
+                             f'{by_id[key].name} and {path.name}')
+        by_id[key] = path
+    return by_id
 
 
 def _check_same_names(root: Path, rgb_names: list[str], other_names: list[str],
@@ -169,8 +198,8 @@ def _check_same_names(root: Path, rgb_names: list[str], other_names: list[str],
     missing = sorted(set(rgb_names) - set(other_names))
     extra = sorted(set(other_names) - set(rgb_names))
     raise ValueError(f'{root}: {len(rgb_names)} images but {len(other_names)} {kind} files; '
-                     f'images without a {kind} file: {missing[:5]}, {kind} files without an '
-                     f'image: {extra[:5]}')
+                     f'ids of images without a {kind} file: {missing[:5]}, of {kind} files '
+                     f'without an image: {extra[:5]} (ids are file stems less {ID_SUFFIXES})')
 
 
 def _read_calibration(path: Path) -> npt.NDArray[np.float64]:
