@@ -126,22 +126,30 @@ def block_split(n: int, block: int, parity: int) -> list[int]:
 
 
 class Undistorter:
-    """Removes lens distortion keeping the same K (OpenCV model), caching maps per size.
+    """Removes lens distortion keeping the same K (OpenCV models), caching maps per size.
 
     Args:
         K: (3, 3) intrinsics of the distorted image; also those of the undistorted one.
-        dist_coeffs: OpenCV distortion coefficients (k1 k2 p1 p2 [k3 [k4 k5 k6 ...]]).
+        dist_coeffs: OpenCV distortion coefficients: k1 k2 p1 p2 [k3 [k4 k5 k6 ...]], or
+            k1 k2 k3 k4 with `fisheye`.
+        fisheye: the image follows OpenCV's fisheye model (`cv2.fisheye`: equidistant
+            projection, theta_d = theta (1 + k1 theta^2 + ... + k4 theta^8)).
     """
 
-    def __init__(self, K: npt.ArrayLike, dist_coeffs: npt.ArrayLike) -> None:
+    def __init__(self, K: npt.ArrayLike, dist_coeffs: npt.ArrayLike,
+                 fisheye: bool = False) -> None:
         self.K = np.array(K, dtype=np.float64)
         self.dist_coeffs = np.array(dist_coeffs, dtype=np.float64).reshape(-1)
+        self.fisheye = bool(fisheye)
+        if self.fisheye and self.dist_coeffs.size != 4:
+            raise ValueError(f'fisheye distortion takes 4 coefficients (k1 k2 k3 k4), got '
+                             f'{self.dist_coeffs.size}')
         self._maps: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
 
     @property
     def distorted(self) -> bool:
-        """Whether `__call__` changes images (some coefficient is non-zero)."""
-        return bool(np.any(self.dist_coeffs != 0))
+        """Whether `__call__` changes images (fisheye, or some coefficient is non-zero)."""
+        return self.fisheye or bool(np.any(self.dist_coeffs != 0))
 
     def __call__(self, image: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
         """(H, W, C) image -> the same image undistorted (returned as is when undistorted)."""
@@ -150,8 +158,13 @@ class Undistorter:
         height, width = image.shape[:2]
         if (width, height) not in self._maps:
             # The new camera matrix is K itself, so the undistorted image keeps K.
-            self._maps[(width, height)] = cv2.initUndistortRectifyMap(
-                self.K, self.dist_coeffs, None, self.K, (width, height), cv2.CV_16SC2)
+            if self.fisheye:
+                maps = cv2.fisheye.initUndistortRectifyMap(
+                    self.K, self.dist_coeffs, np.eye(3), self.K, (width, height), cv2.CV_16SC2)
+            else:
+                maps = cv2.initUndistortRectifyMap(
+                    self.K, self.dist_coeffs, None, self.K, (width, height), cv2.CV_16SC2)
+            self._maps[(width, height)] = maps
         map_x, map_y = self._maps[(width, height)]
         return cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR)
 

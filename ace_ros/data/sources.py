@@ -7,14 +7,16 @@ from typing import Any, Optional
 
 from ace_ros.data.ace_layout import ace_splits, AceLayoutSource, is_ace_scene
 from ace_ros.data.base import block_split, FrameSource, Subset
+from ace_ros.data.colmap import ColmapSource, is_colmap_model
 from ace_ros.data.rosbag_source import is_rosbag, RosbagSource
 from ace_ros.data.seven_scenes import is_seven_scenes, SevenScenesSource
 from ace_ros.data.tum import is_tum_sequence, TumSource
 
-FORMATS = ('ace', 'seven_scenes', 'tum', 'rosbag')
+FORMATS = ('ace', 'seven_scenes', 'tum', 'colmap', 'rosbag')
 SPLITS = ('train', 'test')
-#: Sequences (TUM, ROS bags) have no official split: alternate blocks of this many frames,
-#: the even blocks (starting with the first) for mapping ('train') and the odd ones as queries.
+#: Sequences (TUM, ROS bags) and COLMAP models have no official split: alternate blocks of
+#: this many frames, the even blocks (starting with the first) for mapping ('train') and the
+#: odd ones as queries.
 SEQUENCE_SPLIT_BLOCK = 25
 
 
@@ -34,13 +36,16 @@ def detect_format(path: str | Path) -> str:
         return 'ace'
     if is_tum_sequence(path):
         return 'tum'
+    if is_colmap_model(path):
+        return 'colmap'
     if is_seven_scenes(path):
         return 'seven_scenes'
     raise ValueError(
         f'{path}: unknown dataset layout; looked for ACE (rgb/ and calibration/ folders, '
         f'directly or under train/ or test/), TUM (rgb.txt) and 7-Scenes (TrainSplit.txt, '
-        f'TestSplit.txt or seq-XX/frame-XXXXXX.color.png) and rosbag2 (metadata.yaml, '
-        f'.mcap or .db3)')
+        f'TestSplit.txt or seq-XX/frame-XXXXXX.color.png), COLMAP (cameras and images .txt '
+        f'or .bin, directly or in sparse/0 or sparse) and rosbag2 (metadata.yaml, .mcap or '
+        f'.db3)')
 
 
 def open_source(path: str | Path, fmt: str = 'auto', split: Optional[str] = None,
@@ -48,16 +53,17 @@ def open_source(path: str | Path, fmt: str = 'auto', split: Optional[str] = None
     """Open a dataset folder or ROS bag as a FrameSource.
 
     Args:
-        path: scene or sequence folder, rosbag2 folder or ROS 1 `.bag`.
+        path: scene or sequence folder, COLMAP scene or model folder, rosbag2 folder or
+            ROS 1 `.bag`.
         fmt: one of FORMATS, or 'auto' to call `detect_format`.
         split: None for all frames, or 'train' / 'test':
             - ACE layout: the `train/` or `test/` folder (None for a flat scene, or a scene
               with a single split folder);
             - 7-Scenes: the sequences listed in TrainSplit.txt / TestSplit.txt;
-            - TUM, ROS bags: alternate blocks of SEQUENCE_SPLIT_BLOCK frames (see
-              `block_split`).
-        **kwargs: passed to the reader (`SevenScenesSource`, `TumSource`, `RosbagSource`),
-            e.g. `K` or `image_topic`.
+            - TUM, COLMAP (frames in image-name order), ROS bags: alternate blocks of
+              SEQUENCE_SPLIT_BLOCK frames (see `block_split`).
+        **kwargs: passed to the reader (`SevenScenesSource`, `TumSource`, `ColmapSource`,
+            `RosbagSource`), e.g. `K`, `images` or `image_topic`.
 
     Raises:
         ValueError: for an unknown format or split, or a split the folder does not have.
@@ -73,8 +79,14 @@ def open_source(path: str | Path, fmt: str = 'auto', split: Optional[str] = None
         return AceLayoutSource(_ace_folder(path, split))
     if fmt == 'seven_scenes':
         return SevenScenesSource(path, split=split, **kwargs)
-    if fmt in ('tum', 'rosbag'):
-        source = TumSource(path, **kwargs) if fmt == 'tum' else RosbagSource(path, **kwargs)
+    if fmt in ('tum', 'colmap', 'rosbag'):
+        source: FrameSource
+        if fmt == 'tum':
+            source = TumSource(path, **kwargs)
+        elif fmt == 'colmap':
+            source = ColmapSource(path, **kwargs)
+        else:
+            source = RosbagSource(path, **kwargs)
         if split is None:
             return source
         return Subset(source, block_split(len(source), SEQUENCE_SPLIT_BLOCK,

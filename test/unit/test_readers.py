@@ -316,7 +316,7 @@ def test_detect_format_unknown(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         detect_format(tmp_path / 'missing')
     with pytest.raises(ValueError, match='fmt must be one of'):
-        open_source(tmp_path, fmt='colmap')
+        open_source(tmp_path, fmt='nvm')
 
 
 def test_frame_drops_negligible_skew_and_refuses_real_skew() -> None:
