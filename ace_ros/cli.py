@@ -18,7 +18,7 @@ import numpy as np
 
 from ace_ros import __version__
 from ace_ros.cli_args import add_config_flags, config_from_args
-from ace_ros.core import geometry, metrics
+from ace_ros.core import metrics
 from ace_ros.core.config import LocalizationConfig, MappingConfig
 from ace_ros.core.mapper import Progress as _Progress, eta_text
 from ace_ros.core.types import Frame
@@ -202,18 +202,21 @@ def run_localize(map_path: str, frames, cfg: LocalizationConfig):
         yield frame, localizer.localize(frame)
 
 
+def evaluate_frames(map_path: str, frames, cfg: LocalizationConfig) -> list:
+    """Localize `frames` and score those with a ground-truth pose -> [FrameEvaluation]."""
+    from ace_ros.report import evaluate_frame
+    records = [evaluate_frame(index, frame, result) for index, (frame, result)
+               in enumerate(run_localize(map_path, frames, cfg))
+               if frame.world_from_cam is not None]  # others have nothing to score against
+    if not records:
+        raise ValueError('no query frame has a ground-truth pose to evaluate against')
+    return records
+
+
 def run_evaluate(map_path: str, frames, cfg: LocalizationConfig) -> Dict[str, float]:
     """Localize `frames` and score them against their ground-truth poses."""
-    from ace_ros.core.localizer import pose_errors
-    errors, timings = [], []
-    for frame, result in run_localize(map_path, frames, cfg):
-        if frame.world_from_cam is None:
-            continue  # no ground truth to score against
-        errors.append(pose_errors(result, frame.world_from_cam))
-        timings.append(result.timings_ms)
-    if not errors:
-        raise ValueError('no query frame has a ground-truth pose to evaluate against')
-    return metrics.summarize(errors, timings)
+    from ace_ros.report import summarize
+    return summarize(evaluate_frames(map_path, frames, cfg))
 
 
 def _write_json(path: Optional[str], data: Dict[str, Any]) -> None:
@@ -233,27 +236,27 @@ def cmd_map(args: argparse.Namespace) -> int:
 
 
 def cmd_localize(args: argparse.Namespace) -> int:
+    from ace_ros.report import LocalizedFrame, write_pose_file
     cfg = config_from_args(LocalizationConfig, args)
-    lines = ['# name qw qx qy qz tx ty tz inliers confidence (camera-to-world; failed frames '
-             'have success=0 and an identity pose)']
-    n_ok = 0
-    for frame, result in run_localize(args.map, _open_frames(args), cfg):
-        t, q = geometry.pose_to_translation_quaternion(result.world_from_cam)
-        lines.append(f'{frame.name} {q[3]:.8f} {q[0]:.8f} {q[1]:.8f} {q[2]:.8f} '
-                     f'{t[0]:.6f} {t[1]:.6f} {t[2]:.6f} {result.inlier_count} '
-                     f'{result.confidence:.4f}')
-        n_ok += result.success
-    Path(args.output).write_text('\n'.join(lines) + '\n')
-    _logger.info('%d of %d frames localized; poses written to %s', n_ok, len(lines) - 1,
-                 args.output)
+    localized = [LocalizedFrame(i, frame.name, frame.stamp, result) for i, (frame, result)
+                 in enumerate(run_localize(args.map, _open_frames(args), cfg))]
+    write_pose_file(Path(args.output), localized, args.pose_format)
+    _logger.info('%d of %d frames localized; poses written to %s (%s format)',
+                 sum(f.result.success for f in localized), len(localized), args.output,
+                 args.pose_format)
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ace_ros import report
     cfg = config_from_args(LocalizationConfig, args)
-    summary = run_evaluate(args.map, _open_frames(args), cfg)
+    records = evaluate_frames(args.map, _open_frames(args), cfg)
+    summary = report.summarize(records)
     print(metrics.format_table(summary))
     _write_json(args.json, summary)
+    if args.out:
+        report.write_evaluation(Path(args.out), records, summary)
+        _logger.info('per-frame CSV, TUM trajectories and plots written to %s', args.out)
     return 0
 
 
@@ -343,8 +346,14 @@ def cmd_play(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from ace_ros.core.mapfile import map_info
+    from ace_ros.core.mapfile import load_map, map_info
     print(json.dumps(map_info(args.map), indent=2, sort_keys=True))
+    if args.plot:
+        from ace_ros.report import plot_map
+        scene_map = load_map(args.map)
+        plot_map(Path(args.plot), scene_map.scene_mean.numpy(), len(scene_map.frame_names),
+                 scene_map.world_frame_id, note=os.path.basename(args.map))
+        _logger.info('map plot written to %s', args.plot)
     return 0
 
 
@@ -369,6 +378,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('map', help='map file (.ace)')
     _add_source_flags(p)
     p.add_argument('-o', '--output', required=True, metavar='POSES.txt')
+    p.add_argument('--pose-format', default='ace', choices=['ace', 'tum'],
+                   help="'ace': every frame, 'name qw qx qy qz tx ty tz inliers confidence'; "
+                   "'tum': localized frames, 'timestamp tx ty tz qx qy qz qw' (evo reads it); "
+                   'camera-to-world (default: ace)')
     add_config_flags(p, LocalizationConfig)
     p.set_defaults(func=cmd_localize)
 
@@ -376,6 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('map', help='map file (.ace)')
     _add_source_flags(p)
     p.add_argument('--json', metavar='OUT.json', help='write the summary here')
+    p.add_argument('--out', metavar='DIR', help='write frames.csv (per-frame errors), est.txt '
+                   'and gt.txt (TUM trajectories) and PNG plots into DIR')
     add_config_flags(p, LocalizationConfig)
     p.set_defaults(func=cmd_evaluate)
 
@@ -439,6 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser('info', help="print a map file's metadata")
     p.add_argument('map', help='map file (.ace)')
+    p.add_argument('--plot', metavar='OUT.png', help='draw what the map records of the scene '
+                   '(its scene mean: map files hold no camera poses)')
     p.set_defaults(func=cmd_info)
     return parser
 
