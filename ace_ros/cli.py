@@ -274,10 +274,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     map_path = str(workdir / 'room.ace')
     map_cfg = mapping_config(args.preset, device=args.device, time_budget_s=args.time_budget_s)
     report = run_map(train, map_cfg, map_path)
-    # Localize at the height the preset mapped at, so small presets stay consistent.
     summary = run_evaluate(map_path, open_source(str(scene), split='test'),
-                           LocalizationConfig(device=args.device,
-                                              image_height=map_cfg.image_height))
+                           LocalizationConfig(device=args.device))
     summary.update({f'mapping_{k}': v for k, v in report.items()
                     if k in ('wall_s', 'buffer_s', 'train_s', 'iterations', 'map_bytes')})
     print(f'\nace_ros demo: mapped {len(train)} frames in {report["wall_s"]:.0f} s '

@@ -117,7 +117,8 @@ class LocalizationConfig:
 
     encoder: str = _f('', "encoder weights path; '' = the shipped encoder")
     device: str = _f('auto', "'auto', 'cpu', 'cuda' or 'cuda:N'")
-    image_height: int = _f(480, 'images are resized to this height (px) before encoding')
+    image_height: int = _f(0, 'images are resized to this height (px) before encoding; 0 = '
+                           'the height the map was made at (480 for maps that do not say)')
     mixed_precision: bool = _f(True, 'encoder and head in fp16 on CUDA, bf16 on a CPU with '
                                      'native bf16; fp32 on other CPUs')
     backend: str = _f('auto', "network inference: 'torch', 'openvino' (CPU), "
@@ -141,11 +142,11 @@ class LocalizationConfig:
     seed: int = _f(0, 'RANSAC random seed')
 
     def __post_init__(self) -> None:
-        _positive(self, 'image_height', 'ransac_hypotheses', 'ransac_max_tries',
-                  'inlier_threshold_px',
+        _positive(self, 'ransac_hypotheses', 'ransac_max_tries', 'inlier_threshold_px',
                   'max_reprojection_px', 'min_inliers')
-        if self.image_height % 8:
-            raise ValueError(f'image_height must be a multiple of 8, got {self.image_height}')
+        if self.image_height < 0 or self.image_height % 8:
+            raise ValueError(f'image_height must be a multiple of 8, got {self.image_height} '
+                             '(0: the height the map was made at)')
         if not 0.0 < self.ransac_sample_fraction <= 1.0:
             raise ValueError('ransac_sample_fraction must be in (0, 1], got '
                              f'{self.ransac_sample_fraction}')

@@ -68,6 +68,9 @@ class Localizer:
         self.encoder = encoder.to(self.device)
         self.head = head_from_map(scene_map, self.device)
         self.scene_map = scene_map
+        #: Images are encoded at the height the map was made at unless the settings say.
+        self.image_height = cfg.image_height or int(
+            scene_map.mapping_config.get('image_height', 480))
         # Maps from before encoder_precision existed were all built from float features.
         self.backend = device_lib.resolve_backend(
             cfg.backend, self.device, scene_map.mapping_config.get('encoder_precision', 'float'))
@@ -110,7 +113,7 @@ class Localizer:
         scale, timings)."""
         timings = {}
         start = time.perf_counter()
-        prepared = prepare_image(frame, self.cfg.image_height)
+        prepared = prepare_image(frame, self.image_height)
         timings['prepare'] = time.perf_counter() - start
         start = time.perf_counter()
         features = self._network.encode(prepared.gray)

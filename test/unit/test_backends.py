@@ -62,6 +62,18 @@ def test_openvino_and_torch_predict_the_same_scene_coordinates(small_map):
             'encoder', 'head', 'ransac', 'total'}
 
 
+def test_localizer_encodes_at_the_maps_height_unless_told(small_map):
+    scene_map, frames = small_map
+    assert scene_map.mapping_config['image_height'] == HEIGHT
+    follows = Localizer(scene_map, LocalizationConfig(device='cpu', encoder='random:0'))
+    told = Localizer(scene_map, LocalizationConfig(device='cpu', encoder='random:0',
+                                                   image_height=2 * HEIGHT))
+    assert (follows.image_height, told.image_height) == (HEIGHT, 2 * HEIGHT)
+    # The cell grid shows the height the image was encoded at: 1/8 of it.
+    assert follows.predict_scene_coordinates(frames[0])[1].shape[0] == HEIGHT // 8
+    assert told.predict_scene_coordinates(frames[0])[1].shape[0] == 2 * HEIGHT // 8
+
+
 def test_backend_choice():
     cpu = torch.device('cpu')
     assert device_lib.resolve_backend('auto', cpu) == 'openvino'  # installed by setup

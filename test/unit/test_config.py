@@ -37,7 +37,7 @@ def test_localization_defaults_are_the_papers_numbers():
     assert cfg.inlier_threshold_px == 10.0
     assert cfg.max_reprojection_px == 100.0
     assert cfg.refinement_iterations == 100
-    assert cfg.image_height == 480
+    assert cfg.image_height == 0  # the map's
 
 
 def test_every_field_has_help_and_a_supported_type():
