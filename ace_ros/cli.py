@@ -92,14 +92,14 @@ _BAG_FLAGS = {'image_topic': 'image_topic', 'camera_info_topic': 'camera_info_to
 
 
 def _add_source_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument('source', help='dataset folder (ACE layout, 7-Scenes, TUM RGB-D) or '
-                        'ROS bag (rosbag2 folder with mcap or sqlite3, ROS 1 .bag)')
-    parser.add_argument('--format', default='auto',
-                        choices=['auto', 'ace', 'seven_scenes', 'tum', 'rosbag'],
+    from ace_ros.data.sources import FORMATS
+    parser.add_argument('source', help='dataset folder (ACE layout, 7-Scenes, TUM RGB-D, '
+                        'COLMAP) or ROS bag (rosbag2 folder with mcap or sqlite3, ROS 1 .bag)')
+    parser.add_argument('--format', default='auto', choices=['auto', *FORMATS],
                         help='source format (default: detected)')
     parser.add_argument('--split', default=None,
                         help="'train' or 'test' (default: all): ACE layout / 7-Scenes split "
-                             'folders; TUM and bags: alternate blocks of 25 frames')
+                             'folders; TUM, COLMAP and bags: alternate blocks of 25 frames')
     parser.add_argument('--block-split', default=None, metavar='N:PARITY',
                         help='keep frame i when (i // N) %% 2 == PARITY, e.g. 25:0 (mapping) '
                              'and 25:1 (queries) for the TUM benchmark split')
@@ -428,8 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
                    'e.g. synthetic:seed=2,n_train=100,n_test=0)')
     p.add_argument('-o', '--output', required=True, metavar='BAG',
                    help='rosbag2 folder to create (a .bag file with --storage ros1)')
-    p.add_argument('--format', default='auto',
-                   choices=['auto', 'ace', 'seven_scenes', 'tum', 'rosbag'],
+    from ace_ros.data.sources import FORMATS
+    p.add_argument('--format', default='auto', choices=['auto', *FORMATS],
                    help='dataset format (default: detected)')
     p.add_argument('--split', default=None, help="'train' or 'test' (default: all frames)")
     from ace_ros.bag_tools import ExportOptions
