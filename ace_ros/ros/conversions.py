@@ -390,6 +390,28 @@ def covariance_from_confidence(confidence: float, position_sigma_m: float = 0.05
     return np.diag(np.minimum(sigmas ** 2, max_variance))
 
 
+def offset_pose_covariance(covariance: FloatArray, parent_from_a: FloatArray,
+                           a_from_b: FloatArray) -> FloatArray:
+    """(6, 6) covariance of `parent_from_b = parent_from_a @ a_from_b`, `a_from_b` exact.
+
+    ROS's convention for PoseWithCovariance: position errors in the parent (header) frame's
+    axes, rotation errors about the parent's fixed axes, so a rotation error of the pose is
+    the same for a and b, and a position error of b is a's plus the rotation error turning
+    the lever arm r = p_b - p_a (parent axes): J = [[I, -[r]x], [0, I]], result J C J^T.
+    (A's own rotation does not appear: in fixed axes it only matters through r.) With
+    a = camera and b = base: the base pose's covariance from the camera pose's.
+    """
+    covariance = np.asarray(covariance, dtype=np.float64)
+    geometry.check_shape(covariance, (6, 6), 'covariance')
+    parent_from_a = _check_pose(parent_from_a, 'parent_from_a')
+    parent_from_b = parent_from_a @ _check_pose(a_from_b, 'a_from_b')
+    r = parent_from_b[:3, 3] - parent_from_a[:3, 3]
+    jacobian = np.eye(6)
+    jacobian[:3, 3:] = -np.array([[0.0, -r[2], r[1]], [r[2], 0.0, -r[0]], [-r[1], r[0], 0.0]])
+    result = jacobian @ covariance @ jacobian.T
+    return (result + result.T) / 2  # exactly symmetric
+
+
 def covariance_diagonal(msg_covariance: Sequence[float]) -> FloatArray:
     """Row-major 36-element covariance -> its (6,) diagonal."""
     return np.asarray(msg_covariance, dtype=np.float64).reshape(6, 6).diagonal().copy()

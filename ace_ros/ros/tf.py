@@ -1,7 +1,8 @@
 """One TF interface for both nodes: tf2_ros where it exists, else a small /tf adapter.
 
 `TfInterface(node)` gives `lookup()` (a chain of transforms at a stamp, as a 4x4 matrix),
-`send()` (dynamic, /tf) and `send_static()` (/tf_static, transient local). With tf2_ros
+`send()` (dynamic, /tf) and `send_static()` (/tf_static, transient local), plus `parent()`
+(a frame's parent, to avoid re-parenting it) and `connected()`. With tf2_ros
 importable (any ROS 2 distribution) it wraps tf2_ros.Buffer, TransformListener,
 TransformBroadcaster and StaticTransformBroadcaster. Without it (the PyPI wheels have no
 tf2_ros), it subscribes and publishes tf2_msgs/TFMessage itself with tf2_ros's QoS, and
@@ -11,12 +12,15 @@ valid at all times, stamp 0 meaning "latest common time").
 
 All errors are `TransformError` subclasses (from `ace_ros.core.tf_tree`, re-exported here),
 whichever backend is used.
+
+`StampFloor` keeps the stamps of a future-dated transform (AMCL's map -> odom) from going
+backwards.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import Dict, Iterable, Optional, Union
+from typing import Dict, Iterable, Optional, Tuple, Union
 
 from ace_ros.core.tf_tree import (ConnectivityError, ExtrapolationError, FrameNotFoundError,
                                   TfTree, TransformError)
@@ -29,6 +33,7 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 import rclpy.duration
 import rclpy.time
+import yaml
 
 try:  # tf2_ros exists on every ROS 2 distribution, not in the PyPI wheels
     import tf2_ros
@@ -64,6 +69,37 @@ def to_ns(stamp: Stamp) -> int:
     return int(stamp)
 
 
+class StampFloor:
+    """Stamps for one transform that never go backwards.
+
+    A future-dated transform (map -> odom at the image stamp + transform_tolerance, re-sent
+    at now + transform_tolerance) must not be followed by an older stamp: tf2 would then
+    interpolate between the new value and the older value that is dated later. `next`
+    gives the stamp to send; `reset` forgets the past (simulated time jumped back).
+    """
+
+    def __init__(self) -> None:
+        self.last_ns: Optional[int] = None
+
+    def next(self, candidate_ns: int, new_value: bool = True) -> Optional[int]:
+        """The stamp to send for `candidate_ns`.
+
+        A new value is always sent: at `candidate_ns`, or 1 ns after the last stamp if that
+        is not earlier (tf2 drops a repeated stamp). A re-broadcast of the same value
+        (`new_value` False) that would not move forward returns None: send nothing.
+        """
+        candidate_ns = int(candidate_ns)
+        if self.last_ns is not None and candidate_ns <= self.last_ns:
+            if not new_value:
+                return None
+            candidate_ns = self.last_ns + 1
+        self.last_ns = candidate_ns
+        return candidate_ns
+
+    def reset(self) -> None:
+        self.last_ns = None
+
+
 class TfInterface:
     """TF for a node: `lookup`, `send`, `send_static`; same API with or without tf2_ros.
 
@@ -85,6 +121,8 @@ class TfInterface:
             raise ImportError('use_tf2_ros=True but tf2_ros cannot be imported')
         self._static: Dict[str, TransformStamped] = {}
         self._static_lock = threading.Lock()
+        # Without tf2_ros: child frame -> (its latest parent, static), as the tree keeps it.
+        self._parents: Dict[str, Tuple[str, bool]] = {}
         self._listener = None
         if self.uses_tf2_ros:
             self._tf2_buffer = tf2_ros.Buffer(
@@ -137,6 +175,35 @@ class TfInterface:
             return False
         return True
 
+    def connected(self, target_frame: str, source_frame: str) -> bool:
+        """Both frames are in TF and in one tree now (no waiting; any stamp).
+
+        Tells "this frame is not published at all" (no point waiting for it) from "not yet
+        at this stamp" (worth a lookup with a timeout).
+        """
+        try:
+            self.lookup(target_frame, source_frame)
+        except (FrameNotFoundError, ConnectivityError):
+            return False
+        except TransformError:  # extrapolation: linked, but not at the latest common time
+            return True
+        return True
+
+    def parent(self, frame: str) -> Optional[str]:
+        """The frame's parent in TF now (the latest one heard), None for a root or unknown
+        frame. Transforms this node sent itself are heard too."""
+        frame = frame.lstrip('/')
+        if not self.uses_tf2_ros:
+            link = self._parents.get(frame)
+            return link[0] if link else None
+        try:
+            tree = yaml.safe_load(self._tf2_buffer.all_frames_as_yaml())
+        except (yaml.YAMLError, RuntimeError):
+            return None
+        entry = tree.get(frame) if isinstance(tree, dict) else None
+        parent = entry.get('parent') if isinstance(entry, dict) else None
+        return str(parent).lstrip('/') if parent else None
+
     def send(self, transforms: Iterable[TransformStamped]) -> None:
         """Broadcast dynamic transforms on /tf."""
         transforms = list(transforms)
@@ -167,6 +234,7 @@ class TfInterface:
             self._tf2_buffer.clear()
         else:
             self.buffer.clear()
+            self._parents = {k: v for k, v in self._parents.items() if v[1]}
 
     def _on_tf(self, msg) -> None:
         self._insert(msg, static=False)
@@ -181,6 +249,8 @@ class TfInterface:
                                           conversions.stamp_to_ns(transform.header.stamp),
                                           conversions.transform_to_matrix(transform.transform),
                                           static)
+                self._parents[transform.child_frame_id.lstrip('/')] = (
+                    transform.header.frame_id.lstrip('/'), static)
             except ValueError as e:
                 # tf2 also ignores such transforms with an error, and keeps the rest.
                 self._node.get_logger().error(

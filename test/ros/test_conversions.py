@@ -182,6 +182,57 @@ def test_covariance_grows_as_confidence_falls():
         conversions.covariance_from_confidence(float('nan'))
 
 
+def _rotation_error(rotation: np.ndarray) -> np.ndarray:
+    """Axis-angle of a rotation close to the identity (small-angle log)."""
+    skew = (rotation - rotation.T) / 2
+    return np.array([skew[2, 1], skew[0, 2], skew[1, 0]])
+
+
+def test_offset_pose_covariance_matches_the_numerical_jacobian():
+    rng = np.random.default_rng(3)
+    map_from_cam = geometry.make_pose(geometry.axis_angle_to_matrix([0.3, -1.1, 0.7]),
+                                      [2.0, -1.0, 0.5])
+    cam_from_base = geometry.make_pose(geometry.axis_angle_to_matrix([-1.2, 0.1, 0.4]),
+                                       [0.1, 0.4, -0.3])
+    map_from_base = map_from_cam @ cam_from_base
+    # Numerical Jacobian of the base pose error (parent axes) w.r.t. the camera pose error.
+    eps = 1e-7
+    jacobian = np.zeros((6, 6))
+    for i in range(6):
+        e = np.zeros(6)
+        e[i] = eps
+        perturbed = map_from_cam.copy()
+        perturbed[:3, :3] = geometry.axis_angle_to_matrix(e[3:]) @ map_from_cam[:3, :3]
+        perturbed[:3, 3] += e[:3]
+        moved = perturbed @ cam_from_base
+        jacobian[:3, i] = (moved[:3, 3] - map_from_base[:3, 3]) / eps
+        jacobian[3:, i] = _rotation_error(moved[:3, :3] @ map_from_base[:3, :3].T) / eps
+    a = rng.normal(size=(6, 6))
+    covariance = a @ a.T + np.eye(6)  # anisotropic, correlated
+    got = conversions.offset_pose_covariance(covariance, map_from_cam, cam_from_base)
+    np.testing.assert_allclose(got, jacobian @ covariance @ jacobian.T, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(got, got.T)
+
+
+def test_offset_pose_covariance_of_the_node_covariance():
+    cov = conversions.covariance_from_confidence(0.5)
+    pose = geometry.make_pose(geometry.axis_angle_to_matrix([0.2, 0.4, -0.3]), [1, 2, 3])
+    # No lever arm: the isotropic covariance is the same for any rotation of the mount.
+    mount = geometry.make_pose(geometry.axis_angle_to_matrix([0, 1.5, 0]), [0, 0, 0])
+    np.testing.assert_allclose(conversions.offset_pose_covariance(cov, pose, mount), cov,
+                               atol=1e-15)
+    # A lever arm of 1 m along the parent's x: y and z gain the rotation variance (small
+    # angles: 1 rad of error moves the end by 1 m), x does not; position and rotation couple.
+    lever = geometry.invert_pose(pose) @ geometry.make_pose(pose[:3, :3], pose[:3, 3]
+                                                            + [1.0, 0, 0])
+    got = conversions.offset_pose_covariance(cov, pose, lever)
+    var_p, var_r = cov[0, 0], cov[3, 3]
+    np.testing.assert_allclose(np.diag(got), [var_p, var_p + var_r, var_p + var_r] + [var_r] * 3)
+    assert got[1, 5] == pytest.approx(var_r) and got[2, 4] == pytest.approx(-var_r)
+    with pytest.raises(ValueError, match='covariance'):
+        conversions.offset_pose_covariance(np.eye(3), pose, lever)
+
+
 def test_stamps():
     assert conversions.stamp_to_ns(STAMP) == 1_700_000_000_123_456_789
     assert conversions.stamp_to_sec(STAMP) == pytest.approx(1_700_000_000.123456789)
