@@ -91,6 +91,101 @@ _BAG_FLAGS = {'image_topic': 'image_topic', 'camera_info_topic': 'camera_info_to
               'camera_frame': 'camera_frame', 'max_pose_gap': 'max_pose_gap_s'}
 
 
+class _Outputs:
+    """What a command will write, checked before its work starts, so that a bad path fails
+    in a second rather than after the whole mapping run; on Ctrl-C, which of them the run
+    had changed (`main` says so)."""
+
+    def __init__(self) -> None:
+        self._before: Dict[Path, Any] = {}
+
+    def file(self, path: Optional[str], what: str, replace: bool = False) -> None:
+        """`path` (skipped when empty) must be a file this process can write: its folder
+        exists and is writable and it is no directory. `replace`: it is written atomically
+        (a new file moved over the old one), so an existing read-only file is no obstacle.
+
+        Raises:
+            ValueError: naming `what` and `path`.
+        """
+        if not path:
+            return
+        file = Path(path)
+        folder = file.absolute().parent
+        if file.is_dir():
+            raise ValueError(f'{what} {path} is a directory; give a file path')
+        if not folder.is_dir():
+            raise ValueError(f'{what} {path}: folder {folder} does not exist')
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise ValueError(f'{what} {path}: folder {folder} is not writable')
+        if not replace and file.exists() and not os.access(file, os.W_OK):
+            raise ValueError(f'{what} {path} exists and is not writable')
+        self._before[file] = _snapshot(file)
+
+    def folder(self, path: Optional[str], what: str) -> None:
+        """`path` (skipped when empty) must be a writable folder, or one that can be made:
+        no file, and its nearest existing parent a writable folder.
+
+        Raises:
+            ValueError: naming `what` and `path`.
+        """
+        if not path:
+            return
+        folder = Path(path)
+        existing = folder.absolute()
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise ValueError(f'{what} {path}: {existing} is not a folder')
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise ValueError(f'{what} {path}: folder {existing} is not writable')
+        self._before[folder] = _snapshot(folder)
+
+    def note(self) -> str:
+        """After an interruption: what was written, or that nothing was."""
+        if not self._before:
+            return ''
+        changed = [str(p) for p, before in self._before.items() if _snapshot(p) != before]
+        if changed:
+            return 'written before the interruption: ' + ', '.join(changed)
+        return 'nothing was written to ' + ' or '.join(str(p) for p in self._before)
+
+
+def _snapshot(path: Path) -> Any:
+    """What `path` is now (None: nothing), to tell later whether it was written."""
+    def identity(st: os.stat_result) -> tuple:
+        return st.st_ino, st.st_size, st.st_mtime_ns
+
+    try:
+        if path.is_dir():
+            with os.scandir(path) as entries:
+                return frozenset((e.name, identity(e.stat())) for e in entries)
+        return identity(path.stat())
+    except OSError:
+        return None
+
+
+def _check_settings(device: str, **encoders: str) -> None:
+    """Refuse at once, before frames are read: a device that is not there (CUDA asked for
+    where none is available, cuda:N out of range) and encoder files that cannot be read;
+    `encoders` maps a setting's name to its spec.
+
+    Raises:
+        ValueError: naming the device or the file.
+    """
+    from ace_ros.core.device import resolve_device
+    from ace_ros.core.weights import load_encoder_state, RANDOM_ENCODER
+    resolve_device(device)
+    for name, spec in encoders.items():
+        if spec == '' or spec == RANDOM_ENCODER or spec.startswith(RANDOM_ENCODER + ':'):
+            continue  # built in; a bad seed is refused when it is built
+        flag = '--' + name.replace('_', '-')
+        if not Path(spec).is_file():
+            raise ValueError(f'{flag} {spec}: no such file')
+        if not os.access(spec, os.R_OK):
+            raise ValueError(f'{flag} {spec}: not readable')
+        load_encoder_state(spec)  # ~22 MB: its keys and shapes are checked now, not later
+
+
 def _add_source_flags(parser: argparse.ArgumentParser) -> None:
     from ace_ros.data.sources import FORMATS
     parser.add_argument('source', help='dataset folder (ACE layout, 7-Scenes, TUM RGB-D, '
@@ -221,11 +316,36 @@ def run_evaluate(map_path: str, frames, cfg: LocalizationConfig) -> Dict[str, fl
 
 def _write_json(path: Optional[str], data: Dict[str, Any]) -> None:
     if path:
-        Path(path).write_text(json.dumps(data, indent=2, sort_keys=True) + '\n')
+        _write_atomically(Path(path), lambda tmp: tmp.write_text(
+            json.dumps(data, indent=2, sort_keys=True) + '\n'))
+
+
+def _write_atomically(path: Path, write) -> None:
+    """`write(tmp)` a temporary file beside `path`, then move it there: an interruption
+    leaves the old file (or none), never half of one, and no temporary file. A new file
+    gets mode 0644, an existing one keeps its mode (as map files)."""
+    try:
+        mode = path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        mode = 0o644
+    fd, name = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp',
+                                dir=path.absolute().parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def cmd_map(args: argparse.Namespace) -> int:
     cfg = config_from_args(MappingConfig, args)
+    _check_settings(cfg.device, encoder=cfg.encoder)
+    args.outputs.file(args.output, 'map file (-o)', replace=True)
+    args.outputs.file(args.report, '--report file', replace=True)
     source = _open_frames(args)
     frames = _load_all(source)
     # A bag says which frame its poses are in; that is the map's frame unless overridden.
@@ -238,9 +358,12 @@ def cmd_map(args: argparse.Namespace) -> int:
 def cmd_localize(args: argparse.Namespace) -> int:
     from ace_ros.report import LocalizedFrame, write_pose_file
     cfg = config_from_args(LocalizationConfig, args)
+    _check_settings(cfg.device, encoder=cfg.encoder)
+    args.outputs.file(args.output, 'pose file (-o)', replace=True)
     localized = [LocalizedFrame(i, frame.name, frame.stamp, result) for i, (frame, result)
                  in enumerate(run_localize(args.map, _open_frames(args), cfg))]
-    write_pose_file(Path(args.output), localized, args.pose_format)
+    _write_atomically(Path(args.output),
+                      lambda tmp: write_pose_file(tmp, localized, args.pose_format))
     _logger.info('%d of %d frames localized; poses written to %s (%s format)',
                  sum(f.result.success for f in localized), len(localized), args.output,
                  args.pose_format)
@@ -250,6 +373,9 @@ def cmd_localize(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ace_ros import report
     cfg = config_from_args(LocalizationConfig, args)
+    _check_settings(cfg.device, encoder=cfg.encoder)
+    args.outputs.file(args.json, '--json file', replace=True)
+    args.outputs.folder(args.out, '--out folder')
     records = evaluate_frames(args.map, _open_frames(args), cfg)
     summary = report.summarize(records)
     print(metrics.format_table(summary))
@@ -264,7 +390,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from ace_ros.core.config import mapping_config
     from ace_ros.data.sources import open_source
     from ace_ros.data.synthetic import SyntheticSceneConfig, write_synthetic_scene
+    _check_settings(args.device)
+    args.outputs.file(args.json, '--json file', replace=True)
+    args.outputs.folder(args.workdir, '--workdir folder')
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix='ace_ros_demo_'))
+    if not args.workdir:
+        args.outputs.folder(str(workdir), 'work folder')  # on Ctrl-C: says it was written
     scene_cfg = SyntheticSceneConfig(seed=args.seed, n_train=args.frames,
                                      n_test=args.queries, path_fraction=args.path_fraction)
     _logger.info('rendering a synthetic room (%d mapping + %d query frames) into %s',
@@ -289,6 +420,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from ace_ros.pretrain import PretrainConfig, pretrain
     cfg = config_from_args(PretrainConfig, args)
+    _check_settings(cfg.device, init_encoder=cfg.init_encoder)
+    args.outputs.folder(args.workdir, '--workdir folder')
     progress = _MappingProgress()
 
     def report(record: dict, total: int) -> None:
@@ -345,6 +478,7 @@ def cmd_play(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from ace_ros.core.mapfile import load_map, map_info
+    args.outputs.file(args.plot, '--plot file')
     print(json.dumps(map_info(args.map), indent=2, sort_keys=True))
     if args.plot:
         from ace_ros.report import plot_map
@@ -463,13 +597,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format='%(levelname)s %(name)s: %(message)s')
     np.set_printoptions(precision=4, suppress=True)
+    args.outputs = _Outputs()
     try:
         return args.func(args)
     except (ValueError, OSError) as error:  # bad input or files: say which, no traceback
         _logger.error('%s', error, exc_info=args.verbose)
         return 2
-    except KeyboardInterrupt:
-        _logger.error('interrupted')
+    except KeyboardInterrupt:  # Ctrl-C: one line, no traceback; 130 as a shell reports it
+        note = args.outputs.note()
+        _logger.error('interrupted (Ctrl-C)%s', f': {note}' if note else '')
         return 130
 
 
