@@ -1,11 +1,28 @@
-"""localization_node: camera images in, camera pose in the map frame out (pose, covariance, TF).
+"""localization_node: camera images in, the robot's pose in the map frame out (REP-105).
 
 Subscribes `image` + `camera_info` (sensor-data QoS unless `image_qos` is 'reliable'); a
 worker thread localizes only the newest image (`LatestSlot`: one slot, older unprocessed
-images are dropped and counted, so latency never builds up); publishes `~/pose`,
-`~/pose_with_covariance` and TF (map -> odom when `odom_frame` is set, as AMCL does, else
-map -> camera/base) only for poses that pass `min_confidence`; `/diagnostics`;
-`~/reload_map` (std_srvs/Trigger) re-reads the parameters and the map file.
+images are dropped and counted, so latency never builds up); publishes, only for poses that
+pass `min_confidence`, `~/pose` and `~/pose_with_covariance` of `base_frame` and TF;
+`/diagnostics`; `~/reload_map` (std_srvs/Trigger) re-reads the parameters and the map file.
+
+TF, as AMCL does (REP-105: map -> odom -> base_link -> ... -> camera optical frame):
+- The engine gives map -> camera. `base_frame` -> camera (the mount: URDF and
+  robot_state_publisher) and `odom_frame` -> `base_frame` are looked up at the image stamp;
+  ~/pose is map -> base, and TF is map -> odom, future-dated by `transform_tolerance` and
+  re-broadcast at `tf_broadcast_rate` (stamps never go backwards; they restart when
+  simulated time jumps back).
+- Fallbacks, each logged (a warning) when it starts: no odom frame linked to the base in TF
+  (a hand-held camera, a robot without odometry): map -> base, at the image stamp. Base frame
+  not linked to the camera in TF (no mount published): ~/pose and TF are of the camera
+  frame itself.
+- A frame that already has a parent in TF is never given a second one: when the frame the
+  node would publish (odom, base or camera) has a parent other than the map frame, no TF is
+  sent, only the pose topics, and the log says so.
+- `odom_frame` and `base_frame` both '' : map -> camera with no lookups, the old hand-held
+  behaviour, for a camera with no TF tree.
+The pose covariance follows the pose: the camera pose's (`conversions.
+covariance_from_confidence`) is moved to the base with `conversions.offset_pose_covariance`.
 """
 
 from __future__ import annotations
@@ -24,11 +41,13 @@ from ace_ros.core.weights import build_encoder
 from ace_ros.ros import conversions, diagnostics, params
 from ace_ros.ros.diagnostics import Report
 from ace_ros.ros.params import ParamSpec
-from ace_ros.ros.tf import TfInterface, TransformError
+from ace_ros.ros.tf import StampFloor, TfInterface, TransformError
 from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
 import numpy as np
 import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.clock import JumpThreshold, TimeJump
+from rclpy.duration import Duration
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 import rclpy.logging
@@ -41,10 +60,12 @@ NODE_PARAMS: Dict[str, ParamSpec] = {
     'map_path': ParamSpec('', 'map file (.ace) loaded at start and by ~/reload_map'),
     'map_frame': ParamSpec('', "frame of the published poses; '' = the map file's world "
                            'frame id'),
-    'odom_frame': ParamSpec('', "when set, TF is map -> odom_frame (odom -> camera looked up "
-                            "at the image stamp), as AMCL does; '' = map -> camera/base"),
-    'base_frame': ParamSpec('', "when set, ~/pose and TF are of this frame (camera -> base "
-                            "from TF); '' = of the camera frame"),
+    'odom_frame': ParamSpec('odom', 'TF is map -> odom_frame (odom -> base looked up at the '
+                            'image stamp), as AMCL does; without this frame in TF: map -> '
+                            "base; '' with base_frame '' = map -> camera (no TF tree)"),
+    'base_frame': ParamSpec('base_link', '~/pose is of this frame (base -> camera, the '
+                            "mount, from TF; not in TF: of the camera); '' = the camera "
+                            'frame'),
     'camera_frame': ParamSpec('', "camera optical frame; '' = the image's header.frame_id"),
     'publish_tf': ParamSpec(True, 'broadcast the pose on /tf'),
     'transform_tolerance': ParamSpec(0.1, 'map -> odom is future-dated by this (s) so that '
@@ -130,7 +151,11 @@ class LocalizationNode(Node):
         self._last_inliers = 0
         self._last_good_ns: Optional[int] = None
         self._map_from_odom: Optional[np.ndarray] = None
-        self._map_from_odom_lock = threading.Lock()
+        self._map_from_odom_lock = threading.Lock()  # also guards _map_odom_stamps
+        self._map_odom_stamps = StampFloor()
+        self._foreign_parents: Dict[str, str] = {}  # frames never to publish: their parent
+        self._notes: Dict[str, str] = {}  # what was last logged about TF, per topic
+        self._tf_mode = ''
 
         self._tf = TfInterface(self, self._p['tf_cache_duration'])
         self._pose_pub = self.create_publisher(PoseStamped, '~/pose', 10)
@@ -139,8 +164,11 @@ class LocalizationNode(Node):
         self._load_map()
         self._diagnostics = diagnostics.Diagnostics(self, period_s=self._p['diagnostics_period'])
         self._diagnostics.add_task('localization', self._report)
-        if self._p['odom_frame'] and self._p['publish_tf'] and self._p['tf_broadcast_rate'] > 0:
+        if self._p['tf_broadcast_rate'] > 0:
             self.create_timer(1.0 / self._p['tf_broadcast_rate'], self._rebroadcast_map_odom)
+        self._jump_handle = self.get_clock().create_jump_callback(
+            JumpThreshold(min_forward=None, min_backward=Duration(seconds=-1),
+                          on_clock_change=False), post_callback=self._on_time_jump)
         self.create_service(Trigger, '~/reload_map', self._on_reload,
                             callback_group=MutuallyExclusiveCallbackGroup())
         qos = self._image_qos(self._p['image_qos'])
@@ -178,6 +206,7 @@ class LocalizationNode(Node):
         with self._map_from_odom_lock:
             self._localizer, self._map_frame, self._map_path = localizer, map_frame, path
             self._map_from_odom = None
+            self._foreign_parents, self._notes = {}, {}  # frames may have changed
         message = (f"loaded map {path} (frame '{map_frame}', {len(scene_map.frame_names)} "
                    f'mapping frames) on {device_lib.describe(localizer.device)}, backend '
                    f'{localizer.backend}, {localizer.head_precision} head')
@@ -278,12 +307,17 @@ class LocalizationNode(Node):
                              'parameter is empty: cannot name the localized frame')
         stamp, stamp_ns = msg.header.stamp, conversions.stamp_to_ns(msg.header.stamp)
         map_frame = self._map_frame
-        body = self._p['base_frame'] or camera
-        map_from_body = result.world_from_cam
-        if body != camera:
-            map_from_body = map_from_body @ self._lookup(camera, body, stamp_ns)
-        covariance = conversions.covariance_from_confidence(
-            result.confidence, self._p['position_sigma'], self._p['rotation_sigma'])
+        base, odom = self._p['base_frame'], self._p['odom_frame']
+        legacy = not base and not odom  # the explicit map -> camera mode: no lookups
+        body, body_from_cam = self._body(base or camera, camera, stamp_ns)
+        if body_from_cam is None:
+            return
+        cam_from_body = geometry.invert_pose(body_from_cam)
+        map_from_body = result.world_from_cam @ cam_from_body
+        covariance = conversions.offset_pose_covariance(
+            conversions.covariance_from_confidence(
+                result.confidence, self._p['position_sigma'], self._p['rotation_sigma']),
+            result.world_from_cam, cam_from_body)
         self._pose_pub.publish(conversions.to_pose_stamped(map_from_body, stamp, map_frame))
         self._cov_pub.publish(conversions.to_pose_with_covariance(
             map_from_body, covariance, stamp, map_frame))
@@ -291,45 +325,124 @@ class LocalizationNode(Node):
         self._last_good_ns = stamp_ns
         if not self._p['publish_tf']:
             return
-        odom = self._p['odom_frame']
-        if not odom:
+        if odom and self._tf.connected(odom, body):
+            self._update_map_odom(map_from_body, odom, body, stamp_ns, localizer)
+            return
+        if not legacy:
+            why = (f"odom_frame '{odom}' is not linked to '{body}' in TF" if odom
+                   else "odom_frame is ''")
+            self._note('tf', f'no-odom:{body}', f'{why}: publishing map -> {body} at each '
+                       'image stamp instead of map -> odom (REP-105 fallback: a hand-held '
+                       'camera or no odometry)', warn=bool(odom))
+        with self._map_from_odom_lock:
+            self._map_from_odom = None  # no map -> odom to re-broadcast meanwhile
+        if self._may_parent(body):
+            self._tf_mode = f'{map_frame} -> {body}'
             self._tf.send([conversions.to_transform_stamped(map_from_body, stamp, map_frame,
                                                             body)])
-            return
+
+    def _body(self, base: str, camera: str, stamp_ns: int) -> tuple:
+        """(the frame whose pose is published, its `body_from_cam` or None: skip the frame)."""
+        if base == camera:
+            return camera, np.eye(4)
+        if not self._tf.connected(base, camera):
+            self._note('body', f'no-mount:{base}', f"base_frame '{base}' is not linked to "
+                       f"the camera frame '{camera}' in TF (no camera mount published): "
+                       'the pose and TF are of the camera frame itself. For a camera with no '
+                       "TF tree, set base_frame:='' and odom_frame:='' to say so", warn=True)
+            return camera, np.eye(4)
+        self._note('body', f'mount:{base}', f"~/pose is the pose of '{base}' (the camera "
+                   f"mount '{base}' -> '{camera}' from TF)")
         try:
-            odom_from_camera = self._lookup(odom, camera, stamp_ns)
+            return base, self._lookup(base, camera, stamp_ns)
+        except TransformError as e:
+            self._counts['tf_failed'] += 1
+            self.get_logger().warning(f'no pose published: no {base} -> {camera} at the '
+                                      f'image stamp: {e}', throttle_duration_sec=5.0)
+            return base, None
+
+    def _update_map_odom(self, map_from_body: np.ndarray, odom: str, body: str,
+                         stamp_ns: int, localizer: Localizer) -> None:
+        try:
+            odom_from_body = self._lookup(odom, body, stamp_ns)
         except TransformError as e:
             self._counts['tf_failed'] += 1
             self.get_logger().warning(f'pose published but no map -> {odom} update: {e}',
                                       throttle_duration_sec=5.0)
             return
-        map_from_odom = result.world_from_cam @ geometry.invert_pose(odom_from_camera)
+        self._note('tf', f'odom:{odom}', f'publishing {self._map_frame} -> {odom} ({odom} -> '
+                   f'{body} from TF at each image stamp)')
+        if not self._may_parent(odom):
+            return
+        map_from_odom = map_from_body @ geometry.invert_pose(odom_from_body)
         with self._map_from_odom_lock:
             if localizer is not self._localizer:  # the map was reloaded meanwhile
                 return
             self._map_from_odom = map_from_odom
-        self._send_map_odom(map_from_odom, stamp_ns)
+            self._tf_mode = f'{self._map_frame} -> {odom}'
+            self._send_map_odom(map_from_odom, stamp_ns, new_value=True)
+
+    def _may_parent(self, child: str) -> bool:
+        """True when map -> `child` may be published: `child` has no parent in TF but the
+        map frame (this node's own earlier transform). Once another parent was seen, never
+        (until ~/reload_map): a frame must not get two parents."""
+        parent = self._tf.parent(child)
+        if parent and parent != self._map_frame:
+            self._foreign_parents.setdefault(child, parent)
+        if child not in self._foreign_parents:
+            return True
+        self._tf_mode = f'none ({child} has the parent {self._foreign_parents[child]})'
+        self._note('parent', child, f"'{child}' already has the parent "
+                   f"'{self._foreign_parents[child]}' in TF: publishing no TF (a frame gets "
+                   'one parent), only ~/pose and ~/pose_with_covariance', warn=True)
+        return False
+
+    def _note(self, topic: str, key: str, text: str, warn: bool = False) -> None:
+        """Log `text` once when what happens about `topic` changes to `key`."""
+        if self._notes.get(topic) == key:
+            return
+        self._notes[topic] = key
+        if warn:  # (rclpy wants one severity per call site)
+            self.get_logger().warning(text)
+        else:
+            self.get_logger().info(text)
 
     def _lookup(self, target: str, source: str, stamp_ns: int) -> np.ndarray:
         return self._tf.lookup(target, source, stamp_ns, self._p['tf_timeout'])
 
-    def _send_map_odom(self, map_from_odom: np.ndarray, stamp_ns: int) -> None:
+    def _send_map_odom(self, map_from_odom: np.ndarray, stamp_ns: int,
+                       new_value: bool) -> None:
+        """Send map -> odom future-dated by transform_tolerance (lock held)."""
         tolerance_ns = int(self._p['transform_tolerance'] * 1e9)
+        when = self._map_odom_stamps.next(stamp_ns + tolerance_ns, new_value)
+        if when is None:  # a re-broadcast that would not move forward
+            return
         self._tf.send([conversions.to_transform_stamped(
-            map_from_odom, conversions.ns_to_stamp(stamp_ns + tolerance_ns), self._map_frame,
+            map_from_odom, conversions.ns_to_stamp(when), self._map_frame,
             self._p['odom_frame'])])
 
     def _rebroadcast_map_odom(self) -> None:
-        with self._map_from_odom_lock:
-            map_from_odom = self._map_from_odom
         now_ns = self.get_clock().now().nanoseconds
-        if map_from_odom is not None and now_ns > 0:  # 0: sim time before the first /clock
-            self._send_map_odom(map_from_odom, now_ns)
+        with self._map_from_odom_lock:
+            if self._map_from_odom is not None and now_ns > 0 and self._p['publish_tf'] \
+                    and self._p['odom_frame']:  # now 0: sim time before the first /clock
+                self._send_map_odom(self._map_from_odom, now_ns, new_value=False)
+
+    def _on_time_jump(self, jump: TimeJump) -> None:
+        """Simulated time went back (a bag restarted): odometry restarts, so forget the
+        transforms and map -> odom, and let stamps start again from the new time."""
+        self.get_logger().info(f'time jumped back by {-jump.delta.nanoseconds / 1e9:.1f} s: '
+                               'TF buffer and map -> odom cleared')
+        self._tf.clear()
+        with self._map_from_odom_lock:
+            self._map_from_odom = None
+            self._map_odom_stamps.reset()
 
     def _report(self) -> Report:
         c = dict(self._counts, dropped_stale=self._slot.dropped)
         values: Dict[str, object] = {
             'map': self._map_path or '(none)', 'map_frame': self._map_frame,
+            'tf': self._tf_mode or '(none yet)',
             'input_rate_hz': self._input_rate.rate(),
             'processed_rate_hz': self._processed_rate.rate(), **c}
         for stage, (mean, worst) in sorted(self._latency.summary().items()):

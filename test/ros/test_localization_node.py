@@ -1,10 +1,13 @@
 """localization_node as a separate process over real rclpy / Fast DDS.
 
-One node process serves the whole module (starting one costs ~5 s of imports and map
+One node process serves most of the module (starting one costs ~5 s of imports and map
 loading): it starts on a corrupt map file and must survive it, gets the real map through
-~/reload_map, and is then fed images from this process. With the tiny map and the random
-encoder poses are inaccurate, so the checks are the plumbing: stamps, frames, TF, the
-engine's own result on the same image, dropping stale frames, logs, clean shutdown.
+~/reload_map, and is then fed images from this process, with base_frame and odom_frame ''
+(map -> camera, for a camera with no TF tree). Two more processes check the default frames
+(REP-105): map -> odom with a robot's TF, and the fallbacks without odom. With the tiny map
+and the random encoder poses are inaccurate, so the checks are the plumbing: stamps,
+frames, TF, the engine's own result on the same image, dropping stale frames, logs, clean
+shutdown.
 """
 
 from __future__ import annotations
@@ -75,7 +78,8 @@ def node_process(scene, tmp_path_factory, ros_env):
     map_path, log_path = root / 'room.ace', root / 'node.log'
     map_path.write_bytes(b'this is not a map file' * 100)
     args = [str(Path(sys.executable).parent / 'localization_node'), '--ros-args',
-            '-r', f'__ns:={NS}', '-p', f'map_path:={map_path}', '-p', 'tf_timeout:=0.0']
+            '-r', f'__ns:={NS}', '-p', f'map_path:={map_path}', '-p', 'tf_timeout:=0.0',
+            '-p', "base_frame:=''", '-p', "odom_frame:=''"]  # the camera has no TF tree
     for name, value in LOC_SETTINGS.items():
         args += ['-p', f'{name}:={value}']
     env = dict(ros_env, RCUTILS_LOGGING_BUFFERED_STREAM='0')
@@ -176,7 +180,8 @@ def test_localization_node_end_to_end(node_process, scene, make_node, spin_until
                          nodes), _log(log_path)
     assert process.poll() is None and not probe.poses
 
-    # 4. A good image: ~/pose in the map frame at the image's stamp, TF and covariance agree,
+    # 4. A good image: ~/pose in the map frame at the image's stamp, TF map -> camera (frames
+    #    '': the old hand-held behaviour) and covariance agree,
     #    and the pose is the engine's own result for that image (the node's localizer is
     #    fresh after the reload, as this one is: same RANSAC seed).
     stamp_ns = 3 * S + 123_456_789
@@ -243,23 +248,44 @@ def test_localization_node_end_to_end(node_process, scene, make_node, spin_until
     process.send_signal(signal.SIGINT)
     assert process.wait(20) == 0, _log(log_path)
     assert 'Traceback' not in _log(log_path) and 'localization failed' not in _log(log_path)
+    # base_frame and odom_frame '' say "no TF tree": no fallback warnings about them.
+    assert 'not linked' not in _log(log_path) and 'REP-105' not in _log(log_path)
+    assert {t.child_frame_id for t in probe.tfs} == {CAMERA_FRAME}
 
 
-def test_odom_mode_under_sim_time(scene, make_node, spin_until, ros_env, tmp_path):
-    """map -> odom from odom -> camera at the image stamp, future-dated and re-broadcast on
-    the simulated clock; SIGTERM ends the node cleanly."""
-    real_map, frames = scene
-    ns = '/odom_test'
-    log_path = tmp_path / 'node.log'
+def _start_node(ns: str, map_path: Path, log_path: Path, env: dict, *extra: str):
     args = [str(Path(sys.executable).parent / 'localization_node'), '--ros-args',
-            '-r', f'__ns:={ns}', '-p', f'map_path:={real_map}', '-p', 'use_sim_time:=true',
-            '-p', 'odom_frame:=odom', '-p', 'transform_tolerance:=0.5',
-            '-p', 'tf_broadcast_rate:=20.0', '-p', 'tf_timeout:=2.0']
+            '-r', f'__ns:={ns}', '-p', f'map_path:={map_path}', *extra]
     for name, value in LOC_SETTINGS.items():
         args += ['-p', f'{name}:={value}']
     with open(log_path, 'w') as log:
-        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
-                                   env=dict(ros_env, RCUTILS_LOGGING_BUFFERED_STREAM='0'))
+        return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
+                                env=dict(env, RCUTILS_LOGGING_BUFFERED_STREAM='0'))
+
+
+def _stop(process) -> None:
+    if process.poll() is None:
+        process.kill()
+        process.wait(10)
+
+
+def _base_covariance(confidence: float, map_from_cam, base_from_cam):
+    return conversions.offset_pose_covariance(conversions.covariance_from_confidence(
+        confidence), map_from_cam, geometry.invert_pose(base_from_cam))
+
+
+def test_rep105_defaults_map_to_odom_under_sim_time(scene, make_node, spin_until, ros_env,
+                                                    tmp_path):
+    """Default frames (base_link, odom) with a robot's TF (the camera mount base_link ->
+    camera, odometry odom -> base_link): ~/pose is base_link's pose, TF is map -> odom from
+    odom -> base_link at the image stamp, future-dated, re-broadcast on the simulated clock,
+    never going backwards until simulated time jumps back; SIGTERM ends the node cleanly."""
+    real_map, frames = scene
+    ns = '/odom_test'
+    log_path = tmp_path / 'node.log'
+    process = _start_node(ns, real_map, log_path, ros_env, '-p', 'use_sim_time:=true',
+                          '-p', 'transform_tolerance:=0.5', '-p', 'tf_broadcast_rate:=20.0',
+                          '-p', 'tf_timeout:=2.0')
     try:
         node = make_node('odom_probe')
         tf_out = TfInterface(node, use_tf2_ros=False, listen=False)
@@ -267,12 +293,18 @@ def test_odom_mode_under_sim_time(scene, make_node, spin_until, ros_env, tmp_pat
         reliable = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
         image_pub = node.create_publisher(Image, f'{ns}/image', reliable)
         info_pub = node.create_publisher(CameraInfo, f'{ns}/camera_info', reliable)
-        poses, map_odom = [], []
+        poses, covs, map_odom, node_tf = [], [], [], []
         node.create_subscription(PoseStamped, f'{ns}/localization_node/pose', poses.append, 10)
+        node.create_subscription(PoseWithCovarianceStamped,
+                                 f'{ns}/localization_node/pose_with_covariance', covs.append,
+                                 10)
         from ace_ros.ros.tf import TF_QOS
         from tf2_msgs.msg import TFMessage
-        node.create_subscription(TFMessage, '/tf', lambda m: map_odom.extend(
-            t for t in m.transforms if t.child_frame_id == 'odom'), TF_QOS)
+
+        def on_tf(msg) -> None:
+            node_tf.extend(t for t in msg.transforms if t.header.frame_id == 'map')
+            map_odom.extend(t for t in msg.transforms if t.child_frame_id == 'odom')
+        node.create_subscription(TFMessage, '/tf', on_tf, TF_QOS)
         assert spin_until([node], lambda: image_pub.get_subscription_count() > 0
                           and info_pub.get_subscription_count() > 0, 30), _log(log_path)
         assert _wait_log(log_path, 'loaded map'), _log(log_path)
@@ -280,40 +312,181 @@ def test_odom_mode_under_sim_time(scene, make_node, spin_until, ros_env, tmp_pat
         def clock(sec: float) -> None:
             clock_pub.publish(Clock(clock=conversions.ns_to_stamp(int(sec * S))))
 
-        # odom -> base moves; base -> camera is static.
-        odom_from_base = {t: geometry.make_pose(np.eye(3), [0.1 * t, 0, 0]) for t in (99, 101)}
+        def odometry(times) -> dict:
+            """odom -> base_link samples (moving along x) at `times` (s), sent on /tf."""
+            samples = {t: geometry.make_pose(np.eye(3), [0.1 * t, 0, 0]) for t in times}
+            tf_out.send([conversions.to_transform_stamped(
+                pose, conversions.ns_to_stamp(int(t * S)), 'odom', 'base_link')
+                for t, pose in samples.items()])
+            return samples
+
+        def send_image(sec: int) -> None:
+            stamp = conversions.ns_to_stamp(sec * S)
+            info = CameraInfo(width=WIDTH, height=HEIGHT, k=frames[0].K.ravel().tolist())
+            info.header.stamp, info.header.frame_id = stamp, CAMERA_FRAME
+            info_pub.publish(info)
+            image_pub.publish(conversions.rgb_to_image(frames[0].image, stamp, CAMERA_FRAME))
+
+        # The camera mount (static, with a lever arm) and odometry around t = 100 s.
         base_from_cam = geometry.make_pose(geometry.axis_angle_to_matrix([0, 0, 0.3]),
                                            [0, 0, 0.5])
-        tf_out.send_static([conversions.to_transform_stamped(base_from_cam, STAMP0, 'base',
-                                                             CAMERA_FRAME)])
-        tf_out.send([conversions.to_transform_stamped(
-            pose, conversions.ns_to_stamp(t * S), 'odom', 'base')
-            for t, pose in odom_from_base.items()])
+        tf_out.send_static([conversions.to_transform_stamped(base_from_cam, STAMP0,
+                                                             'base_link', CAMERA_FRAME)])
+        odom_from_base = odometry((99, 101))
         clock(100.0)
-        stamp = conversions.ns_to_stamp(100 * S)
-        info = CameraInfo(width=WIDTH, height=HEIGHT, k=frames[0].K.ravel().tolist())
-        info.header.stamp, info.header.frame_id = stamp, CAMERA_FRAME
-        image = conversions.rgb_to_image(frames[0].image, stamp, CAMERA_FRAME)
-        assert _resend_until(lambda: (info_pub.publish(info), image_pub.publish(image)),
-                             lambda: poses and map_odom, spin_until, [node]), _log(log_path)
+        assert _resend_until(lambda: send_image(100), lambda: poses and covs and map_odom,
+                             spin_until, [node]), _log(log_path)
         first = map_odom[0]
         assert first.header.frame_id == 'map'
         assert conversions.stamp_to_ns(first.header.stamp) == 100 * S + S // 2
+        # ~/pose is base_link's pose: with the mount it is the engine's camera pose (the
+        # node's localizer is fresh, as this one is: same RANSAC seed).
+        expected = Localizer.from_file(str(real_map), LocalizationConfig(**LOC_SETTINGS))
+        result = expected.localize(frames[0])
+        assert result.success
+        map_from_base = conversions.pose_stamped_to_matrix(poses[0])
+        assert poses[0].header.frame_id == 'map'
+        assert conversions.stamp_to_ns(poses[0].header.stamp) == 100 * S
+        map_from_cam = map_from_base @ base_from_cam
+        np.testing.assert_allclose(map_from_cam, result.world_from_cam, atol=1e-4)
+        assert np.abs(map_from_base[:3, 3] - map_from_cam[:3, 3]).max() > 0.1  # not the camera
+        # map -> odom, composed with odom -> base_link -> camera at the image stamp, is the
+        # localized camera pose.
         odom_from_cam = geometry.slerp_pose(odom_from_base[99], odom_from_base[101],
                                             0.5) @ base_from_cam
-        map_from_cam = conversions.pose_stamped_to_matrix(poses[0])
         np.testing.assert_allclose(
             conversions.transform_stamped_to_matrix(first) @ odom_from_cam, map_from_cam,
             atol=1e-6)
+        # The covariance is the base's: the camera's, moved along the lever arm.
+        cov = np.asarray(covs[0].pose.covariance).reshape(6, 6)
+        np.testing.assert_allclose(conversions.pose_to_matrix(covs[0].pose.pose),
+                                   map_from_base, atol=1e-9)
+        np.testing.assert_allclose(cov, _base_covariance(result.confidence, map_from_cam,
+                                                         base_from_cam), rtol=1e-6, atol=1e-12)
+        assert np.abs(cov[:3, 3:]).max() > 1e-6  # position and rotation couple
         # Re-broadcast on the simulated clock: stamps follow /clock + tolerance.
         clock(250.0)
         assert spin_until([node], lambda: any(
             conversions.stamp_to_ns(t.header.stamp) == 250 * S + S // 2 for t in map_odom),
             10), [conversions.stamp_to_ns(t.header.stamp) for t in map_odom[-3:]]
+        # A new pose at an older stamp than the re-broadcasts: stamps still go forward.
+        odometry((110, 112))
+        n = len(map_odom)
+        clock(250.0)
+        assert _resend_until(lambda: send_image(111), lambda: len(poses) > 1 and any(
+            conversions.stamp_to_ns(p.header.stamp) == 111 * S for p in poses), spin_until,
+            [node]), _log(log_path)
+        assert spin_until([node], lambda: len(map_odom) > n, 5)
+        stamps = [conversions.stamp_to_ns(t.header.stamp) for t in map_odom]
+        assert all(a < b for a, b in zip(stamps, stamps[1:])), stamps
+        # Simulated time jumps back (a bag restarts): stamps start again from it.
+        clock(50.0)
+        spin_until([node], lambda: False, 1.0)
+        odometry((49, 51))
+        clock(50.0)
+        assert _resend_until(lambda: send_image(50), lambda: any(
+            conversions.stamp_to_ns(t.header.stamp) == 50 * S + S // 2 for t in map_odom),
+            spin_until, [node]), (_log(log_path), stamps[-3:])
+        assert 'time jumped back' in _log(log_path)
+        # Only map -> odom: the camera and base_link keep their one parent.
+        assert {t.child_frame_id for t in node_tf} == {'odom'}
         process.send_signal(signal.SIGTERM)
         assert process.wait(20) == 0, _log(log_path)
         assert 'Traceback' not in _log(log_path)
+        assert "publishing map -> odom" in _log(log_path)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
+        _stop(process)
+
+
+def test_fallbacks_without_odom_never_give_a_frame_a_second_parent(
+        scene, make_node, spin_until, ros_env, tmp_path):
+    """Default frames, no odom in TF: map -> base_link while base_link has no parent; none
+    (only the pose topics) once it has another parent; a camera not linked to base_link:
+    map -> camera. Each fallback is logged."""
+    real_map, frames = scene
+    ns = '/fallback_test'
+    log_path = tmp_path / 'node.log'
+    process = _start_node(ns, real_map, log_path, ros_env)
+    try:
+        node = make_node('fallback_probe')
+        tf_out = TfInterface(node, use_tf2_ros=False, listen=False)
+        reliable = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+        image_pub = node.create_publisher(Image, f'{ns}/image', reliable)
+        info_pub = node.create_publisher(CameraInfo, f'{ns}/camera_info', reliable)
+        poses, covs, node_tf = [], [], []
+        node.create_subscription(PoseStamped, f'{ns}/localization_node/pose', poses.append, 10)
+        node.create_subscription(PoseWithCovarianceStamped,
+                                 f'{ns}/localization_node/pose_with_covariance', covs.append,
+                                 10)
+        from ace_ros.ros.tf import TF_QOS
+        from tf2_msgs.msg import TFMessage
+        node.create_subscription(TFMessage, '/tf', lambda m: node_tf.extend(
+            t for t in m.transforms if t.header.frame_id == 'map'), TF_QOS)
+        assert spin_until([node], lambda: image_pub.get_subscription_count() > 0
+                          and info_pub.get_subscription_count() > 0, 30), _log(log_path)
+        assert _wait_log(log_path, 'loaded map'), _log(log_path)
+
+        def send_image(sec: int, camera: str = CAMERA_FRAME) -> None:
+            stamp = conversions.ns_to_stamp(sec * S)
+            info = CameraInfo(width=WIDTH, height=HEIGHT, k=frames[0].K.ravel().tolist())
+            info.header.stamp, info.header.frame_id = stamp, camera
+            info_pub.publish(info)
+            image_pub.publish(conversions.rgb_to_image(frames[0].image, stamp, camera))
+
+        def at(items, sec: int) -> list:
+            return [m for m in items if conversions.stamp_to_ns(m.header.stamp) == sec * S]
+
+        # 1. The camera mount, no odom: map -> base_link at the image stamp (it has no parent).
+        base_from_cam = geometry.make_pose(geometry.axis_angle_to_matrix([0.2, 0, 0]),
+                                           [0.3, 0, 0.4])
+        tf_out.send_static([conversions.to_transform_stamped(base_from_cam, STAMP0,
+                                                             'base_link', CAMERA_FRAME)])
+        spin_until([node], lambda: False, 1.0)  # let the node hear it
+        assert _resend_until(lambda: send_image(1), lambda: at(poses, 1) and at(node_tf, 1),
+                             spin_until, [node]), _log(log_path)
+        tf, pose = at(node_tf, 1)[0], at(poses, 1)[0]
+        assert tf.child_frame_id == 'base_link'
+        map_from_base = conversions.pose_stamped_to_matrix(pose)
+        np.testing.assert_allclose(conversions.transform_stamped_to_matrix(tf), map_from_base,
+                                   atol=1e-9)
+        result = Localizer.from_file(str(real_map), LocalizationConfig(**LOC_SETTINGS)
+                                     ).localize(frames[0])  # fresh, as the node's
+        np.testing.assert_allclose(map_from_base @ base_from_cam, result.world_from_cam,
+                                   atol=1e-4)
+        cov = np.asarray(at(covs, 1)[0].pose.covariance).reshape(6, 6)
+        np.testing.assert_allclose(cov, _base_covariance(
+            result.confidence, map_from_base @ base_from_cam, base_from_cam), rtol=1e-6,
+            atol=1e-12)
+        assert _wait_log(log_path, 'REP-105 fallback', 5), _log(log_path)
+
+        # 2. base_link gets another parent: no TF from the node, the pose topics go on.
+        tf_out.send_static([conversions.to_transform_stamped(np.eye(4), STAMP0, 'world',
+                                                             'base_link')])
+        spin_until([node], lambda: False, 1.0)
+        assert _resend_until(lambda: send_image(2), lambda: at(poses, 2) and at(covs, 2),
+                             spin_until, [node]), _log(log_path)
+        spin_until([node], lambda: False, 1.0)  # a transform would have arrived by now
+        assert not at(node_tf, 2), at(node_tf, 2)
+        assert "'base_link' already has the parent 'world' in TF: publishing no TF" in \
+            _log(log_path)
+        # Still the base's pose: its covariance couples position and rotation (lever arm).
+        assert np.abs(np.asarray(at(covs, 2)[0].pose.covariance).reshape(6, 6)[:3, 3:]
+                      ).max() > 1e-6
+
+        # 3. A camera that is not linked to base_link: its own pose and map -> camera.
+        assert _resend_until(lambda: send_image(3, 'loose_camera'),
+                             lambda: at(poses, 3) and at(node_tf, 3), spin_until, [node]), \
+            _log(log_path)
+        tf = at(node_tf, 3)[0]
+        assert tf.child_frame_id == 'loose_camera'
+        np.testing.assert_allclose(conversions.transform_stamped_to_matrix(tf),
+                                   conversions.pose_stamped_to_matrix(at(poses, 3)[0]),
+                                   atol=1e-9)
+        assert "base_frame 'base_link' is not linked to the camera frame 'loose_camera'" in \
+            _log(log_path)
+        # Never a transform to a frame that had a parent: not the camera, not odom.
+        assert {t.child_frame_id for t in node_tf} == {'base_link', 'loose_camera'}
+        assert _log(log_path).count('REP-105 fallback') == 2  # once per frame, not per image
+        assert 'Traceback' not in _log(log_path)
+    finally:
+        _stop(process)
