@@ -1,8 +1,10 @@
 """Localize a camera in a map: `ros2 launch ace_ros localization.launch.py map:=room.ace`.
 
-Publishes ~/pose, ~/pose_with_covariance and TF (map -> odom when odom_frame is set in the
-parameter file, else map -> camera). For a bag: `ros2 bag play --clock BAG` with
-use_sim_time:=true.
+Publishes ~/pose and ~/pose_with_covariance (of base_frame) and TF map -> odom (REP-105, as
+AMCL; base_frame -> camera and odom -> base_frame come from TF: robot_state_publisher and
+odometry). Without odom in TF: map -> base_frame, or no TF when that frame already has a
+parent. A camera with no TF tree: base_frame:='' odom_frame:='' (map -> camera). For a bag:
+`ros2 bag play --clock BAG` with use_sim_time:=true.
 """
 
 import os
@@ -29,6 +31,12 @@ def generate_launch_description():
                               description='namespace of the node and its topics'),
         DeclareLaunchArgument('device', default_value='auto',
                               description="'auto' (CUDA when present), 'cpu', 'cuda:N'"),
+        DeclareLaunchArgument('base_frame', default_value='base_link',
+                              description="robot body frame: ~/pose is its pose, base -> "
+                                          "camera from TF; '' = the camera frame"),
+        DeclareLaunchArgument('odom_frame', default_value='odom',
+                              description="TF is map -> odom_frame; '' with base_frame '' = "
+                                          'map -> camera (a camera with no TF tree)'),
         DeclareLaunchArgument('image', default_value='image',
                               description='image topic (rgb8, bgr8 or mono8)'),
         DeclareLaunchArgument('camera_info', default_value='camera_info',
@@ -53,6 +61,10 @@ def generate_launch_description():
                                                value_type=bool),
                 'map_path': ParameterValue(LaunchConfiguration('map'), value_type=str),
                 'device': ParameterValue(LaunchConfiguration('device'), value_type=str),
+                'base_frame': ParameterValue(LaunchConfiguration('base_frame'),
+                                             value_type=str),
+                'odom_frame': ParameterValue(LaunchConfiguration('odom_frame'),
+                                             value_type=str),
             },
         ],
         remappings=[
