@@ -2,12 +2,23 @@
 
 ROS-free. The mapping node hands it converted messages; tests hand it numpy arrays. Images
 and poses may arrive in either order; an image gets a pose only from poses that bracket its
-stamp closely (or one at its exact stamp), never from a guess. Keyframes (enough motion since
-the last one) are kept in memory and queued; a worker thread encodes them into the training
-buffer (on the mapping device) while collection goes on, so `add_image` and `add_pose` stay
-cheap (a ROS callback never waits for the encoder). `finish` waits for that queue to drain,
-then runs the remaining augmentation passes and training with the offline mapper's code
-(`Mapper.map`).
+stamp closely (or one at its exact stamp), never from a guess. Keyframes are kept in memory
+and queued; a worker thread encodes them into the training buffer (on the mapping device) while
+collection goes on, so `add_image` and `add_pose` stay cheap (a ROS callback never waits for the
+encoder). `finish` waits for that queue to drain, then runs the remaining augmentation passes
+and training with the offline mapper's code (`Mapper.map`).
+
+Keyframe policy. ACE trains on every frame, so nearly every posed image is a keyframe: only
+near-duplicates (less than min_translation_m and min_rotation_deg of motion since the previous
+frame that moved enough, e.g. a robot standing still) are skipped. `max_keyframes` bounds
+memory: when one more keyframe would exceed it, every second keyframe is dropped and from then
+on only every second frame that moves enough is kept (the spacing doubles each time), so the
+keyframes cover the whole drive at one uniform density, between max_keyframes / 2 and
+max_keyframes of them. Thinning discards the training buffer and re-queues the kept keyframes
+for encoding: the buffer then holds exactly the kept keyframes' cells, as if only they had
+arrived (at most one extra encoding per keyframe accepted, over the whole drive).
+`finish_at_max_keyframes` restores the old policy: keyframes stop at max_keyframes (the
+mapping node then trains).
 
 Stamps are integer nanoseconds (see pose_track.py).
 """
@@ -41,8 +52,9 @@ from ace_ros.core.weights import build_encoder
 _logger = logging.getLogger(__name__)
 
 #: Rejection and outcome counters, in report order.
-COUNTERS = ('images', 'poses', 'keyframes', 'skipped_small_motion', 'no_pose',
-            'keyframe_limit', 'image_out_of_order', 'image_duplicate_stamp', 'image_invalid',
+COUNTERS = ('images', 'poses', 'keyframes', 'skipped_small_motion', 'skipped_spacing',
+            'keyframes_thinned', 'no_pose', 'keyframe_limit', 'image_out_of_order',
+            'image_duplicate_stamp', 'image_invalid',
             'pose_out_of_order', 'pose_duplicate_stamp', 'pose_invalid', 'pose_wrong_frame',
             'after_finish', 'encode_failed')
 _WARN_EVERY_S = 5.0
@@ -69,12 +81,22 @@ class OnlineMappingConfig:
         1.0, 'an image whose bracketing pose has not arrived by the time images this much '
         'newer (s, by their stamps: stream time, not wall time) arrive is counted as having '
         'no pose')
-    min_translation_m: float = _f(0.05, 'a keyframe needs this much camera motion (m) since '
-                                  'the last keyframe, or min_rotation_deg')
-    min_rotation_deg: float = _f(5.0, 'a keyframe needs this much camera rotation (deg) since '
-                                 'the last keyframe, or min_translation_m')
+    # Small: ACE trains on every frame, so these only drop near-duplicates (a camera standing
+    # still, whose pose jitters by millimetres); a hand-held camera or a robot at walking pace
+    # moves 3-20 cm or several degrees per frame at 5-30 Hz. max_keyframes bounds the rest.
+    min_translation_m: float = _f(0.01, 'an image is skipped as a near-duplicate when the camera '
+                                  'moved less than this (m) and turned less than '
+                                  'min_rotation_deg since the last image that was not')
+    min_rotation_deg: float = _f(1.0, 'an image is skipped as a near-duplicate when the camera '
+                                 'turned less than this (deg) and moved less than '
+                                 'min_translation_m since the last image that was not')
+    # 500 images at 1024 cells each fill the cpu preset's 512k-cell buffer.
     max_keyframes: int = _f(500, 'keyframes kept at most (each holds its full image in memory); '
-                            'reaching it ends collection')
+                            'one more thins them evenly (every second one is dropped and the '
+                            'spacing doubles), so the whole drive stays covered')
+    finish_at_max_keyframes: bool = _f(False, 'stop taking keyframes at max_keyframes instead of '
+                                       'thinning them (the mapping node then trains): the first '
+                                       'max_keyframes of the drive, nothing after')
 
     def __post_init__(self) -> None:
         for name in ('stamp_tolerance_s', 'max_pose_wait_s', 'min_translation_m',
@@ -158,6 +180,12 @@ class OnlineMappingSession:
         self.world_frame_id = world_frame_id
         self._pending: Deque[Tuple[int, Frame]] = collections.deque()
         self._keyframes: List[Frame] = []
+        # Keyframe policy (see the module docstring): frames that moved enough ("candidates")
+        # are numbered; candidate c is a keyframe while c % _spacing == 0.
+        self._candidates = 0
+        self._last_candidate_pose: Optional[npt.NDArray[np.float64]] = None
+        self._spacing = 1
+        self._candidate_index: Dict[str, int] = {}  # keyframe name -> its candidate number
         self._last_image_ns: Optional[int] = None
         self._last_pose_ns: Optional[int] = None
         self._encode_s = 0.0
@@ -172,6 +200,10 @@ class OnlineMappingSession:
         self._encode_queue: Deque[Frame] = collections.deque()
         self._encoded = 0
         self._encoding = False      # the worker is encoding a frame taken off the queue
+        # Thinning bumps the generation: frames encoded into an older buffer do not count, and
+        # the worker replaces the buffer (dropping the old one first) before its next frame.
+        self._generation = 0
+        self._buffer_stale = False
         self._closed = False
         self._changed = threading.Condition(self._lock)  # queue or encoder state changed
         self._encoder_thread: Optional[threading.Thread] = None
@@ -225,8 +257,10 @@ class OnlineMappingSession:
                   stamp_ns: int) -> str:
         """Take one (H, W, 3) uint8 RGB image with its (3, 3) K.
 
-        Returns what happened to it so far: 'keyframe', 'skipped_small_motion', 'no_pose',
-        'keyframe_limit', 'pending' (its pose is not decided yet) or a rejection reason.
+        Returns what happened to it so far: 'keyframe', 'skipped_small_motion' (a
+        near-duplicate), 'skipped_spacing' (moved enough, but keyframes were thinned and it falls
+        between two), 'no_pose', 'keyframe_limit' (finish_at_max_keyframes only), 'pending' (its
+        pose is not decided yet) or a rejection reason.
         """
         with self._lock:
             if self._state != 'collecting':
@@ -264,8 +298,14 @@ class OnlineMappingSession:
 
     @property
     def full(self) -> bool:
-        """Whether max_keyframes keyframes have been collected."""
+        """Whether max_keyframes keyframes are held (the next one thins them, or, with
+        finish_at_max_keyframes, is refused)."""
         return len(self._keyframes) >= self.online.max_keyframes
+
+    @property
+    def spacing(self) -> int:
+        """Keyframes are every `spacing`-th frame that moved enough (1 until thinned)."""
+        return self._spacing
 
     @property
     def keyframe_count(self) -> int:
@@ -366,8 +406,8 @@ class OnlineMappingSession:
                 raise ValueError(
                     f'mapping needs at least 2 keyframes, got {len(self._keyframes)} '
                     f"({self.counts['images']} images: {self.counts['no_pose']} without a "
-                    f"pose, {self.counts['skipped_small_motion']} too close to the last "
-                    'keyframe); keep collecting')
+                    f"pose, {self.counts['skipped_small_motion']} near-duplicates of the "
+                    'previous image); keep collecting')
             self._state = 'training'
         try:
             if cancel is not None:
@@ -461,25 +501,65 @@ class OnlineMappingSession:
         return outcome
 
     def _consider_keyframe(self, frame: Frame) -> str:
-        if self.full:
+        if self.online.finish_at_max_keyframes and self.full:
             self.counts['keyframe_limit'] += 1
             return 'keyframe_limit'
-        if self._keyframes:
-            last = self._keyframes[-1].world_from_cam
-            moved_m, turned_deg = geometry.pose_error(frame.world_from_cam, last)
+        if self._last_candidate_pose is not None:
+            moved_m, turned_deg = geometry.pose_error(frame.world_from_cam,
+                                                      self._last_candidate_pose)
             if (moved_m < self.online.min_translation_m
                     and turned_deg < self.online.min_rotation_deg):
                 self.counts['skipped_small_motion'] += 1
                 return 'skipped_small_motion'
+        index = self._candidates
+        self._candidates += 1
+        self._last_candidate_pose = frame.world_from_cam
+        if index % self._spacing == 0 and self.full:
+            self._thin()
+        if index % self._spacing:
+            self.counts['skipped_spacing'] += 1
+            return 'skipped_spacing'
         self._keyframes.append(frame)
+        self._candidate_index[frame.name] = index
         self.counts['keyframes'] += 1
         self._encode_queue.append(frame)
         self._start_encoder()
         self._changed.notify_all()
-        if self.full:
+        if self.online.finish_at_max_keyframes and self.full:
             _logger.info('keyframe limit reached (%d); collection is complete',
                          self.online.max_keyframes)
         return 'keyframe'
+
+    def _thin(self) -> None:
+        """Drop every second keyframe (on the candidate lattice) and double the spacing.
+
+        The buffer holds cells of the dropped keyframes: rather than cut them out of it, the
+        worker starts a fresh buffer and re-encodes the kept keyframes, so the buffer always
+        holds the kept keyframes' first pass and nothing else (what `finish` relies on:
+        `Mapper.map(..., passes_done=1)`). Every keyframe encoded once more at most:
+        thinning re-encodes max_keyframes / 2, and max_keyframes / 2 new ones come before
+        the next thinning.
+        """
+        before = len(self._keyframes)
+        self._spacing *= 2
+        kept = [f for f in self._keyframes
+                if self._candidate_index[f.name] % self._spacing == 0]
+        self._keyframes = kept
+        self._candidate_index = {f.name: self._candidate_index[f.name] for f in kept}
+        dropped = before - len(kept)
+        self.counts['keyframes'] -= dropped
+        self.counts['keyframes_thinned'] += dropped
+        self._generation += 1
+        self._buffer_stale = True
+        self._encode_queue = collections.deque(kept)
+        self._encoded = 0
+        self._start_encoder()
+        self._changed.notify_all()
+        _logger.info('max_keyframes (%d) reached: thinned the keyframes evenly, %d of %d kept; '
+                     'from now on every %d%s frame that moves enough is a keyframe, so the whole '
+                     'drive stays covered at one density; re-encoding the %d kept into a fresh '
+                     'buffer', self.online.max_keyframes, len(kept), before, self._spacing,
+                     _ordinal_suffix(self._spacing), len(kept))
 
     def _start_encoder(self) -> None:
         if self._encoder_thread is None and not self._closed:
@@ -499,6 +579,11 @@ class OnlineMappingSession:
                     return
                 frame = self._encode_queue.popleft()
                 self._encoding = True
+                generation = self._generation
+                fresh = self._buffer_stale
+                if fresh:  # thinned: the old buffer goes before a new one is allocated
+                    self._buffer_stale = False
+                    self._buffer = None
                 buffer = self._buffer
             error: Optional[BaseException] = None
             start = time.perf_counter()
@@ -506,16 +591,26 @@ class OnlineMappingSession:
                 # No lock held: callbacks keep adding images and poses meanwhile. Only this
                 # thread touches the mapper and the buffer until `finish` has drained the
                 # queue.
+                if fresh:
+                    buffer = self._mapper.new_buffer(self.online.max_keyframes)
+                    with self._lock:
+                        self._buffer = buffer
                 self._mapper.add_to_buffer(buffer, frame)
             except Exception as caught:  # noqa: BLE001 - e.g. out of memory: drop the frame
                 error = caught
+            buffer = None  # a thinning may replace it: hold no reference while idle
             with self._lock:
                 self._encode_s += time.perf_counter() - start
                 self._encoding = False
-                if error is None:
+                if generation != self._generation:
+                    pass  # thinned meanwhile: that buffer is gone, the kept frames re-queued
+                elif error is None:
                     self._encoded += 1
                 else:
+                    if fresh and self._buffer is None:
+                        self._buffer_stale = True  # allocating failed: the next frame retries
                     self._keyframes = [f for f in self._keyframes if f is not frame]
+                    self._candidate_index.pop(frame.name, None)
                     self.counts['keyframes'] -= 1
                     self._reject('encode_failed', f'keyframe {frame.name} dropped: encoding '
                                  f'failed: {type(error).__name__}: {error}')
@@ -568,6 +663,10 @@ class OnlineMappingSession:
             n += 1
             candidate = base.with_name(f'{base.name}.{n}')
         return candidate
+
+
+def _ordinal_suffix(n: int) -> str:
+    return 'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')
 
 
 def _checked_K(K: npt.ArrayLike) -> npt.NDArray[np.float64]:

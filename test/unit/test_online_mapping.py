@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import collections
+import gc
 import logging
 import threading
 import time
+import weakref
 
 import numpy as np
 import pytest
@@ -247,9 +250,11 @@ def test_bad_inputs_are_refused_counted_and_logged(frames, tmp_path, caplog):
     assert set(counts) == set(COUNTERS)
 
 
-def test_keyframes_need_motion_and_stop_at_the_limit(frames, tmp_path):
+def test_keyframes_need_motion_and_finish_at_max_keyframes_stops_there(frames, tmp_path):
+    """The policy before thinning, kept as an option: the first max_keyframes, then none."""
     train, _ = frames
-    session = _session(tmp_path, min_translation_m=0.3, min_rotation_deg=30.0, max_keyframes=3)
+    session = _session(tmp_path, min_translation_m=0.3, min_rotation_deg=30.0, max_keyframes=3,
+                       finish_at_max_keyframes=True)
     still = train[0].world_from_cam
     nudged = still @ geometry.make_pose(np.eye(3), [0.1, 0, 0])
     turned = still @ geometry.make_pose(geometry.axis_angle_to_matrix([0, np.radians(40), 0]),
@@ -262,6 +267,146 @@ def test_keyframes_need_motion_and_stop_at_the_limit(frames, tmp_path):
     assert session.full and session.keyframe_count == 3
     counts = session.status().counts
     assert counts['skipped_small_motion'] == 1 and counts['keyframe_limit'] == 1
+
+
+# -- session: keyframe policy (defaults, thinning) ------------------------------------------
+
+_SMALL_IMAGE = np.zeros((16, 16, 3), np.uint8)
+_SMALL_K = np.array([[20.0, 0, 8], [0, 20.0, 8], [0, 0, 1]])
+
+
+def _policy_session(tmp_path, **online):
+    """A session with the default keyframe settings (unless overridden) whose encoder does
+    nothing: these tests are about which frames are kept, not about the buffer."""
+    session = OnlineMappingSession(_cfg(), OnlineMappingConfig(
+        map_path=str(tmp_path / 'room.ace'), **online))
+    _SESSIONS.append(session)
+    session._mapper.add_to_buffer = lambda buffer, frame: 0
+    return session
+
+
+def _stream_one(session, i, pose):
+    _pose(session, T0 + i * PERIOD, pose)
+    return session.add_image(_SMALL_IMAGE, _SMALL_K, T0 + i * PERIOD)
+
+
+def _stream(session, poses):
+    """Feed one pose and one image per stamp; the outcome of each image."""
+    return [_stream_one(session, i, pose) for i, pose in enumerate(poses)]
+
+
+def _unit(v):
+    return v / np.linalg.norm(v)
+
+
+def _slow_drive(n, seed=0, step_m=(0.01, 0.03), turn_deg=0.5):
+    """A hand-held camera moving slowly: 1-3 cm and up to half a degree between frames."""
+    rng = np.random.default_rng(seed)
+    poses, pose = [], np.eye(4)
+    heading = np.array([1.0, 0.0, 0.0])
+    for _ in range(n):
+        poses.append(pose)
+        heading = heading + rng.normal(0, 0.2, 3)
+        heading /= np.linalg.norm(heading)
+        turn = geometry.axis_angle_to_matrix(np.radians(rng.uniform(0, turn_deg))
+                                             * _unit(rng.normal(size=3)))
+        step = np.eye(4)
+        step[:3, 3] = heading * rng.uniform(*step_m)
+        pose = step @ pose @ geometry.make_pose(turn, [0, 0, 0])
+    return poses
+
+
+def _candidate(name):
+    return round((int(name.replace('.', '')) - T0) / PERIOD)
+
+
+def test_defaults_keep_nearly_every_frame_of_a_slow_drive(tmp_path):
+    """Issue 17 item 8: 5 cm / 5 deg kept 70 of a 500-frame hand-held room and halved the
+    map's accuracy. ACE trains on every frame: the defaults keep frames 1-3 cm apart."""
+    defaults = OnlineMappingConfig()
+    assert (defaults.min_translation_m, defaults.min_rotation_deg) == (0.01, 1.0)
+    assert defaults.max_keyframes == 500 and not defaults.finish_at_max_keyframes
+    session = _policy_session(tmp_path)
+    outcomes = _stream(session, _slow_drive(500))
+    assert outcomes.count('keyframe') >= 450, collections.Counter(outcomes)
+    assert session.keyframe_count == session.status().counts['keyframes'] >= 450
+    assert session.spacing == 1 and session.status().counts['keyframes_thinned'] == 0
+
+
+def test_a_stationary_camera_gives_few_keyframes(tmp_path):
+    """A robot standing still: its pose jitters by a millimetre and a tenth of a degree."""
+    rng = np.random.default_rng(3)
+    still = geometry.make_pose(np.eye(3), [1.0, 2.0, 0.5])
+    poses = [still @ geometry.make_pose(
+        geometry.axis_angle_to_matrix(np.radians(0.1) * _unit(rng.normal(size=3))),
+        rng.normal(0, 0.001, 3)) for _ in range(300)]
+    session = _policy_session(tmp_path)
+    outcomes = _stream(session, poses)
+    assert session.keyframe_count <= 3, collections.Counter(outcomes)
+    assert outcomes.count('skipped_small_motion') >= 297
+
+
+def test_a_drive_longer_than_max_keyframes_is_thinned_evenly(tmp_path, caplog):
+    """Past max_keyframes every second keyframe goes and the spacing doubles: the whole drive
+    stays covered at one density, with never more than max_keyframes held."""
+    session = _policy_session(tmp_path, max_keyframes=40)
+    n = 300
+    held = []
+    with caplog.at_level(logging.INFO, logger='ace_ros.core.online_mapping'):
+        for i, pose in enumerate(_slow_drive(n, seed=1)):
+            _stream_one(session, i, pose)
+            held.append(session.keyframe_count)
+    assert max(held) <= 40
+    index = [_candidate(f.name) for f in session._keyframes]
+    # 300 frames, 40 at most: thinned at 40, 80 and 160 candidates -> every 8th frame.
+    assert session.spacing == 8 and index == list(range(0, n, 8))
+    assert 20 <= len(index) <= 40
+    assert index[0] == 0 and index[-1] >= n - session.spacing  # both ends of the drive
+    assert set(np.diff(index)) == {session.spacing}            # uniform spacing
+    counts = session.status().counts
+    assert counts['keyframes'] == len(index)
+    assert (counts['keyframes'] + counts['keyframes_thinned'] + counts['skipped_spacing']
+            + counts['skipped_small_motion']) == n
+    assert counts['keyframe_limit'] == 0
+    thinned = [r.getMessage() for r in caplog.records if 'thinned the keyframes' in r.getMessage()]
+    assert len(thinned) == 3 and '20 of 40 kept' in thinned[0], thinned
+    assert 'every 8th frame' in thinned[-1]
+
+
+def test_thinning_leaves_only_the_kept_keyframes_in_the_buffer(frames, tmp_path):
+    """The buffer filled while collecting loses the dropped keyframes' cells: thinning starts
+    a fresh buffer and re-encodes the kept ones (a frame being encoded into the old buffer
+    meanwhile does not count), and the old buffer is freed."""
+    train, _ = frames
+    session = _session(tmp_path, cfg=_cfg(max_buffer_passes=2), min_translation_m=0.0,
+                       min_rotation_deg=0.0, max_keyframes=4)
+    old_buffer = weakref.ref(session._buffer)
+    gate, calls = _gate_encoder(session)
+    outcomes = []
+    for i, frame in enumerate(train):
+        _pose(session, T0 + i * PERIOD, frame.world_from_cam)
+        outcomes.append(session.add_image(frame.image, frame.K, T0 + i * PERIOD))
+        if i == 0:  # frame 0 is still being encoded (into the old buffer) when thinning comes
+            deadline = time.monotonic() + 30.0
+            while not calls and time.monotonic() < deadline:
+                time.sleep(0.01)
+    # 10 frames, 4 at most: thinned at frames 4 and 8 -> frames 0, 4, 8.
+    kept = [stamp_name(T0 + i * PERIOD) for i in (0, 4, 8)]
+    assert [f.name for f in session._keyframes] == kept
+    assert outcomes.count('skipped_spacing') == 3 and session.spacing == 4
+    gate.set()
+    assert session.wait_encoded(30.0)
+    status = session.status()
+    assert status.encoded == status.keyframes == 3 and status.queued == 0
+    assert session._buffer.sources == kept and session._buffer.n_images == 3
+    assert status.buffer_cells == session._buffer.size <= 3 * 40
+    assert calls[0] == calls[1] == kept[0]  # encoded into the old buffer, then again
+    gc.collect()
+    assert old_buffer() is None
+    result = session.finish()
+    assert result.keyframes == 3 and result.stats.buffer_images == 2 * 3
+    assert load_map(result.map_path).frame_names == kept
+    assert list(AceLayoutSource(result.keyframes_dir).names) == kept
 
 
 # -- session: finishing ---------------------------------------------------------------------
