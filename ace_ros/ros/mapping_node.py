@@ -13,9 +13,15 @@ optical frame) or 'tf' (the camera's optical frame looked up in fixed_frame at e
 stamp; this composes any robot-to-camera extrinsics). Poses use the optical-frame convention
 (REP-103: x right, y down, z forward), which is ACE's camera convention.
 
-Mapping ends, trains and writes map_path on `~/finish` (std_srvs/Trigger), when max_keyframes
-are collected, or after idle_timeout_s without images. `~/save_keyframes` writes the keyframes
-so far as an ACE-layout dataset (`ace-ros map FOLDER -o MAP` redoes mapping offline).
+Keyframes: every posed image but near-duplicates (min_translation_m / min_rotation_deg: a
+camera standing still); past max_keyframes they are thinned evenly (every second one dropped,
+the spacing doubled), so a long drive stays covered within a bounded memory (see
+`ace_ros.core.online_mapping`).
+
+Mapping ends, trains and writes map_path on `~/finish` (std_srvs/Trigger), or after
+idle_timeout_s without images; with finish_at_max_keyframes (off by default) also when
+max_keyframes are collected. `~/save_keyframes` writes the keyframes so far as an ACE-layout
+dataset (`ace-ros map FOLDER -o MAP` redoes mapping offline).
 """
 
 from __future__ import annotations
@@ -177,10 +183,12 @@ class MappingNode(Node):
         self.create_timer(self.p['diagnostics_period'], self._diagnostics.publish,
                           clock=steady)
         self.create_timer(0.05, self._on_tick, clock=steady)
+        limit = ('then training starts' if online.finish_at_max_keyframes
+                 else 'thinned evenly beyond that')
         self.get_logger().info(
             f"collecting keyframes: poses from '{self.p['pose_source']}' in frame "
             f"'{self.p['fixed_frame'] or '(first pose)'}', up to {online.max_keyframes} "
-            f'keyframes, map to {online.map_path}; call ~/finish to train')
+            f'keyframes ({limit}), map to {online.map_path}; call ~/finish to train')
 
     # -- inputs --------------------------------------------------------------------------
 
@@ -231,9 +239,13 @@ class MappingNode(Node):
                                     f'{type(error).__name__}: {error}',
                                     throttle_duration_sec=5.0)
             return
-        if self.session.full:
+        if self._limit_reached():
             self._start_training(f'{self.session.keyframe_count} keyframes collected '
-                                 '(max_keyframes)')
+                                 '(max_keyframes, finish_at_max_keyframes)')
+
+    def _limit_reached(self) -> bool:
+        """finish_at_max_keyframes and max_keyframes collected (else the session thins)."""
+        return self.session.online.finish_at_max_keyframes and self.session.full
 
     def _on_pose(self, msg: PoseStamped) -> None:
         self._add_pose(msg, conversions.pose_stamped_to_matrix, 'pose')
@@ -301,9 +313,9 @@ class MappingNode(Node):
             except Exception as error:  # noqa: BLE001 - logged; the next tick tries again
                 self.get_logger().error(f'TF pose lookup failed: {type(error).__name__}: '
                                         f'{error}', throttle_duration_sec=5.0)
-        if self.session.full:  # a pose can complete the last keyframe after its image
+        if self._limit_reached():  # a pose can complete the last keyframe after its image
             self._start_training(f'{self.session.keyframe_count} keyframes collected '
-                                 '(max_keyframes)')
+                                 '(max_keyframes, finish_at_max_keyframes)')
             return
         idle = self.p['idle_timeout_s']
         if idle > 0 and self._last_image_time is not None:

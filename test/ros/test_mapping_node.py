@@ -167,10 +167,12 @@ def _check_map_localizes(map_path: Path, queries) -> None:
 def test_pose_topic_bad_inputs_and_max_keyframes(frames, start_node, make_node, spin_until):
     """PoseStamped poses; bad inputs are logged and counted, good frames all kept.
 
-    No bad input is fatal; reaching max_keyframes trains and writes the map.
+    No bad input is fatal; with finish_at_max_keyframes, reaching max_keyframes trains and
+    writes the map.
     """
     train, test = frames
-    node = start_node({'max_keyframes': 7, 'idle_timeout_s': 0.0})
+    node = start_node({'max_keyframes': 7, 'finish_at_max_keyframes': True,
+                       'idle_timeout_s': 0.0})
     feeder = make_node('feeder_pose')
     image_pub = feeder.create_publisher(Image, 'image', RELIABLE)
     info_pub = feeder.create_publisher(CameraInfo, 'camera_info', RELIABLE)
@@ -223,7 +225,8 @@ def test_pose_topic_bad_inputs_and_max_keyframes(frames, start_node, make_node, 
                  'repeats the previous pose stamp', 'non-finite', 'not normalised',
                  'older than the previous pose', 'repeats the previous image stamp',
                  'older than the previous image', "encoding '16UC1' is not supported",
-                 'has no pose', '7 keyframes collected (max_keyframes)', 'map written to'):
+                 'has no pose', '7 keyframes collected (max_keyframes, finish_at_max_keyframes)',
+                 'map written to'):
         assert text in log, f'{text!r} not in log:\n{log}'
     counts = node.inputs()
     assert counts['keyframes'] == 7 and counts['no_pose'] == 1, counts
@@ -273,6 +276,28 @@ def test_tf_poses_with_sim_time_end_when_the_bag_ends(frames, bag, start_node, m
     ours = [d for d in diagnostics if any(s.name == 'mapping_node: mapping' for s in d.status)]
     assert ours and all(d.header.stamp.sec < 1000 for d in ours)
     _check_map_localizes(node.map_path, test)
+
+
+def test_max_keyframes_thins_evenly_and_collection_goes_on(frames, bag, start_node, make_node):
+    """Past max_keyframes (the default policy) the node thins the keyframes and keeps
+    collecting: the map covers the whole bag, every second frame of it."""
+    train, _ = frames
+    node = start_node({'max_keyframes': 5, 'idle_timeout_s': 1.5},
+                      remaps=[('image', '/camera/image_raw'),
+                              ('camera_info', '/camera/camera_info'), ('pose', '/camera/pose')])
+    feeder = make_node('feeder_thinning')
+    topics = ['/camera/image_raw', '/camera/camera_info', '/camera/pose']
+    BagPlayer(bag, rate=2.0, clock_hz=0.0, topics=topics).run(
+        feeder, ['/camera/image_raw', '/camera/pose'], wait_timeout_s=30.0)
+    assert node.wait(60.0) == 0, node.log
+    # 8 frames, 5 at most: the 6th thins 0-4 to 0, 2, 4; then every second frame.
+    assert 'thinned the keyframes evenly, 3 of 5 kept' in node.log, node.log
+    assert 'no images for' in node.log and 'Traceback' not in node.log, node.log
+    counts = node.inputs()
+    assert counts['images'] == len(train) and counts['keyframes'] == 4, counts
+    assert counts['keyframes_thinned'] == 2 and counts['skipped_spacing'] == 2, counts
+    assert load_map(str(node.map_path)).frame_names == [
+        '100.000000000', '100.400000000', '100.800000000', '101.200000000']
 
 
 def test_ctrl_c_during_training_keeps_keyframes_and_the_old_map(frames, bag, start_node,
