@@ -94,7 +94,8 @@ if [ "$EXTRAS" = auto ]; then
   if [ "$native_bf16" = 1 ]; then
     EXTRAS=openvino
     echo "[setup] native bf16 on this CPU (${flags:-cpu_has_fast_bf16}): extras openvino," \
-         "no NNCF (its int8 encoder is for CPUs without native bf16; --extras int8 adds it)"
+         "no NNCF (its int8 encoder is for CPUs without native bf16; --extras int8 adds it)" \
+         "$([ "$TEST" = 1 ] && echo '- but --test adds it, for the tests of the int8 encoder')"
   else
     EXTRAS=int8
     echo "[setup] no native bf16 on this CPU (cpu_has_fast_bf16${flags:+; cpuinfo: $flags}):" \
