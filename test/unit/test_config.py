@@ -50,8 +50,9 @@ def test_every_field_has_help_and_a_supported_type():
 def test_presets_apply():
     assert mapping_config() == MappingConfig()
     cpu = mapping_config('cpu')
-    assert (cpu.preset, cpu.max_iterations, cpu.batch_size) == ('cpu', 5000, 5120)
+    assert (cpu.preset, cpu.max_iterations, cpu.batch_size) == ('cpu', 10_000, 2560)
     assert (cpu.head_channels, cpu.triangulate) == (256, True)
+    assert (cpu.global_context, cpu.context_noise) == (True, 0.1)
     # A fixed budget: ~500 image encodings whatever the scene's size.
     for n_frames, cells in ((500, 512_000), (50, 50 * 10 * 1024), (1000, 512_000)):
         assert min(cpu.buffer_size,
@@ -211,7 +212,7 @@ def test_precedence_defaults_preset_yaml_flags(tmp_path, ros_layout):
     # A preset given as a flag still loses to the YAML's explicit values.
     cfg = _parse(MappingConfig, ['--config', config, '--preset', 'cpu'])
     assert cfg.preset == 'cpu' and cfg.batch_size == 100 and cfg.epochs == 3.0
-    assert cfg.max_iterations == 5000              # the preset's own
+    assert cfg.max_iterations == 10_000            # the preset's own
 
 
 def test_ros_layout_ignores_node_only_parameters(tmp_path):
