@@ -76,7 +76,8 @@ def main() -> None:
                                        epochs=1e6))
             mapper = Mapper(cfg, encoder, device, sha256)
             start = time.perf_counter()
-            head, iterations, _, last = mapper.train(buffer, scene_mean)
+            run = mapper.train(buffer, scene_mean)
+            head, iterations, last = run.head, run.iterations, run.last
             stats = MappingStats(train_s=time.perf_counter() - start, iterations=iterations,
                                  buffer_size=buffer.size, buffer_s=buffer_s,
                                  final_loss=float(last.loss.detach()),

@@ -17,7 +17,7 @@ from ace_ros.core import device as device_lib
 from ace_ros.core.buffer import TrainingBuffer, encode, prepare_image
 from ace_ros.core.config import MappingConfig, config_to_dict
 from ace_ros.core.mapfile import SceneMap
-from ace_ros.core.loss import reprojection_loss, soft_clamp_tau, target_loss
+from ace_ros.core.loss import LossOutput, reprojection_loss, soft_clamp_tau, target_loss
 from ace_ros.core.network import Encoder, Head, HeadConfig
 from ace_ros.core.triangulation import FramePoints, triangulate_frames
 from ace_ros.core.types import Frame
@@ -85,6 +85,16 @@ class MappingStats:
     final_loss: float = math.nan
     final_median_error_px: float = math.nan
     loss_history: List[float] = field(default_factory=list)
+
+
+@dataclass
+class TrainingRun:
+    """What `Mapper.train` gives back."""
+    head: Head
+    iterations: int
+    loss_history: List[float]
+    #: the loss terms of the last iteration (loss, valid fraction, median error in px)
+    last: LossOutput
 
 
 @dataclass
@@ -267,8 +277,8 @@ class Mapper:
 
     def train(self, buffer: TrainingBuffer, scene_mean: np.ndarray,
               progress: Optional[ProgressCallback] = None,
-              time_left_s: Optional[float] = None, planned_size: int = 0) -> tuple:
-        """Train a fresh head on `buffer`; returns (head, iterations, loss history).
+              time_left_s: Optional[float] = None, planned_size: int = 0) -> TrainingRun:
+        """Train a fresh head on `buffer`.
 
         With `time_left_s` the schedule (for `planned_size` cells, see `budgeted_iterations`)
         is compressed to the iterations that fit in it (measured on the first batches); the
@@ -361,7 +371,7 @@ class Mapper:
                                       **_rate_eta(iteration + 1, iterations, start)))
             iteration += 1
         head.eval()
-        return head, iterations, history, out
+        return TrainingRun(head, iterations, history, out)
 
     def map(self, frames: Sequence[Frame],
             progress: Optional[ProgressCallback] = None,
@@ -409,8 +419,9 @@ class Mapper:
         time_left = budget - (start - begin) if budget else None
         # Under a budget, the schedule of the buffer that encoding would have filled.
         planned = self.planned_cells(len(posed)) if time_left is not None else 0
-        head, stats.iterations, stats.loss_history, last = self.train(
-            buffer, scene_mean, progress, time_left, planned)
+        run = self.train(buffer, scene_mean, progress, time_left, planned)
+        head, stats.iterations, stats.loss_history, last = (
+            run.head, run.iterations, run.loss_history, run.last)
         stats.train_s = time.perf_counter() - start
         stats.final_loss = float(last.loss.detach())
         stats.final_median_error_px = last.median_error_px

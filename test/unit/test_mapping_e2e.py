@@ -66,8 +66,8 @@ def test_trainer_fits_training_views_with_informative_features():
     # 150 x 512 cells reach ~0.7 px here (250 x 1024: 0.4 px).
     cfg = mapping_config('tiny', image_height=HEIGHT, batch_size=512, max_iterations=150,
                          epochs=100.0)
-    _, iterations, history, last = Mapper(cfg, None, torch.device('cpu')).train(
-        buffer, scene_mean)
+    run = Mapper(cfg, None, torch.device('cpu')).train(buffer, scene_mean)
+    iterations, history, last = run.iterations, run.loss_history, run.last
     assert iterations == 150
     assert last.valid_fraction > 0.99
     assert last.median_error_px < 3.0, f'median training error {last.median_error_px:.1f} px'
@@ -85,8 +85,7 @@ def test_targets_make_the_head_converge_in_fewer_iterations():
         buffer, scene_mean = _oracle_buffer(12, targets_every=every)
         assert int((~torch.isnan(buffer.targets[:, 0])).sum()) == (
             0 if not every else len(range(0, 300, every)) * 12)
-        _, _, _, last = Mapper(cfg, None, torch.device('cpu')).train(
-            buffer, scene_mean)
+        last = Mapper(cfg, None, torch.device('cpu')).train(buffer, scene_mean).last
         errors[every] = last.median_error_px
     assert errors[4] < 0.5 * errors[0], errors
 
@@ -297,7 +296,7 @@ def test_time_budget_refits_the_count_to_the_real_rate(monkeypatch, caplog):
     original = torch.optim.lr_scheduler.OneCycleLR
     monkeypatch.setattr(torch.optim.lr_scheduler, 'OneCycleLR',
                         lambda *a, **k: schedules.append(original(*a, **k)) or schedules[-1])
-    _, iterations, _, _ = mapper.train(buffer, scene_mean, time_left_s=0.5)
+    iterations = mapper.train(buffer, scene_mean, time_left_s=0.5).iterations
     assert 50 < iterations < 1000 and 'iterations instead of 1000' in caplog.text
     # The OneCycle schedule was rebuilt for the new length (again at later checks where the
     # rate drifted by more than 3 %) and ran to its end.
@@ -392,7 +391,7 @@ def test_image_context_tells_apart_surfaces_that_look_alike():
     for context in (False, True):
         cfg = mapping_config('tiny', image_height=96, batch_size=512, max_iterations=300,
                              epochs=100.0, head_channels=128, global_context=context)
-        head, _, _, _ = Mapper(cfg, None, torch.device('cpu')).train(buffer, np.zeros(3))
+        head = Mapper(cfg, None, torch.device('cpu')).train(buffer, np.zeros(3)).head
         with torch.no_grad():
             points = head(buffer.features[:buffer.size],
                           buffer.context_table() if context else None,
