@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# Runs the whole test suite (after scripts/setup.sh). Extra arguments go to pytest.
-# The suite needs requirements-test.txt (pytest, pytest-xdist, and OpenVINO + NNCF, which
-# test/unit/test_backends.py tests on every CPU): where .venv lacks any of its pins, this runs
-# `bash scripts/setup.sh --test` first.
+# Runs the whole test suite, setting up first what is missing: on a fresh machine this one
+# command builds .venv (bash scripts/setup.sh --test) and then tests. Extra arguments go to
+# pytest. The suite needs requirements-test.txt (pytest, pytest-xdist, and OpenVINO + NNCF,
+# which test/unit/test_backends.py tests on every CPU): where .venv is missing or lacks any of
+# its pins, this runs `bash scripts/setup.sh --test` first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
-[ -x "$PY" ] || { echo "[test] error: no .venv: run bash scripts/setup.sh --test" >&2; exit 1; }
-if ! "$PY" - requirements-test.txt <<'CHECK'
+if [ ! -x "$PY" ]; then
+  echo "[test] no .venv yet: bash scripts/setup.sh --test"
+  bash scripts/setup.sh --test
+elif ! "$PY" - requirements-test.txt <<'CHECK'
 import importlib.metadata as metadata
 import sys
 from pathlib import Path
