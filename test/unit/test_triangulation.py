@@ -13,7 +13,9 @@ from ace_ros.core.config import mapping_config
 from ace_ros.core.loss import target_loss
 from ace_ros.core.mapper import target_weight
 from ace_ros.core.network import cell_centers
-from ace_ros.core.triangulation import TriangulationSettings, choose_pairs, triangulate_frames
+from ace_ros.core import triangulation
+from ace_ros.core.triangulation import (TriangulationSettings, choose_pairs,
+                                        triangulate_frames, view_overlap, view_overlaps)
 from ace_ros.core.types import Frame
 from ace_ros.data.synthetic import SyntheticSceneConfig, cached_room, generate_frames
 
@@ -61,6 +63,51 @@ def test_pairs_look_the_same_way_and_have_a_baseline():
     assert (0, 1) in pairs and (1, 2) in pairs
     assert (0, 2) not in pairs
     assert not any(3 in pair for pair in pairs)
+
+
+def test_view_overlaps_match_projecting_each_grid_point_one_by_one():
+    # Frames with their own K and image size: the vectorised pass must use each one's own.
+    rng = np.random.default_rng(1)
+    a = Frame('a', np.zeros((100, 120, 3), np.uint8),
+              np.array([[90.0, 0, 60], [0, 90.0, 50], [0, 0, 1]]), np.eye(4))
+    others = []
+    for i in range(12):
+        w, h = (160, 120) if i % 2 else (80, 60)
+        K = np.array([[rng.uniform(60, 200), 0, w / 2], [0, rng.uniform(60, 200), h / 2],
+                      [0, 0, 1]])
+        pose = geometry.make_pose(geometry.axis_angle_to_matrix(rng.normal(0, 0.5, 3)),
+                                  rng.normal(0, 0.5, 3))
+        others.append(Frame(str(i), np.zeros((h, w, 3), np.uint8), K, pose))
+
+    def one_by_one(b: Frame) -> float:
+        seen = []
+        for d in (1.0, 2.0, 4.0):
+            for v in np.linspace(0.1, 0.9, 5) * a.height:
+                for u in np.linspace(0.1, 0.9, 5) * a.width:
+                    world = a.world_from_cam @ np.r_[d * np.linalg.solve(a.K, [u, v, 1.0]), 1]
+                    cam = np.linalg.inv(b.world_from_cam) @ world
+                    x, y = (b.K @ cam[:3])[:2] / cam[2]
+                    seen.append(cam[2] > 0.1 and 0 <= x < b.width and 0 <= y < b.height)
+        return float(np.mean(seen))
+
+    expected = [one_by_one(b) for b in others]
+    assert len(set(expected)) > 3  # the poses give a range of overlaps, not all 0 or 1
+    np.testing.assert_allclose(view_overlaps(a, others), expected)
+    assert view_overlap(a, others[3]) == expected[3]
+    assert view_overlaps(a, []).shape == (0,)
+
+
+def test_triangulation_gives_the_same_points_on_one_thread_or_several(loop_frames,
+                                                                      monkeypatch):
+    _, frames = loop_frames
+    settings = TriangulationSettings(image_height=240)
+    several = triangulate_frames(frames[:16], settings)
+    monkeypatch.setattr(triangulation, '_workers', lambda: 1)
+    one = triangulate_frames(frames[:16], settings)
+    assert several.total > 0 and several.pairs == one.pairs
+    for a, b in zip(several.points, one.points):
+        np.testing.assert_array_equal(a.world, b.world)
+        np.testing.assert_array_equal(a.pixels, b.pixels)
 
 
 def _augmented_view(name: str, seed: int) -> tuple:
