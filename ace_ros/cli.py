@@ -256,7 +256,8 @@ def run_map(frames: Sequence[Frame], cfg: MappingConfig, output: str,
     start = time.perf_counter()
     progress = _MappingProgress()
     try:
-        scene_map, stats, device = map_frames(frames, cfg, world_frame_id, progress)
+        result = map_frames(frames, cfg, world_frame_id, progress)
+        scene_map, stats, device = result.scene_map, result.stats, result.device
     finally:
         progress.close()
     save_map(output, scene_map)

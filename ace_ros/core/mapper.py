@@ -12,6 +12,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
+from torch.profiler import record_function
 
 from ace_ros.core import device as device_lib
 from ace_ros.core.buffer import TrainingBuffer, encode, prepare_image
@@ -335,34 +336,45 @@ class Mapper:
             if cursor + batch > buffer.size:  # a new epoch: reshuffle the whole buffer
                 order = torch.randperm(buffer.size, generator=self._torch_rng).to(self.device)
                 cursor = 0
-            index = order[cursor:cursor + batch]
-            cursor += batch
-            image = buffer.image_index[index].long()
-            context = None
-            if contexts is not None:
-                # Noise on each image's context, new every step, so that the head cannot
-                # learn an image by its context and must still read the local features.
-                context = contexts + cfg.context_noise * torch.randn(
-                    contexts.shape, generator=self._torch_rng).to(self.device)
-            with device_lib.autocast(self.device, cfg.mixed_precision):
-                points = head(buffer.features[index], context, image)
-            out = reprojection_loss(
-                points, buffer.pixels[index], cam_from_world[image], K[image], K_inv[image],
-                tau=soft_clamp_tau(iteration / iterations, cfg.loss_tau_max, cfg.loss_tau_min),
-                depth_min=cfg.depth_min, depth_max=cfg.depth_max,
-                max_error_px=cfg.max_reprojection_px,
-                invalid_target_depth=cfg.invalid_target_depth)
-            loss = out.loss
-            weight = target_weight(iteration / iterations, cfg.target_weight, cfg.target_until)
-            if weight > 0:
-                loss = loss + weight * target_loss(points, buffer.targets[index],
-                                                   cam_from_world[image],
-                                                   K[image]) / points.shape[0]
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            schedule.step()
+            # The stage labels cost nothing without a profiler; benchmarks/
+            # bench_training_step.py reads them.
+            with record_function('train.batch'):
+                index = order[cursor:cursor + batch]
+                cursor += batch
+                image = buffer.image_index[index].long()
+                features = buffer.features[index]
+                context = None
+                if contexts is not None:
+                    # Noise on each image's context, new every step, so that the head cannot
+                    # learn an image by its context and must still read the local features.
+                    context = contexts + cfg.context_noise * torch.randn(
+                        contexts.shape, generator=self._torch_rng).to(self.device)
+            with record_function('train.forward'), \
+                    device_lib.autocast(self.device, cfg.mixed_precision):
+                points = head(features, context, image)
+            with record_function('train.loss'):
+                out = reprojection_loss(
+                    points, buffer.pixels[index], cam_from_world[image], K[image],
+                    K_inv[image],
+                    tau=soft_clamp_tau(iteration / iterations, cfg.loss_tau_max,
+                                       cfg.loss_tau_min),
+                    depth_min=cfg.depth_min, depth_max=cfg.depth_max,
+                    max_error_px=cfg.max_reprojection_px,
+                    invalid_target_depth=cfg.invalid_target_depth)
+                loss = out.loss
+                weight = target_weight(iteration / iterations, cfg.target_weight,
+                                       cfg.target_until)
+                if weight > 0:
+                    loss = loss + weight * target_loss(points, buffer.targets[index],
+                                                       cam_from_world[image],
+                                                       K[image]) / points.shape[0]
+            with record_function('train.backward'):
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+            with record_function('train.optimizer'):
+                scaler.step(optimizer)
+                scaler.update()
+                schedule.step()
             if iteration % report_every == 0 or iteration == iterations - 1:
                 history.append(float(out.loss.detach()))
                 if progress:
@@ -447,9 +459,18 @@ def _distinct_intrinsics(frames: Sequence[Frame], limit: int = 16) -> List[list]
     return list(seen.values())
 
 
+@dataclass
+class MappingResult:
+    """What `map_frames` gives back."""
+    scene_map: SceneMap
+    stats: MappingStats
+    #: where it ran and at which precision, e.g. 'cpu (2 threads, fp32, int8 encoder)'
+    device: str
+
+
 def map_frames(frames: Sequence[Frame], cfg: MappingConfig, world_frame_id: str = 'map',
-               progress: Optional[ProgressCallback] = None) -> tuple:
-    """Map a scene end to end -> (SceneMap, MappingStats, device description)."""
+               progress: Optional[ProgressCallback] = None) -> MappingResult:
+    """Map a scene end to end: the map, its statistics and where it ran."""
     device = device_lib.resolve_device(cfg.device)
     encoder, encoder_sha256, label = build_encoder(cfg.encoder, device)
     mapper = Mapper(cfg, encoder, device, encoder_sha256)
@@ -458,7 +479,7 @@ def map_frames(frames: Sequence[Frame], cfg: MappingConfig, world_frame_id: str 
                  described, label, cfg.preset)
     trained = mapper.map(frames, progress)
     scene_map = scene_map_from(trained, mapper.cfg, encoder_sha256, label, world_frame_id)
-    return scene_map, trained.stats, described
+    return MappingResult(scene_map, trained.stats, described)
 
 
 def scene_map_from(trained: TrainedHead, cfg: MappingConfig, encoder_sha256: str,

@@ -65,7 +65,7 @@ def scene(tmp_path_factory):
     root = tmp_path_factory.mktemp('loc')
     cfg = mapping_config('tiny', image_height=HEIGHT, max_iterations=5, device='cpu',
                          encoder='random:0')
-    scene_map, _, _ = map_frames(list(generate_frames(SCENE, 'train')), cfg)
+    scene_map = map_frames(list(generate_frames(SCENE, 'train')), cfg).scene_map
     real_map = root / 'real.ace'
     save_map(str(real_map), scene_map)
     return real_map, list(generate_frames(SCENE, 'test'))

@@ -27,7 +27,7 @@ def small_map():
     frames = list(generate_frames(scene, 'train'))
     cfg = mapping_config('tiny', image_height=HEIGHT, max_iterations=30, device='cpu',
                          encoder='random:0')
-    scene_map, _, _ = map_frames(frames, cfg)
+    scene_map = map_frames(frames, cfg).scene_map
     return scene_map, list(generate_frames(scene, 'test'))
 
 
@@ -143,7 +143,8 @@ def test_int8_maps_localize_with_the_int8_encoder(small_map, int8_cache, caplog)
     mapper = Mapper(cfg, build_encoder('random:0', torch.device('cpu'))[0], torch.device('cpu'),
                     scene_map.encoder_sha256)
     assert mapper.cfg.encoder_precision == 'int8'
-    int8_map, stats, device = map_frames(train, cfg)
+    mapped = map_frames(train, cfg)
+    int8_map, device = mapped.scene_map, mapped.device
     assert int8_map.mapping_config['encoder_precision'] == 'int8' and 'int8 encoder' in device
     assert scene_map.mapping_config['encoder_precision'] == 'float'  # the tiny preset's
     # Mapping and localization see the same features: the same cached int8 model.
@@ -234,7 +235,7 @@ def test_a_narrow_head_maps_saves_and_runs_on_every_backend(tmp_path, global_con
     frames = list(generate_frames(SCENE, 'train'))
     cfg = mapping_config('tiny', image_height=HEIGHT, max_iterations=10, device='cpu',
                          encoder='random:0', head_channels=256, global_context=global_context)
-    scene_map, _, _ = map_frames(frames, cfg)
+    scene_map = map_frames(frames, cfg).scene_map
     assert scene_map.head_config['channels'] == 256
     assert tuple(scene_map.head_state['inp.weight'].shape) == (256, 512, 1, 1)
     assert scene_map.head_config['context_channels'] == (512 if global_context else 0)

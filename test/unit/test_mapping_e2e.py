@@ -325,7 +325,8 @@ def test_a_synthetic_room_maps_and_localizes_to_a_stated_accuracy():
                                  n_test=10, path_fraction=0.3, texel_size=0.008)
     cfg = mapping_config('tiny', image_height=240, device='cpu', max_buffer_passes=3,
                          samples_per_image=1024, epochs=1000.0, max_iterations=300)
-    scene_map, stats, _ = map_frames(list(generate_frames(scene, 'train')), cfg)
+    mapped = map_frames(list(generate_frames(scene, 'train')), cfg)
+    scene_map, stats = mapped.scene_map, mapped.stats
     assert stats.iterations == 300
     queries = list(generate_frames(scene, 'test'))
     for head_precision in ('float', 'int8'):
