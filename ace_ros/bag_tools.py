@@ -24,6 +24,7 @@ import yaml
 
 from ace_ros.core.geometry import invert_pose, make_pose, pose_to_translation_quaternion
 from ace_ros.core.types import Frame
+from ace_ros.data import messages
 
 _logger = logging.getLogger(__name__)
 
@@ -190,9 +191,8 @@ class _Writer:
 
     def header(self, stamp: float, frame_id: str) -> Any:
         types = self.typestore.types
-        ns = int(round(stamp * 1e9))
-        time_msg = types['builtin_interfaces/msg/Time'](sec=ns // 1_000_000_000,
-                                                        nanosec=ns % 1_000_000_000)
+        sec, nanosec = messages.ns_to_sec_nanosec(int(round(stamp * 1e9)))
+        time_msg = types['builtin_interfaces/msg/Time'](sec=sec, nanosec=nanosec)
         extra = {'seq': 0} if self.ros1 else {}
         return types['std_msgs/msg/Header'](stamp=time_msg, frame_id=frame_id, **extra)
 
@@ -230,9 +230,10 @@ def _write_frame(writer: _Writer, connections: dict, options: ExportOptions, fra
     types = writer.typestore.types
     header = writer.header(stamp, options.camera_frame)
     height, width = frame.image.shape[:2]
+    rows = messages.encode_rgb(frame.image, 'rgb8')
     writer.write(connections['image'], stamp, types['sensor_msgs/msg/Image'](
         header=header, height=height, width=width, encoding='rgb8', is_bigendian=0,
-        step=3 * width, data=np.ascontiguousarray(frame.image).reshape(-1)))
+        step=rows.shape[1], data=rows.reshape(-1)))
     projection = np.hstack([frame.K, np.zeros((3, 1))])
     arrays = {'d': np.zeros(5), 'k': frame.K.reshape(-1), 'r': np.eye(3).reshape(-1),
               'p': projection.reshape(-1)}

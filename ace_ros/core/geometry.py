@@ -16,6 +16,19 @@ import numpy.typing as npt
 
 FloatArray = npt.NDArray[np.float64]
 
+#: tf2's rule (QUATERNION_NORMALIZATION_TOLERANCE): |q|^2 of a quaternion read from a message
+#: may differ from 1 by this much, and it is then normalised. Quaternions are compared on
+#: |q|^2, so this is the ROS ecosystem's tolerance, not ours to tighten: what tf2 accepts
+#: (e.g. a static_transform_publisher given 3 decimals) must be accepted here too.
+QUATERNION_TOLERANCE = 1e-2
+#: Largest |R^T R - I| entry, and largest deviation of the last row from (0, 0, 0, 1), of a
+#: pose matrix `check_rigid_pose` accepts. 1e-4 passes float32 rotations (~1e-7, e.g.
+#: KinectFusion's 7-Scenes poses) and text rounded to 5 decimals (~3e-5); it refuses a matrix
+#: built from a quaternion of norm 1.00005 or more that was not normalised (|q| = 1.0001
+#: gives 2e-4), i.e. a scale error no rounding explains. The one tolerance for every pose
+#: matrix: read from files (was 1e-3), matched from pose topics (was 1e-6), or published.
+RIGID_TOLERANCE = 1e-4
+
 
 def check_shape(array: np.ndarray, shape: Tuple[int | None, ...], name: str) -> None:
     """Raise ValueError unless `array` has `shape` (None matches any size).
@@ -25,6 +38,61 @@ def check_shape(array: np.ndarray, shape: Tuple[int | None, ...], name: str) -> 
     if array.ndim != len(shape) or any(
             want is not None and got != want for got, want in zip(array.shape, shape)):
         raise ValueError(f'{name} must have shape {shape}, got {array.shape}')
+
+
+def check_quaternion(quat_xyzw: Sequence[float], name: str = 'quaternion') -> FloatArray:
+    """(4,) x, y, z, w quaternion validated as tf2 does -> the same, normalised to unit length.
+
+    Raises:
+        ValueError: for non-finite values, an all-zero quaternion (an unset message), or a
+            norm too far from 1 (|q|^2 - 1 beyond QUATERNION_TOLERANCE).
+
+    >>> check_quaternion([0.0, 0.0, 0.0, 1.004]).tolist()
+    [0.0, 0.0, 0.0, 1.0]
+    """
+    quat = np.asarray(quat_xyzw, dtype=np.float64).reshape(4)
+    if not np.all(np.isfinite(quat)):
+        raise ValueError(f'{name} has non-finite values: {quat.tolist()}')
+    norm2 = float(quat @ quat)
+    if norm2 == 0.0:
+        raise ValueError(f'{name} is all zeros (an unset orientation?); identity is '
+                         '(x, y, z, w) = (0, 0, 0, 1)')
+    if abs(norm2 - 1.0) > QUATERNION_TOLERANCE:
+        raise ValueError(f'{name} {quat.tolist()} is not normalised (norm '
+                         f'{np.sqrt(norm2):.4f}, expected 1)')
+    return quat / np.sqrt(norm2)
+
+
+def check_rigid_pose(pose: npt.ArrayLike, name: str = 'pose') -> FloatArray:
+    """A (4, 4) rigid transform as float64, or ValueError saying what is wrong with it.
+
+    The last row must be (0, 0, 0, 1) and the rotation block orthonormal with determinant
+    +1, both within RIGID_TOLERANCE.
+
+    Args:
+        pose: the matrix to check.
+        name: what to call it in the error, e.g. the file it came from.
+
+    Raises:
+        ValueError: for another shape, non-finite values, or a matrix that is not rigid.
+
+    >>> check_rigid_pose(np.eye(4)).shape
+    (4, 4)
+    """
+    pose = np.asarray(pose, dtype=np.float64)
+    check_shape(pose, (4, 4), name)
+    if not np.all(np.isfinite(pose)):
+        raise ValueError(f'{name} has non-finite values: {pose.tolist()}')
+    if np.max(np.abs(pose[3] - [0.0, 0.0, 0.0, 1.0])) > RIGID_TOLERANCE:
+        raise ValueError(f'{name} last row must be [0, 0, 0, 1], got {pose[3].tolist()}')
+    rotation = pose[:3, :3]
+    error = float(np.max(np.abs(rotation.T @ rotation - np.eye(3))))
+    det = float(np.linalg.det(rotation))
+    if error > RIGID_TOLERANCE or det <= 0:
+        raise ValueError(f'{name} rotation is not a rotation (|R^T R - I| = {error:.3g}, '
+                         f'det {det:.4f}); expected orthonormal with det +1 and |R^T R - I| '
+                         f'<= {RIGID_TOLERANCE:g}')
+    return pose
 
 
 def make_pose(rotation: FloatArray, translation: FloatArray) -> FloatArray:

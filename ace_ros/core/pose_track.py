@@ -13,10 +13,8 @@ import numpy as np
 import numpy.typing as npt
 
 from ace_ros.core import geometry
-
-#: Largest |R^T R - I| entry of an acceptable rotation (a unit quaternion converted in float64
-#: is ~1e-15 off; one with |q| = 1.01 un-normalised is ~2e-2 off).
-ROTATION_TOLERANCE = 1e-6
+# The one rigid-pose check (and its tolerance) is geometry's; re-exported for online_mapping.
+from ace_ros.core.geometry import check_rigid_pose  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -101,23 +99,3 @@ def ms_text(ns: int) -> str:
 def stamp_name(stamp_ns: int) -> str:
     """Keyframe name (and file stem) for a stamp: 'SECONDS.NANOSECONDS'."""
     return f'{stamp_ns // 1_000_000_000}.{stamp_ns % 1_000_000_000:09d}'
-
-
-def check_rigid_pose(pose: npt.ArrayLike, name: str = 'pose') -> npt.NDArray[np.float64]:
-    """A (4, 4) rigid transform as float64, or ValueError saying what is wrong with it.
-
-    The rotation must be orthonormal to within ROTATION_TOLERANCE: a pose built from a
-    quaternion that was not unit length (and not normalised) fails here.
-    """
-    pose = np.asarray(pose, dtype=np.float64)
-    geometry.check_shape(pose, (4, 4), name)
-    if not np.all(np.isfinite(pose)):
-        raise ValueError(f'{name} has non-finite values: {pose.tolist()}')
-    if not np.allclose(pose[3], [0.0, 0.0, 0.0, 1.0]):
-        raise ValueError(f'{name} last row must be [0, 0, 0, 1], got {pose[3].tolist()}')
-    rotation = pose[:3, :3]
-    error = float(np.abs(rotation.T @ rotation - np.eye(3)).max())
-    if error > ROTATION_TOLERANCE or np.linalg.det(rotation) <= 0:
-        raise ValueError(f'{name} rotation is not a rotation (|R^T R - I| = {error:.3g}, '
-                         f'det {np.linalg.det(rotation):.4f}); expected orthonormal with det 1')
-    return pose

@@ -14,14 +14,10 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from ace_ros.core.geometry import check_rigid_pose
 from ace_ros.core.types import Frame
 
 _logger = logging.getLogger(__name__)
-
-#: Largest |R^T R - I| entry accepted for the rotation block of a pose read from text.
-ROTATION_TOLERANCE = 1e-3
-#: Largest deviation accepted in the last row (0, 0, 0, 1) of a pose read from text.
-LAST_ROW_TOLERANCE = 1e-6
 
 
 class FrameSource(Sequence[Frame], abc.ABC):
@@ -151,11 +147,8 @@ class Undistorter:
         """Whether `__call__` changes images (fisheye, or some coefficient is non-zero)."""
         return self.fisheye or bool(np.any(self.dist_coeffs != 0))
 
-    def __call__(self, image: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
-        """(H, W, C) image -> the same image undistorted (returned as is when undistorted)."""
-        if not self.distorted:
-            return image
-        height, width = image.shape[:2]
+    def maps(self, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+        """OpenCV remap maps for images of this size (built once per size, then cached)."""
         if (width, height) not in self._maps:
             # The new camera matrix is K itself, so the undistorted image keeps K.
             if self.fisheye:
@@ -165,7 +158,14 @@ class Undistorter:
                 maps = cv2.initUndistortRectifyMap(
                     self.K, self.dist_coeffs, None, self.K, (width, height), cv2.CV_16SC2)
             self._maps[(width, height)] = maps
-        map_x, map_y = self._maps[(width, height)]
+        return self._maps[(width, height)]
+
+    def __call__(self, image: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+        """(H, W, C) image -> the same image undistorted (returned as is when undistorted)."""
+        if not self.distorted:
+            return image
+        height, width = image.shape[:2]
+        map_x, map_y = self.maps(width, height)
         return cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR)
 
 
@@ -195,31 +195,6 @@ def read_numbers(path: str | Path) -> npt.NDArray[np.float64]:
         return np.array(text.split(), dtype=np.float64)
     except ValueError as exc:
         raise ValueError(f'{path}: expected only numbers, got {text[:80]!r}') from exc
-
-
-def check_rigid_pose(pose: npt.NDArray[np.float64], name: str) -> None:
-    """Raise ValueError unless `pose` is a finite (4, 4) rigid transform.
-
-    Checks that the last row is (0, 0, 0, 1) and that the rotation block is orthonormal
-    with determinant +1, within the module tolerances (text files carry rounded values).
-
-    Args:
-        pose: the matrix to check.
-        name: what to call it in the error, e.g. the file it came from.
-    """
-    if pose.shape != (4, 4):
-        raise ValueError(f'{name}: pose must be 4x4, got shape {pose.shape}')
-    if not np.all(np.isfinite(pose)):
-        raise ValueError(f'{name}: pose has non-finite values: {pose.tolist()}')
-    if np.max(np.abs(pose[3] - [0.0, 0.0, 0.0, 1.0])) > LAST_ROW_TOLERANCE:
-        raise ValueError(f'{name}: pose last row must be [0, 0, 0, 1], got {pose[3].tolist()}')
-    rotation = pose[:3, :3]
-    error = float(np.max(np.abs(rotation.T @ rotation - np.eye(3))))
-    if error > ROTATION_TOLERANCE or np.linalg.det(rotation) <= 0:
-        raise ValueError(
-            f'{name}: pose rotation must be orthonormal with det +1 (|R^T R - I| <= '
-            f'{ROTATION_TOLERANCE}), got |R^T R - I| = {error:.3g}, '
-            f'det = {np.linalg.det(rotation):.6g}')
 
 
 def read_pose_file(path: str | Path) -> npt.NDArray[np.float64]:

@@ -5,10 +5,13 @@ the chosen topics once (image headers, camera infos, poses, TF); images are deco
 a frame is loaded, and frames load in bag order through one open message stream, so reading
 a whole bag is a single sequential pass (deserialisation is zero-copy).
 
-- Images: sensor_msgs/Image (rgb8, bgr8, mono8) or sensor_msgs/CompressedImage (anything
-  OpenCV decodes); other encodings are refused when the bag is opened.
+- Messages are decoded by `ace_ros.data.messages`, the nodes' decoder too.
+- Images: sensor_msgs/Image (the encodings of `messages.SUPPORTED_ENCODINGS`) or
+  sensor_msgs/CompressedImage (jpeg, png: what OpenCV decodes); other encodings and
+  compressed depth are refused when the bag is opened.
 - Intrinsics: sensor_msgs/CameraInfo in effect at the image stamp (the latest one at or
-  before it, else the first); plumb_bob / rational_polynomial distortion is removed keeping K.
+  before it, else the first); plumb_bob / rational_polynomial / equidistant distortion is
+  removed keeping K (`messages.Rectifier`).
 - Poses (`world_from_cam` of the image's optical frame), from one of:
   a pose topic (geometry_msgs/PoseStamped, PoseWithCovarianceStamped: the camera's optical
   frame; nav_msgs/Odometry: its child_frame_id, chained to the camera through TF when that
@@ -26,14 +29,14 @@ import logging
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-import cv2
 import numpy as np
 import numpy.typing as npt
 
-from ace_ros.core.geometry import pose_from_translation_quaternion
 from ace_ros.core.tf_tree import TfTree, TransformError
 from ace_ros.core.types import Frame
-from ace_ros.data.base import FrameSource, Undistorter
+from ace_ros.data import messages
+from ace_ros.data.base import FrameSource
+from ace_ros.data.messages import Rectifier
 from ace_ros.data.tum import interpolate_trajectory
 
 _logger = logging.getLogger(__name__)
@@ -50,10 +53,6 @@ TF_MESSAGE = 'tf2_msgs/msg/TFMessage'
 IMAGE_TYPES = (IMAGE, COMPRESSED_IMAGE)
 POSE_TYPES = (POSE_STAMPED, POSE_WITH_COVARIANCE, ODOMETRY)
 TF_TOPICS = ('/tf', '/tf_static')
-#: Channels of the raw encodings read; anything else is refused.
-ENCODINGS = {'rgb8': 3, 'bgr8': 3, 'mono8': 1}
-#: Distortion models whose coefficients are OpenCV's k1 k2 p1 p2 k3 [k4 k5 k6].
-OPENCV_DISTORTION_MODELS = ('plumb_bob', 'rational_polynomial', '')
 BAG_SUFFIXES = ('.bag', '.mcap', '.db3')
 #: A frame this many images ahead of the open stream is reached by reading on; further
 #: ahead (or behind) the stream is reopened at the frame's time.
@@ -83,14 +82,6 @@ def bag_path(path: str | Path) -> Path:
         raise ValueError(f'{path}: rosbag2 storage without {folder / "metadata.yaml"}; '
                          f'rosbags needs it (`ros2 bag reindex {folder}` recreates it)')
     return folder
-
-
-@dataclass(frozen=True)
-class _Calibration:
-    K: FloatArray
-    width: int
-    height: int
-    undistort: Undistorter
 
 
 class RosbagSource(FrameSource):
@@ -139,7 +130,6 @@ class RosbagSource(FrameSource):
             elif pose_topic:
                 _pick_topic(self._path, topics, pose_topic, POSE_TYPES, 'pose', '--pose-topic')
             self.pose_topic, self.world_frame = pose_topic, world_frame
-            self._image_type = topics[self.image_topic]
             wanted = {self.image_topic, self.camera_info_topic, pose_topic}
             if world_frame or (pose_topic and topics[pose_topic] == ODOMETRY):
                 wanted.update(TF_TOPICS)
@@ -157,7 +147,7 @@ class RosbagSource(FrameSource):
         self.camera_frame = camera_frame or _single_frame_id(self._path, self.image_topic,
                                                              frame_ids)
         self._calibrations, self._calibration_index = _calibrations(
-            self._path, self.camera_info_topic, scan.camera_infos, stamps_ns)
+            self._path, self.camera_info_topic, scan, stamps_ns)
         #: The frame the poses are given in (TF world frame, or the pose topic's frame_id).
         self.pose_frame = (world_frame or scan.pose_frame.lstrip('/')) if self.has_poses else ''
         self.poses: list[Optional[FloatArray]] = [None] * len(self)
@@ -214,17 +204,17 @@ class RosbagSource(FrameSource):
 
     def _load(self, index: int) -> Frame:
         msg = self._message(self._ordinals[index])
-        if _stamp_ns(msg.header) != self._stamps_ns[index]:
+        if messages.header_stamp_ns(msg) != self._stamps_ns[index]:
             raise RuntimeError(f'{self._path}: bag order changed between reads at frame '
                                f'{self.names[index]}')
         calibration = self._calibrations[self._calibration_index[index]]
-        image = _decode(msg, self._image_type, self.image_topic)
+        image = _decode(msg, self.image_topic)
         height, width = image.shape[:2]
         if calibration.width and (width, height) != (calibration.width, calibration.height):
             raise ValueError(f'{self._path}: image {self.names[index]} on {self.image_topic} is '
                              f'{width}x{height} but the camera info is for '
                              f'{calibration.width}x{calibration.height}')
-        image = calibration.undistort(image)
+        image = calibration.rectify(image)
         pose = self.poses[index]
         return Frame(name=self.names[index], image=image, K=calibration.K.copy(),
                      world_from_cam=None if pose is None else pose.copy(),
@@ -264,7 +254,9 @@ class RosbagSource(FrameSource):
 @dataclass
 class _Scan:
     images: list  # (log time ns, stamp ns, frame_id) in bag order
-    camera_infos: list  # (stamp ns, K, D, model, width, height)
+    camera_infos: list  # (stamp ns, index into info_messages)
+    info_messages: list  # the distinct calibrations: the first CameraInfo of each
+    info_keys: dict  # messages.camera_info_key -> index into info_messages
     poses: list  # (stamp s, world_from_child)
     pose_child_frame: str
     pose_frame: str
@@ -325,50 +317,42 @@ def _auto_pose_topic(path: Path, topics: dict[str, str]) -> Optional[str]:
     return candidates[0]
 
 
-def _stamp_ns(header: Any) -> int:
-    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
-
-
-def _pose_from_msg(pose: Any) -> FloatArray:
-    """geometry_msgs/Pose (rosbags message) -> (4, 4)."""
-    t, q = pose.position, pose.orientation
-    return pose_from_translation_quaternion([t.x, t.y, t.z], [q.x, q.y, q.z, q.w])
-
-
-def _transform_from_msg(transform: Any) -> FloatArray:
-    """geometry_msgs/Transform (rosbags message) -> (4, 4) parent_from_child."""
-    t, q = transform.translation, transform.rotation
-    return pose_from_translation_quaternion([t.x, t.y, t.z], [q.x, q.y, q.z, q.w])
-
-
 def _scan(reader: Any, connections: list, image_topic: str, info_topic: str,
           pose_topic: Optional[str]) -> _Scan:
     """One pass over the chosen topics, keeping headers and small messages only."""
-    scan = _Scan([], [], [], '', '', TfTree(cache_duration_s=None))  # the whole bag
+    scan = _Scan([], [], [], {}, [], '', '', TfTree(cache_duration_s=None))  # the whole bag
     ignored: set[tuple[str, str]] = set()
-    compressed = any(c.topic == image_topic and c.msgtype == COMPRESSED_IMAGE
-                     for c in connections)
+    bad_poses = 0
     for connection, log_time, raw in reader.messages(connections=connections):
         msg = reader.deserialize(raw, connection.msgtype)
         topic = connection.topic
         if topic == image_topic:
-            if compressed and 'compresseddepth' in msg.format.lower():
-                raise ValueError(f'{image_topic}: compressed depth images ({msg.format!r}) '
-                                 'are not colour images')
-            if not compressed and msg.encoding not in ENCODINGS:
-                raise ValueError(f'{image_topic}: image encoding {msg.encoding!r} is not '
-                                 f'supported; expected one of {sorted(ENCODINGS)}')
-            scan.images.append((log_time, _stamp_ns(msg.header), msg.header.frame_id))
+            try:
+                if connection.msgtype == COMPRESSED_IMAGE:
+                    messages.check_compressed_format(msg.format)
+                else:
+                    messages.check_encoding(msg.encoding)
+            except messages.UnsupportedImageError as error:
+                raise ValueError(f'{image_topic}: {error}') from error
+            scan.images.append((log_time, messages.header_stamp_ns(msg), msg.header.frame_id))
         elif topic == info_topic:
-            # ROS 1 CameraInfo spells the arrays in capitals.
-            K = np.array(getattr(msg, 'k', getattr(msg, 'K', None)), dtype=np.float64)
-            D = np.array(getattr(msg, 'd', getattr(msg, 'D', None)), dtype=np.float64)
-            scan.camera_infos.append((_stamp_ns(msg.header), K.reshape(3, 3), D,
-                                      msg.distortion_model, int(msg.width), int(msg.height)))
+            index = scan.info_keys.setdefault(messages.camera_info_key(msg),
+                                              len(scan.info_messages))
+            if index == len(scan.info_messages):
+                scan.info_messages.append(msg)
+            scan.camera_infos.append((messages.header_stamp_ns(msg), index))
         elif topic == pose_topic:
-            pose = msg.pose.pose if connection.msgtype in (ODOMETRY, POSE_WITH_COVARIANCE) \
-                else msg.pose
-            scan.poses.append((_stamp_ns(msg.header) / 1e9, _pose_from_msg(pose)))
+            to_matrix = (messages.odometry_to_matrix if connection.msgtype == ODOMETRY
+                         else messages.pose_stamped_to_matrix)
+            try:
+                world_from_child = to_matrix(msg)
+            except ValueError as error:  # a bad quaternion: that sample is not a pose
+                if not bad_poses:
+                    _logger.warning('%s: skipping poses that are not valid, the first at '
+                                    '%d ns: %s', topic, messages.header_stamp_ns(msg), error)
+                bad_poses += 1
+                continue
+            scan.poses.append((messages.header_stamp_ns(msg) / 1e9, world_from_child))
             scan.pose_frame = msg.header.frame_id
             if connection.msgtype == ODOMETRY:
                 scan.pose_child_frame = msg.child_frame_id
@@ -376,13 +360,15 @@ def _scan(reader: Any, connections: list, image_topic: str, info_topic: str,
             for tf in msg.transforms:
                 edge = (tf.header.frame_id, tf.child_frame_id)
                 try:
-                    scan.tf.set_transform(*edge, _stamp_ns(tf.header),
-                                          _transform_from_msg(tf.transform),
+                    scan.tf.set_transform(*edge, messages.header_stamp_ns(tf),
+                                          messages.transform_to_matrix(tf.transform),
                                           static=topic == '/tf_static')
                 except ValueError as error:  # e.g. a frame its own parent; tf2 skips it too
                     if edge not in ignored:
                         ignored.add(edge)
                         _logger.warning('%s: ignoring TF %r -> %r: %s', topic, *edge, error)
+    if bad_poses:
+        _logger.warning('%s: %d poses skipped as not valid', pose_topic, bad_poses)
     return scan
 
 
@@ -409,28 +395,18 @@ def _single_frame_id(path: Path, topic: str, frame_ids: list) -> str:
     return distinct[0]
 
 
-def _calibrations(path: Path, topic: str, infos: list,
-                  stamps_ns: npt.NDArray[np.int64]) -> tuple[list[_Calibration], list[int]]:
+def _calibrations(path: Path, topic: str, scan: _Scan,
+                  stamps_ns: npt.NDArray[np.int64]) -> tuple[list[Rectifier], list[int]]:
     """Distinct calibrations and, per image, the one in effect at its stamp."""
+    infos = scan.camera_infos
     if not infos:
         raise ValueError(f'{path}: camera info topic {topic} has no messages')
     infos.sort(key=lambda info: info[0])
-    distinct: dict[tuple, int] = {}
-    calibrations: list[_Calibration] = []
-    per_info = []
-    for _, K, D, model, width, height in infos:
-        key = (K.tobytes(), D.tobytes(), model, width, height)
-        if key not in distinct:
-            if model not in OPENCV_DISTORTION_MODELS and np.any(D != 0):
-                raise ValueError(f'{topic}: distortion model {model!r} is not supported; '
-                                 f'expected one of {OPENCV_DISTORTION_MODELS[:2]} or no '
-                                 'distortion (rectified images)')
-            if not (K[0, 0] > 0 and K[1, 1] > 0 and np.allclose(K[2], [0, 0, 1])):
-                raise ValueError(f'{topic}: K must have fx, fy > 0 and last row [0, 0, 1], '
-                                 f'got {K.tolist()}')
-            distinct[key] = len(calibrations)
-            calibrations.append(_Calibration(K, width, height, Undistorter(K, D)))
-        per_info.append(distinct[key])
+    try:
+        calibrations = [Rectifier.from_camera_info(msg) for msg in scan.info_messages]
+    except ValueError as error:
+        raise ValueError(f'{topic}: {error}') from error
+    per_info = [index for _, index in infos]
     if len(calibrations) > 1:
         _logger.info('%s: %d distinct calibrations on %s; each image uses the latest at its '
                      'stamp', path, len(calibrations), topic)
@@ -439,25 +415,10 @@ def _calibrations(path: Path, topic: str, infos: list,
     return calibrations, [per_info[max(int(i), 0)] for i in latest]
 
 
-def _decode(msg: Any, msgtype: str, topic: str) -> npt.NDArray[np.uint8]:
+def _decode(msg: Any, topic: str) -> npt.NDArray[np.uint8]:
     """Image or CompressedImage message -> (H, W, 3) uint8 RGB (a new array)."""
-    if msgtype == COMPRESSED_IMAGE:
-        bgr = cv2.imdecode(np.asarray(msg.data, dtype=np.uint8), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise ValueError(f'{topic}: cannot decode compressed image ({msg.format!r}) at '
-                             f'{_stamp_ns(msg.header)} ns')
-        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    channels = ENCODINGS[msg.encoding]
-    height, width, step = int(msg.height), int(msg.width), int(msg.step)
-    data = np.asarray(msg.data, dtype=np.uint8)
-    if step < width * channels or data.size < step * height:
-        raise ValueError(f'{topic}: {msg.encoding} image {width}x{height} needs step >= '
-                         f'{width * channels} and {step * height} bytes, got step {step} and '
-                         f'{data.size} bytes')
-    # Rows may be padded (step > width * channels): slice the padding off.
-    pixels = data[:step * height].reshape(height, step)[:, :width * channels]
-    pixels = pixels.reshape(height, width, channels)
-    if msg.encoding == 'rgb8':
-        return pixels.copy()  # the message buffer is read-only and shared
-    code = cv2.COLOR_BGR2RGB if msg.encoding == 'bgr8' else cv2.COLOR_GRAY2RGB
-    return cv2.cvtColor(pixels, code)
+    try:
+        return messages.decode_image(msg)
+    except ValueError as error:
+        raise ValueError(f'{topic}: {error} (image at {messages.header_stamp_ns(msg)} ns)') \
+            from error

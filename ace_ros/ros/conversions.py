@@ -1,61 +1,42 @@
-"""ROS message <-> numpy conversions: images, intrinsics, poses, covariance, stamps.
+"""numpy -> ROS messages (images, poses, transforms, odometry, covariance) and stamps.
 
-The only module that reads or writes message fields such as ``.orientation``; the pose and
-quaternion math itself is `ace_ros.core.geometry` (quaternions are x, y, z, w there too).
-
-Decisions:
-- Images are decoded with numpy, not cv_bridge: ROS 2's cv_bridge is not on PyPI (the PyPI
-  ``cv-bridge`` is a ROS 1 shim that breaks with numpy 2), and three encodings need no
-  library. rgb8, bgr8 and mono8 are accepted; anything else (mono16, 16UC1, 32FC1, bayer_*,
-  yuv422, ...) is refused with a message naming the encoding, since the encoder needs
-  8-bit intensities and a guessed conversion would silently change what it sees.
-- Lens distortion is removed, not refused: `Rectifier` undistorts plumb_bob,
-  rational_polynomial and equidistant images with OpenCV to the camera's own K (maps cached
-  per CameraInfo); other models are refused. Images already rectified (``image_rect``) use
-  P's 3x3 and skip undistortion (``image_is_rectified``).
+Decoding messages (images, CameraInfo, poses, stamps) is `ace_ros.data.messages`, which needs
+no ROS and also serves the bag reader; its functions are re-exported here, so a node reads
+and writes messages through this one module. What stays here needs rclpy's message classes:
+building messages to publish, and builtin_interfaces/Time from nanoseconds. Pose and
+quaternion math is `ace_ros.core.geometry` (quaternions are x, y, z, w there too).
 """
 
 from __future__ import annotations
 
 import array
-from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 from ace_ros.core import geometry
+from ace_ros.data import messages
+from ace_ros.data.messages import (  # noqa: F401 - re-exported: the nodes' decoding
+    camera_info_to_K, decode_image, image_to_rgb, odometry_to_matrix, pose_stamped_to_matrix,
+    pose_to_matrix, quaternion_from_msg, Rectifier, stamp_to_ns, SUPPORTED_ENCODINGS,
+    transform_stamped_to_matrix, transform_to_matrix, UnsupportedImageError)
 from builtin_interfaces.msg import Time as TimeMsg
-import cv2
 from geometry_msgs.msg import (Pose, PoseStamped, PoseWithCovarianceStamped, Transform,
                                TransformStamped)
 from nav_msgs.msg import Odometry
 import numpy as np
 import numpy.typing as npt
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import Image
 
 FloatArray = npt.NDArray[np.float64]
 
-#: Encodings `image_to_rgb` accepts.
-SUPPORTED_ENCODINGS = ('rgb8', 'bgr8', 'mono8')
-#: tf2's rule (QUATERNION_NORMALIZATION_TOLERANCE): |q|^2 may differ from 1 by this much.
-QUATERNION_TOLERANCE = 1e-2
-_NS = 1_000_000_000
-
-
-class UnsupportedImageError(ValueError):
-    """An Image message that cannot be turned into an (H, W, 3) uint8 RGB array."""
-
 
 # --- time -------------------------------------------------------------------------------
-
-def stamp_to_ns(stamp: TimeMsg) -> int:
-    """builtin_interfaces/Time -> integer nanoseconds."""
-    return int(stamp.sec) * _NS + int(stamp.nanosec)
-
 
 def ns_to_stamp(ns: int) -> TimeMsg:
     """Integer nanoseconds (>= 0) -> builtin_interfaces/Time."""
     if ns < 0:
         raise ValueError(f'a ROS stamp cannot be negative, got {ns} ns')
-    return TimeMsg(sec=int(ns // _NS), nanosec=int(ns % _NS))
+    sec, nanosec = messages.ns_to_sec_nanosec(ns)
+    return TimeMsg(sec=sec, nanosec=nanosec)
 
 
 def stamp_to_sec(stamp: TimeMsg) -> float:
@@ -65,224 +46,28 @@ def stamp_to_sec(stamp: TimeMsg) -> float:
 
 # --- images -----------------------------------------------------------------------------
 
-def image_to_rgb(msg: Image) -> npt.NDArray[np.uint8]:
-    """sensor_msgs/Image (rgb8, bgr8 or mono8) -> (H, W, 3) uint8 RGB, a new array.
-
-    Row padding (``step`` larger than width * channels) is dropped.
-
-    Raises:
-        UnsupportedImageError: for another encoding, or a size/step/data length mismatch.
-    """
-    encoding = msg.encoding.lower()
-    if encoding not in SUPPORTED_ENCODINGS:
-        raise UnsupportedImageError(
-            f"image encoding '{msg.encoding}' is not supported; expected one of "
-            f'{list(SUPPORTED_ENCODINGS)} (8-bit colour or grey; depth and 16-bit images '
-            'cannot be localized)')
-    channels = 1 if encoding == 'mono8' else 3
-    height, width, step = int(msg.height), int(msg.width), int(msg.step)
-    if height == 0 or width == 0:
-        raise UnsupportedImageError(f'image is empty ({width} x {height})')
-    if step < width * channels:
-        raise UnsupportedImageError(
-            f'image step {step} is smaller than width * channels = {width * channels} '
-            f'({msg.encoding}, {width} x {height})')
-    data = np.frombuffer(msg.data, dtype=np.uint8)
-    if data.size < step * (height - 1) + width * channels:
-        raise UnsupportedImageError(
-            f'image data holds {data.size} bytes but {width} x {height} {msg.encoding} with '
-            f'step {step} needs {step * height}')
-    if data.size < step * height:  # some drivers omit the last row's padding
-        data = np.concatenate([data, np.zeros(step * height - data.size, np.uint8)])
-    rows = data[:step * height].reshape(height, step)[:, :width * channels]
-    if encoding == 'mono8':
-        return np.repeat(rows[:, :, None], 3, axis=2)
-    pixels = rows.reshape(height, width, 3)
-    return np.ascontiguousarray(pixels[:, :, ::-1] if encoding == 'bgr8' else pixels)
-
-
 def rgb_to_image(rgb: npt.NDArray[np.uint8], stamp: TimeMsg, frame_id: str,
                  encoding: str = 'rgb8') -> Image:
-    """(H, W, 3) uint8 RGB -> sensor_msgs/Image in `encoding` (rgb8, bgr8 or mono8)."""
-    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-        raise ValueError(f'expected (H, W, 3) uint8 RGB, got {rgb.shape} {rgb.dtype}')
-    if encoding == 'rgb8':
-        pixels = rgb
-    elif encoding == 'bgr8':
-        pixels = rgb[:, :, ::-1]
-    elif encoding == 'mono8':
-        pixels = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
-    else:
-        raise ValueError(f"encoding must be one of {list(SUPPORTED_ENCODINGS)}, got '{encoding}'")
-    pixels = np.ascontiguousarray(pixels)
+    """(H, W, 3) uint8 RGB -> sensor_msgs/Image in `encoding` (one of SUPPORTED_ENCODINGS)."""
+    rows = messages.encode_rgb(rgb, encoding)
     msg = Image()
     msg.header.stamp = stamp
     msg.header.frame_id = frame_id
     msg.height, msg.width = int(rgb.shape[0]), int(rgb.shape[1])
     msg.encoding = encoding
     msg.is_bigendian = 0
-    msg.step = int(pixels.strides[0])
+    msg.step = int(rows.strides[0])
     # array.array from bytes is a memcpy; assigning raw bytes would go element by element.
-    msg.data = array.array('B', pixels.tobytes())
+    msg.data = array.array('B', rows.tobytes())
     return msg
-
-
-# --- intrinsics and distortion ----------------------------------------------------------
-
-def camera_info_to_K(msg: CameraInfo, image_is_rectified: bool = False) -> FloatArray:
-    """CameraInfo -> (3, 3) K of the image it describes.
-
-    Args:
-        msg: the camera's CameraInfo.
-        image_is_rectified: the image is already rectified (e.g. ``image_rect``): use the
-            left 3x3 of P, as image_proc's output is described by P, not K.
-
-    Raises:
-        ValueError: for a zero/non-finite matrix, or binning / ROI (not supported).
-    """
-    if msg.binning_x > 1 or msg.binning_y > 1:
-        raise ValueError(f'camera_info binning {msg.binning_x} x {msg.binning_y} is not '
-                         'supported; expected 0 or 1 (publish the binned camera\'s own K)')
-    roi = msg.roi
-    if roi.width or roi.height:
-        full = (roi.x_offset == 0 and roi.y_offset == 0 and roi.width == msg.width
-                and roi.height == msg.height)
-        if not full:
-            raise ValueError(f'camera_info ROI {roi.width} x {roi.height} at ({roi.x_offset}, '
-                             f'{roi.y_offset}) is not supported; expected the full image')
-    if image_is_rectified:
-        K = np.asarray(msg.p, dtype=np.float64).reshape(3, 4)[:, :3].copy()
-        source = 'P'
-    else:
-        K = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
-        source = 'K'
-    if not np.all(np.isfinite(K)) or K[0, 0] <= 0 or K[1, 1] <= 0 or K[2, 2] != 1.0:
-        raise ValueError(f'camera_info {source} is not a calibrated pinhole matrix: '
-                         f'{K.ravel().tolist()} (uncalibrated camera?)')
-    return K
-
-
-_DISTORTION_SIZES = {'plumb_bob': (4, 5, 8, 12, 14), 'rational_polynomial': (4, 5, 8, 12, 14),
-                     'equidistant': (4,)}
-
-
-@dataclass
-class Rectifier:
-    """Undistorts images of one camera to its own K; identity when there is no distortion.
-
-    Build it with `Rectifier.from_camera_info`; `needs_update` tells when a new CameraInfo
-    differs so the OpenCV maps must be rebuilt.
-    """
-
-    K: FloatArray
-    width: int
-    height: int
-    key: tuple
-    maps: Optional[Tuple[np.ndarray, np.ndarray]] = None
-
-    @classmethod
-    def from_camera_info(cls, msg: CameraInfo, image_is_rectified: bool = False) -> 'Rectifier':
-        """Raises ValueError for an unsupported distortion model or bad calibration."""
-        K = camera_info_to_K(msg, image_is_rectified)
-        width, height = int(msg.width), int(msg.height)
-        key = _info_key(msg, image_is_rectified)
-        D = np.asarray(msg.d, dtype=np.float64)
-        if image_is_rectified or D.size == 0 or not np.any(D):
-            return cls(K, width, height, key)
-        model = msg.distortion_model
-        if model not in _DISTORTION_SIZES:
-            raise ValueError(f"camera_info distortion model '{model}' with non-zero "
-                             f'coefficients is not supported; expected one of '
-                             f'{sorted(_DISTORTION_SIZES)} or zero distortion (or publish '
-                             'rectified images and set image_is_rectified)')
-        if D.size not in _DISTORTION_SIZES[model] or not np.all(np.isfinite(D)):
-            raise ValueError(f"camera_info '{model}' needs {_DISTORTION_SIZES[model]} finite "
-                             f'coefficients, got {D.tolist()}')
-        if width == 0 or height == 0:
-            raise ValueError(f'camera_info has distortion but no image size ({width} x {height})')
-        if model == 'equidistant':
-            maps = cv2.fisheye.initUndistortRectifyMap(K, D, np.eye(3), K, (width, height),
-                                                       cv2.CV_16SC2)
-        else:
-            maps = cv2.initUndistortRectifyMap(K, D, np.eye(3), K, (width, height),
-                                               cv2.CV_16SC2)
-        return cls(K, width, height, key, maps)
-
-    def needs_update(self, msg: CameraInfo, image_is_rectified: bool = False) -> bool:
-        return _info_key(msg, image_is_rectified) != self.key
-
-    def rectify(self, rgb: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
-        """(H, W, 3) image of this camera -> the same, undistorted to `self.K`.
-
-        Raises:
-            ValueError: if the image size differs from the CameraInfo's.
-        """
-        height, width = rgb.shape[:2]
-        if self.width and self.height and (width, height) != (self.width, self.height):
-            raise ValueError(f'image is {width} x {height} but camera_info describes '
-                             f'{self.width} x {self.height}')
-        if self.maps is None:
-            return rgb
-        return cv2.remap(rgb, self.maps[0], self.maps[1], cv2.INTER_LINEAR)
-
-
-def _info_key(msg: CameraInfo, image_is_rectified: bool) -> tuple:
-    return (tuple(msg.k), tuple(msg.p), tuple(msg.d), msg.distortion_model, msg.width,
-            msg.height, image_is_rectified)
 
 
 # --- poses ------------------------------------------------------------------------------
 
-def quaternion_from_msg(q) -> FloatArray:
-    """geometry_msgs/Quaternion -> (4,) x, y, z, w, validated as tf2 does.
-
-    Raises:
-        ValueError: for non-finite values, an all-zero quaternion (an unset message), or a
-            norm too far from 1 (|q|^2 - 1 beyond QUATERNION_TOLERANCE).
-    """
-    quat = np.array([q.x, q.y, q.z, q.w], dtype=np.float64)
-    if not np.all(np.isfinite(quat)):
-        raise ValueError(f'quaternion has non-finite values: {quat.tolist()}')
-    norm2 = float(quat @ quat)
-    if norm2 == 0.0:
-        raise ValueError('quaternion is all zeros (an unset orientation?); identity is '
-                         '(x, y, z, w) = (0, 0, 0, 1)')
-    if abs(norm2 - 1.0) > QUATERNION_TOLERANCE:
-        raise ValueError(f'quaternion {quat.tolist()} is not normalised (norm '
-                         f'{np.sqrt(norm2):.4f}, expected 1)')
-    return quat / np.sqrt(norm2)
-
-
-def _xyz(v) -> FloatArray:
-    xyz = np.array([v.x, v.y, v.z], dtype=np.float64)
-    if not np.all(np.isfinite(xyz)):
-        raise ValueError(f'translation has non-finite values: {xyz.tolist()}')
-    return xyz
-
-
-def pose_to_matrix(pose: Pose) -> FloatArray:
-    """geometry_msgs/Pose -> (4, 4) `parent_from_child` (parent = the header frame)."""
-    return geometry.pose_from_translation_quaternion(_xyz(pose.position),
-                                                     quaternion_from_msg(pose.orientation))
-
-
-def transform_to_matrix(transform: Transform) -> FloatArray:
-    """geometry_msgs/Transform -> (4, 4) `parent_from_child`."""
-    return geometry.pose_from_translation_quaternion(_xyz(transform.translation),
-                                                     quaternion_from_msg(transform.rotation))
-
-
-def _check_pose(pose: FloatArray, name: str) -> FloatArray:
-    pose = np.asarray(pose, dtype=np.float64)
-    geometry.check_shape(pose, (4, 4), name)
-    if not np.all(np.isfinite(pose)):
-        raise ValueError(f'{name} has non-finite values')
-    return pose
-
-
 def matrix_to_pose(parent_from_child: FloatArray) -> Pose:
     """(4, 4) `parent_from_child` -> geometry_msgs/Pose."""
-    t, q = geometry.pose_to_translation_quaternion(_check_pose(parent_from_child, 'pose'))
+    t, q = geometry.pose_to_translation_quaternion(
+        geometry.check_rigid_pose(parent_from_child, 'pose'))
     msg = Pose()
     msg.position.x, msg.position.y, msg.position.z = (float(v) for v in t)
     (msg.orientation.x, msg.orientation.y, msg.orientation.z,
@@ -292,7 +77,8 @@ def matrix_to_pose(parent_from_child: FloatArray) -> Pose:
 
 def matrix_to_transform(parent_from_child: FloatArray) -> Transform:
     """(4, 4) `parent_from_child` -> geometry_msgs/Transform."""
-    t, q = geometry.pose_to_translation_quaternion(_check_pose(parent_from_child, 'transform'))
+    t, q = geometry.pose_to_translation_quaternion(
+        geometry.check_rigid_pose(parent_from_child, 'transform'))
     msg = Transform()
     msg.translation.x, msg.translation.y, msg.translation.z = (float(v) for v in t)
     msg.rotation.x, msg.rotation.y, msg.rotation.z, msg.rotation.w = (float(v) for v in q)
@@ -350,21 +136,6 @@ def to_odometry(frame_from_child: FloatArray, stamp: TimeMsg, frame_id: str, chi
     return msg
 
 
-def pose_stamped_to_matrix(msg: PoseStamped) -> FloatArray:
-    """PoseStamped -> (4, 4) `header_frame_from_body`."""
-    return pose_to_matrix(msg.pose)
-
-
-def odometry_to_matrix(msg: Odometry) -> FloatArray:
-    """Odometry -> (4, 4) `header_frame_from_child_frame`."""
-    return pose_to_matrix(msg.pose.pose)
-
-
-def transform_stamped_to_matrix(msg: TransformStamped) -> FloatArray:
-    """TransformStamped -> (4, 4) `header_frame_from_child_frame`."""
-    return transform_to_matrix(msg.transform)
-
-
 # --- covariance -------------------------------------------------------------------------
 
 #: Variance reported when a pose carries no information (unit: m^2 or rad^2).
@@ -403,8 +174,8 @@ def offset_pose_covariance(covariance: FloatArray, parent_from_a: FloatArray,
     """
     covariance = np.asarray(covariance, dtype=np.float64)
     geometry.check_shape(covariance, (6, 6), 'covariance')
-    parent_from_a = _check_pose(parent_from_a, 'parent_from_a')
-    parent_from_b = parent_from_a @ _check_pose(a_from_b, 'a_from_b')
+    parent_from_a = geometry.check_rigid_pose(parent_from_a, 'parent_from_a')
+    parent_from_b = parent_from_a @ geometry.check_rigid_pose(a_from_b, 'a_from_b')
     r = parent_from_b[:3, 3] - parent_from_a[:3, 3]
     jacobian = np.eye(6)
     jacobian[:3, 3:] = -np.array([[0.0, -r[2], r[1]], [r[2], 0.0, -r[0]], [-r[1], r[0], 0.0]])
