@@ -10,11 +10,14 @@ are `ace_ros.core.geometry`'s.
 Decisions:
 - Images are decoded with numpy and OpenCV's cvtColor, not cv_bridge: ROS 2's cv_bridge is not
   on PyPI (the PyPI ``cv-bridge`` is a ROS 1 shim that breaks with numpy 2). Raw
-  sensor_msgs/Image encodings accepted: rgb8, bgr8, mono8. Anything else (mono16, 16UC1, 32FC1,
-  bayer_*, yuv422, ...) is refused with a message naming the encoding, since the encoder needs
-  8-bit intensities and a guessed conversion would silently change what it sees.
-- sensor_msgs/CompressedImage (format 'jpeg', 'png' or 'rgb8; jpeg compressed bgr8') is
-  decoded with cv2.imdecode; compressedDepth is refused.
+  sensor_msgs/Image encodings accepted: rgb8, bgr8, mono8, rgba8, bgra8 (alpha dropped),
+  yuv422 / uyvy (UYVY: ROS's 'yuv422' is UYVY) and yuv422_yuy2 / yuyv (YUYV). Refused, with a
+  message naming the encoding: 16-bit and float images (mono16, 16UC1, 32FC1: depth, not
+  intensities), Bayer mosaics (debayer first, e.g. image_proc) and anything else, since the
+  encoder needs 8-bit colour and a guessed conversion would silently change what it sees.
+- sensor_msgs/CompressedImage (image_transport's 'compressed': format 'jpeg', 'png' or
+  'rgb8; jpeg compressed bgr8') is decoded with cv2.imdecode; compressedDepth, 16-bit payloads
+  and formats that declare a refused original encoding are refused the same way.
 - Lens distortion is removed, not refused: `Rectifier` undistorts plumb_bob,
   rational_polynomial and equidistant images with OpenCV to the camera's own K (maps cached
   per CameraInfo); other models are refused. Images already rectified (``image_rect``) use
@@ -42,10 +45,19 @@ _DECODE = {
     'rgb8': (3, None),
     'bgr8': (3, cv2.COLOR_BGR2RGB),
     'mono8': (1, cv2.COLOR_GRAY2RGB),
+    'rgba8': (4, cv2.COLOR_RGBA2RGB),
+    'bgra8': (4, cv2.COLOR_BGRA2RGB),
+    'yuv422': (2, cv2.COLOR_YUV2RGB_UYVY),
+    'uyvy': (2, cv2.COLOR_YUV2RGB_UYVY),
+    'yuv422_yuy2': (2, cv2.COLOR_YUV2RGB_YUYV),
+    'yuyv': (2, cv2.COLOR_YUV2RGB_YUYV),
 }
 #: The inverse conversions, for building test and export messages (`encode_rgb`).
 _ENCODE = {
     'rgb8': None, 'bgr8': cv2.COLOR_RGB2BGR, 'mono8': cv2.COLOR_RGB2GRAY,
+    'rgba8': cv2.COLOR_RGB2RGBA, 'bgra8': cv2.COLOR_RGB2BGRA,
+    'yuv422': cv2.COLOR_RGB2YUV_UYVY, 'uyvy': cv2.COLOR_RGB2YUV_UYVY,
+    'yuv422_yuy2': cv2.COLOR_RGB2YUV_YUYV, 'yuyv': cv2.COLOR_RGB2YUV_YUYV,
 }
 #: Raw sensor_msgs/Image encodings `image_to_rgb` accepts (compared in lower case).
 SUPPORTED_ENCODINGS = tuple(_DECODE)
@@ -78,18 +90,29 @@ def ns_to_sec_nanosec(ns: int) -> tuple[int, int]:
 
 # --- images -----------------------------------------------------------------------------
 
+def _refusal_reason(encoding: str) -> Optional[str]:
+    """Why an encoding (lower case) that names a known kind of non-colour image is refused."""
+    if encoding.startswith('bayer'):
+        return 'a Bayer mosaic: debayer it first, e.g. with image_proc, and send image_color'
+    if any(bits in encoding for bits in ('16', '32', '64')):
+        return ('16-bit or floating-point pixels (a depth image?): the encoder needs 8-bit '
+                'colour or grey')
+    return None
+
+
 def check_encoding(encoding: str) -> str:
     """A raw Image encoding -> its lower-case name, if `image_to_rgb` accepts it.
 
     Raises:
-        UnsupportedImageError: naming the encoding and what is accepted.
+        UnsupportedImageError: naming the encoding, what is accepted and, for depth, 16-bit
+            and Bayer images, why they are refused.
     """
     name = str(encoding).lower()
     if name in _DECODE:
         return name
+    reason = _refusal_reason(name) or '8-bit colour or grey images only'
     raise UnsupportedImageError(f"image encoding '{encoding}' is not supported; expected one "
-                                f'of {list(SUPPORTED_ENCODINGS)} (8-bit colour or grey; depth '
-                                'and 16-bit images cannot be localized)')
+                                f'of {list(SUPPORTED_ENCODINGS)} ({reason})')
 
 
 def _as_bytes(data: Any) -> ByteArray:
@@ -115,6 +138,9 @@ def image_to_rgb(msg: Any) -> ByteArray:
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
     if height == 0 or width == 0:
         raise UnsupportedImageError(f'image is empty ({width} x {height})')
+    if channels == 2 and width % 2:
+        raise UnsupportedImageError(f'{msg.encoding} packs 2 pixels in 4 bytes, so the width '
+                                    f'must be even, got {width} x {height}')
     if step < width * channels:
         raise UnsupportedImageError(
             f'image step {step} is smaller than width * channels = {width * channels} '
@@ -137,18 +163,25 @@ def check_compressed_format(image_format: str) -> None:
     """Refuse a CompressedImage format that cannot hold a colour image for the encoder.
 
     Raises:
-        UnsupportedImageError: for compressedDepth.
+        UnsupportedImageError: for compressedDepth, or a format declaring a 16-bit, float or
+            Bayer original encoding (e.g. 'mono16; png compressed mono16').
     """
     if 'compresseddepth' in image_format.lower():
         raise UnsupportedImageError(f"CompressedImage format '{image_format}' is a compressed "
                                     'depth image (compressedDepth), not a colour image')
+    original = image_format.split(';')[0].strip().lower() if ';' in image_format else ''
+    reason = _refusal_reason(original) if original else None
+    if reason:
+        raise UnsupportedImageError(f"CompressedImage format '{image_format}': the original "
+                                    f"encoding '{original}' is not supported ({reason})")
 
 
 def compressed_image_to_rgb(msg: Any) -> ByteArray:
     """sensor_msgs/CompressedImage (jpeg, png, ...: what OpenCV decodes) -> (H, W, 3) uint8 RGB.
 
     Raises:
-        UnsupportedImageError: for a format `check_compressed_format` refuses.
+        UnsupportedImageError: for a format `check_compressed_format` refuses, or a payload
+            of 16-bit pixels.
         ValueError: for an empty or undecodable payload.
     """
     image_format = str(msg.format)
@@ -157,12 +190,16 @@ def compressed_image_to_rgb(msg: Any) -> ByteArray:
     if data.size == 0:
         raise ValueError(f"CompressedImage (format '{image_format}') has no data")
     try:
-        image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+        # ANYDEPTH keeps a 16-bit png 16-bit, so it is refused instead of scaled to 8 bits.
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
     except cv2.error:
         image = None
     if image is None:
         raise ValueError(f"cannot decode CompressedImage (format '{image_format}', "
                          f'{data.size} bytes): not an image OpenCV can read (jpeg, png, ...)')
+    if image.dtype != np.uint8:
+        raise UnsupportedImageError(f"CompressedImage (format '{image_format}') holds "
+                                    f'{image.dtype} pixels; expected 8-bit colour or grey')
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
@@ -185,16 +222,20 @@ def encode_rgb(rgb: ByteArray, encoding: str = 'rgb8') -> ByteArray:
     """(H, W, 3) uint8 RGB -> (H, W * bytes per pixel) uint8 rows in a raw `encoding`.
 
     The inverse of `image_to_rgb` (without row padding: step = the row length). mono8 keeps
-    the luma only.
+    the luma only; the yuv422 family subsamples colour 2:1 horizontally (BT.601, limited
+    range, as OpenCV converts).
 
     Raises:
-        ValueError: for another array shape or type, or an encoding not in SUPPORTED_ENCODINGS.
+        ValueError: for another array shape or type, an encoding not in SUPPORTED_ENCODINGS,
+            or an odd width for the yuv422 family.
     """
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f'expected (H, W, 3) uint8 RGB, got {rgb.shape} {rgb.dtype}')
     name = str(encoding).lower()
     if name not in _ENCODE:
         raise ValueError(f"encoding must be one of {list(SUPPORTED_ENCODINGS)}, got '{encoding}'")
+    if _DECODE[name][0] == 2 and rgb.shape[1] % 2:
+        raise ValueError(f'{encoding} needs an even width, got {rgb.shape[1]}')
     code = _ENCODE[name]
     pixels = np.ascontiguousarray(rgb if code is None else cv2.cvtColor(
         np.ascontiguousarray(rgb), code))

@@ -8,7 +8,7 @@ a whole bag is a single sequential pass (deserialisation is zero-copy).
 - Messages are decoded by `ace_ros.data.messages`, the nodes' decoder too.
 - Images: sensor_msgs/Image (the encodings of `messages.SUPPORTED_ENCODINGS`) or
   sensor_msgs/CompressedImage (jpeg, png: what OpenCV decodes); other encodings and
-  compressed depth are refused when the bag is opened.
+  compressed depth are refused when the bag is opened, 16-bit compressed payloads when read.
 - Intrinsics: sensor_msgs/CameraInfo in effect at the image stamp (the latest one at or
   before it, else the first); plumb_bob / rational_polynomial / equidistant distortion is
   removed keeping K (`messages.Rectifier`).

@@ -57,8 +57,8 @@ def test_round_trip_through_message(encoding):
         np.testing.assert_array_equal(back, rgb)
 
 
-@pytest.mark.parametrize('encoding', ['mono16', '16UC1', '32FC1', 'rgba8', 'bayer_rggb8',
-                                      'yuv422', '8UC3', 'RGB8X'])
+@pytest.mark.parametrize('encoding', ['mono16', '16UC1', '32FC1', 'rgba16', 'bayer_rggb8',
+                                      'nv21', '8UC3', 'RGB8X'])
 def test_other_encodings_are_refused_by_name(encoding):
     msg = Image(height=2, width=2, encoding=encoding, step=8)
     msg.data = array.array('B', bytes(16))
