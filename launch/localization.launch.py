@@ -38,7 +38,11 @@ def generate_launch_description():
                               description="TF is map -> odom_frame; '' with base_frame '' = "
                                           'map -> camera (a camera with no TF tree)'),
         DeclareLaunchArgument('image', default_value='image',
-                              description='image topic (rgb8, bgr8 or mono8)'),
+                              description='image topic (sensor_msgs/Image; its /compressed '
+                                          'with image_transport:=compressed)'),
+        DeclareLaunchArgument('image_transport', default_value='raw',
+                              description="'raw' (Image) or 'compressed' (CompressedImage on "
+                                          '<image>/compressed, jpeg/png)'),
         DeclareLaunchArgument('camera_info', default_value='camera_info',
                               description='camera_info topic'),
         DeclareLaunchArgument('pose', default_value='~/pose',
@@ -61,6 +65,8 @@ def generate_launch_description():
                                                value_type=bool),
                 'map_path': ParameterValue(LaunchConfiguration('map'), value_type=str),
                 'device': ParameterValue(LaunchConfiguration('device'), value_type=str),
+                'image_transport': ParameterValue(LaunchConfiguration('image_transport'),
+                                                  value_type=str),
                 'base_frame': ParameterValue(LaunchConfiguration('base_frame'),
                                              value_type=str),
                 'odom_frame': ParameterValue(LaunchConfiguration('odom_frame'),

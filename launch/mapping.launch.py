@@ -37,7 +37,11 @@ def generate_launch_description():
         DeclareLaunchArgument('pose_source', default_value='pose',
                               description="'pose' (PoseStamped), 'odom' (Odometry) or 'tf'"),
         DeclareLaunchArgument('image', default_value='image',
-                              description='image topic (rgb8, bgr8 or mono8; rectified)'),
+                              description='image topic (sensor_msgs/Image; its /compressed '
+                                          'with image_transport:=compressed)'),
+        DeclareLaunchArgument('image_transport', default_value='raw',
+                              description="'raw' (Image) or 'compressed' (CompressedImage on "
+                                          '<image>/compressed, jpeg/png)'),
         DeclareLaunchArgument('camera_info', default_value='camera_info',
                               description='camera_info topic'),
         DeclareLaunchArgument('pose', default_value='pose',
@@ -60,6 +64,8 @@ def generate_launch_description():
                                                value_type=bool),
                 'map_path': ParameterValue(LaunchConfiguration('map'), value_type=str),
                 'device': ParameterValue(LaunchConfiguration('device'), value_type=str),
+                'image_transport': ParameterValue(LaunchConfiguration('image_transport'),
+                                                  value_type=str),
                 'preset': ParameterValue(LaunchConfiguration('preset'), value_type=str),
                 'pose_source': ParameterValue(LaunchConfiguration('pose_source'),
                                               value_type=str),

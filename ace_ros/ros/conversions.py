@@ -10,7 +10,7 @@ quaternion math is `ace_ros.core.geometry` (quaternions are x, y, z, w there too
 from __future__ import annotations
 
 import array
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from ace_ros.core import geometry
 from ace_ros.data import messages
@@ -24,9 +24,12 @@ from geometry_msgs.msg import (Pose, PoseStamped, PoseWithCovarianceStamped, Tra
 from nav_msgs.msg import Odometry
 import numpy as np
 import numpy.typing as npt
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CompressedImage, Image
 
 FloatArray = npt.NDArray[np.float64]
+
+#: Values of the nodes' image_transport parameter (image_transport's plugin names).
+IMAGE_TRANSPORTS = ('raw', 'compressed')
 
 
 # --- time -------------------------------------------------------------------------------
@@ -60,6 +63,24 @@ def rgb_to_image(rgb: npt.NDArray[np.uint8], stamp: TimeMsg, frame_id: str,
     # array.array from bytes is a memcpy; assigning raw bytes would go element by element.
     msg.data = array.array('B', rows.tobytes())
     return msg
+
+
+def image_subscription(node: Any, transport: str, base_topic: str = 'image') -> tuple[type, str]:
+    """(message type, topic) of a node's image subscription, named as image_transport does.
+
+    'raw': sensor_msgs/Image on `base_topic`; 'compressed': sensor_msgs/CompressedImage on
+    the resolved (remapped) `base_topic` + '/compressed', as image_transport resolves it, so
+    that remapping `image` moves its /compressed subtopic too.
+
+    Raises:
+        ValueError: for another transport.
+    """
+    if transport == 'raw':
+        return Image, base_topic
+    if transport == 'compressed':
+        return CompressedImage, node.resolve_topic_name(base_topic).rstrip('/') + '/compressed'
+    raise ValueError(f'parameter image_transport must be one of {list(IMAGE_TRANSPORTS)}, got '
+                     f"'{transport}'")
 
 
 # --- poses ------------------------------------------------------------------------------

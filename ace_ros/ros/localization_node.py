@@ -81,6 +81,9 @@ NODE_PARAMS: Dict[str, ParamSpec] = {
                           'as possible (only the newest image is ever processed)'),
     'image_qos': ParamSpec('sensor_data', "'sensor_data' (best effort) or 'reliable', for "
                            'image and camera_info (depth 1 either way)', read_only=True),
+    'image_transport': ParamSpec('raw', "'raw' (sensor_msgs/Image on image) or 'compressed' "
+                                 '(CompressedImage, jpeg/png, on image/compressed)',
+                                 read_only=True),
     'image_is_rectified': ParamSpec(False, 'images are already rectified (image_rect): use '
                                     'camera_info P and skip undistortion'),
     'position_sigma': ParamSpec(0.05, 'position std dev (m) reported at confidence 1; it '
@@ -172,7 +175,9 @@ class LocalizationNode(Node):
         self.create_service(Trigger, '~/reload_map', self._on_reload,
                             callback_group=MutuallyExclusiveCallbackGroup())
         qos = self._image_qos(self._p['image_qos'])
-        self._image_sub = self.create_subscription(Image, 'image', self._on_image, qos)
+        image_type, image_topic = conversions.image_subscription(self,
+                                                                 self._p['image_transport'])
+        self._image_sub = self.create_subscription(image_type, image_topic, self._on_image, qos)
         self._info_sub = self.create_subscription(CameraInfo, 'camera_info',
                                                   self._on_camera_info, qos)
         self._worker = threading.Thread(target=self._work, name='localizer', daemon=True)
@@ -261,7 +266,7 @@ class LocalizationNode(Node):
         rectified = self._p['image_is_rectified']
         if self._rectifier is None or self._rectifier.needs_update(info, rectified):
             self._rectifier = conversions.Rectifier.from_camera_info(info, rectified)
-        rgb = self._rectifier.rectify(conversions.image_to_rgb(msg))
+        rgb = self._rectifier.rectify(conversions.decode_image(msg))
         stamp_ns = conversions.stamp_to_ns(msg.header.stamp)
         return Frame(name=str(stamp_ns), image=rgb, K=self._rectifier.K, stamp=stamp_ns / 1e9)
 

@@ -6,7 +6,8 @@ the session's own thread encodes keyframes, and training runs in another worker 
 callbacks keep up with a camera (or a bag at real time) and services and diagnostics stay
 responsive.
 
-Inputs: `image` (rgb8/bgr8/mono8) + `camera_info`, and camera poses from one source
+Inputs: `image` (the encodings of `ace_ros.data.messages`; with image_transport 'compressed':
+CompressedImage on `image/compressed`) + `camera_info`, and camera poses from one source
 (parameter pose_source): 'pose' (geometry_msgs/PoseStamped on `pose`: the pose of the camera's
 optical frame), 'odom' (nav_msgs/Odometry on `odom`: its child frame must be the camera's
 optical frame) or 'tf' (the camera's optical frame looked up in fixed_frame at each image
@@ -65,6 +66,9 @@ NODE_PARAMETERS: Dict[str, params.ParamSpec] = {
     'image_qos': params.ParamSpec(
         'sensor_data', "QoS of the image, camera_info and pose subscriptions: 'sensor_data' "
         "(best effort: matches any publisher) or 'reliable'", True),
+    'image_transport': params.ParamSpec(
+        'raw', "'raw' (sensor_msgs/Image on image) or 'compressed' (CompressedImage, jpeg/png, "
+        'on image/compressed, as image_transport names it)', True),
     'image_queue_depth': params.ParamSpec(
         30, 'messages the image subscription holds while the node is busy (history depth); '
         'mapping wants every frame, e.g. from a bag replayed at real time, so it is deeper '
@@ -167,7 +171,8 @@ class MappingNode(Node):
         image_qos = QoSProfile(depth=self.p['image_queue_depth'], reliability=qos.reliability,
                                durability=qos.durability)
         pose_qos = QoSProfile(depth=100, reliability=qos.reliability)
-        self.create_subscription(Image, 'image', self._on_image, image_qos)
+        image_type, image_topic = conversions.image_subscription(self, self.p['image_transport'])
+        self.create_subscription(image_type, image_topic, self._on_image, image_qos)
         self.create_subscription(CameraInfo, 'camera_info', self._on_camera_info, qos)
         if self.p['pose_source'] == 'pose':
             self.create_subscription(PoseStamped, 'pose', self._on_pose, pose_qos)
@@ -224,7 +229,7 @@ class MappingNode(Node):
     def _add_image(self, msg: Image) -> None:
         stamp_ns = conversions.stamp_to_ns(msg.header.stamp)
         try:
-            rgb = self._rectifier.rectify(conversions.image_to_rgb(msg))
+            rgb = self._rectifier.rectify(conversions.decode_image(msg))
         except conversions.UnsupportedImageError as error:
             self.session.refuse('image_unsupported', f'image refused: {error}')
             return
@@ -455,6 +460,10 @@ class MappingNode(Node):
         if self.p['image_qos'] not in ('sensor_data', 'reliable'):
             raise ValueError("parameter image_qos must be 'sensor_data' or 'reliable', got "
                              f"'{self.p['image_qos']}'")
+        if self.p['image_transport'] not in conversions.IMAGE_TRANSPORTS:
+            raise ValueError('parameter image_transport must be one of '
+                             f"{list(conversions.IMAGE_TRANSPORTS)}, got "
+                             f"'{self.p['image_transport']}'")
         if self.p['image_queue_depth'] < 1:
             raise ValueError('image_queue_depth must be >= 1, got '
                              f"{self.p['image_queue_depth']}")
