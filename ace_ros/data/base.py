@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from ace_ros.core.geometry import check_rigid_pose
+from ace_ros.core.geometry import FILE_POSE_TOLERANCE, check_rigid_pose
 from ace_ros.core.types import Frame
 
 _logger = logging.getLogger(__name__)
@@ -203,7 +203,7 @@ def read_pose_file(path: str | Path) -> npt.NDArray[np.float64]:
     if values.size != 16:
         raise ValueError(f'{path}: expected 16 numbers (a 4x4 pose), got {values.size}')
     pose = values.reshape(4, 4)
-    check_rigid_pose(pose, str(path))
+    check_rigid_pose(pose, str(path), FILE_POSE_TOLERANCE)
     return pose
 
 
