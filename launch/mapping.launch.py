@@ -2,8 +2,9 @@
 
 Poses come from a PoseStamped topic (pose_source:=pose), an Odometry topic (odom) or TF
 (tf: the camera's optical frame looked up in fixed_frame at each image stamp). Mapping ends
-and the map is written on `ros2 service call /mapping_node/finish std_srvs/srv/Trigger`,
-when max_keyframes are collected, or after idle_timeout_s without images (a finished bag).
+and the map is written on `ros2 service call /mapping_node/finish std_srvs/srv/Trigger` or
+after idle_timeout_s without images (a finished bag); past max_keyframes the keyframes are
+thinned evenly; mapping ends there only with the parameter finish_at_max_keyframes: true.
 For a bag: `ros2 bag play --clock BAG` and use_sim_time:=true.
 """
 
