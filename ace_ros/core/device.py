@@ -105,7 +105,7 @@ def resolve_encoder_precision(spec: str, device: torch.device) -> str:
     from ace_ros.core.config import ENCODER_PRECISIONS
     spec = _checked_precision('encoder_precision', spec, ENCODER_PRECISIONS, device,
                               lambda: openvino_backend.available(int8=True),
-                              'the openvino and nncf packages (scripts/setup.sh installs them)')
+                              'the openvino and nncf packages (setup.sh --extras int8)')
     if spec == 'auto':
         return 'int8' if device.type == 'cpu' and not cpu_has_fast_bf16() \
             and openvino_backend.available(int8=True) else 'float'
@@ -176,9 +176,11 @@ def resolve_backend(spec: str, device: torch.device, map_encoder: str = 'float')
             raise ValueError(f"backend '{spec}' runs on the CPU only, but device is {device}")
         int8 = spec == 'openvino-int8'
         if not openvino_backend.available(int8):
+            extras = 'int8' if int8 else 'openvino'
             raise ValueError(f"backend '{spec}' asked for but the openvino "
                              f"{'and nncf packages are' if int8 else 'package is'} not "
-                             'installed (scripts/setup.sh installs them; or use backend torch)')
+                             f'installed (bash scripts/setup.sh --extras {extras}; or use '
+                             'backend torch)')
     if (spec == 'openvino-int8') != (map_encoder == 'int8'):
         _logger.warning("the map was built from %s encoder features but backend '%s' gives "
                         '%s ones: expect lower accuracy (map again, or use backend auto)',

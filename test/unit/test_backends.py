@@ -219,9 +219,11 @@ def test_encoder_precision_choice(monkeypatch):
                         lambda name, *args: None if name == 'nncf' else find_spec(name, *args))
     monkeypatch.setattr(device_lib, 'cpu_has_fast_bf16', lambda: False)
     assert resolve('auto', cpu) == 'float'  # without nncf
-    with pytest.raises(ValueError, match='needs the openvino and nncf packages'):
+    with pytest.raises(ValueError, match=r'needs the openvino and nncf packages \(setup.sh '
+                                         r'--extras int8\)'):
         resolve('int8', cpu)
-    with pytest.raises(ValueError, match="openvino and nncf packages are not installed"):
+    with pytest.raises(ValueError, match=r"openvino and nncf packages are not installed \(bash "
+                                         r"scripts/setup.sh --extras int8;"):
         device_lib.resolve_backend('openvino-int8', cpu)
     assert device_lib.resolve_backend('auto', cpu, map_encoder='int8') == 'openvino'
 
