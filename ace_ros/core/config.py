@@ -176,16 +176,18 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     'default': {},
     # A fixed budget for any scene size, under 10 minutes on a 2-core CPU: a 512k-cell buffer
     # (~500 image encodings: one pass over a 500-frame scene, more augmented passes over
-    # smaller ones); a 256-wide head (~30 % of the 512-wide head's arithmetic per cell, so
-    # ~3x the iterations in the same time) warm-started by triangulated targets and given
-    # each image's context (a room seen from all sides); batches of 2560, twice the steps of
-    # 5120 for the same arithmetic; as many iterations as fit in 9 minutes, at most 10000
-    # (issue 13, benchmarks/RESULTS.md, at an AVX2 CPU's compute: TUM split 79.1 -> 86.6 ->
-    # 89.0 % within 5cm/5deg, the 360-degree room proxy 12 -> 68 %).
+    # smaller ones); a 128-wide head (~47 % of the 256-wide head's time per iteration on 2
+    # AVX2 cores, so ~2x the iterations in the same time) warm-started by triangulated
+    # targets and given each image's context (a room seen from all sides); batches of 2560;
+    # augmentation that never upscales (an encoding at 1.5x the height costs ~2.7x one at
+    # 1x on an AVX2 CPU: the budget then held 268 images of a 500-frame room, capped at 1x
+    # it holds 490); as many iterations as fit in 9 minutes, at most 10000 (issue 13,
+    # benchmarks/RESULTS.md session 15, timed on 2 AVX2 cores: the 360-degree room proxy
+    # 28 -> 52 % within 5cm/5deg).
     'cpu': {'buffer_size': 512_000, 'max_buffer_passes': 10, 'epochs': 50.0,
-            'max_iterations': 10_000, 'time_budget_s': 540.0, 'head_channels': 256,
+            'max_iterations': 10_000, 'time_budget_s': 540.0, 'head_channels': 128,
             'triangulate': True, 'global_context': True, 'context_noise': 0.1,
-            'batch_size': 2560},
+            'batch_size': 2560, 'aug_scale_max': 1.0},
     # Tests and smoke runs: tiny images, few iterations.
     # Float features: int8's speed matters little there, and tests run the same everywhere.
     'tiny': {'image_height': 240, 'max_buffer_passes': 1, 'samples_per_image': 512,
