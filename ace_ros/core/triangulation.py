@@ -12,7 +12,6 @@ reprojects within `max_reprojection_px` and has enough parallax to fix its depth
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +21,7 @@ from typing import Callable, List, Optional, Sequence
 import cv2
 import numpy as np
 import numpy.typing as npt
+import torch
 
 from ace_ros.core import geometry
 from ace_ros.core.types import Frame
@@ -273,8 +273,6 @@ def triangulate_frames(frames: Sequence[Frame],
 
 
 def _workers() -> int:
-    """Threads for feature work: the cores this process may use."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+    """Threads for feature work: as many as torch computes with (the process's one thread
+    setting: OMP_NUM_THREADS, or the cores it may use)."""
+    return max(1, torch.get_num_threads())

@@ -101,6 +101,7 @@ def test_triangulation_gives_the_same_points_on_one_thread_or_several(loop_frame
                                                                       monkeypatch):
     _, frames = loop_frames
     settings = TriangulationSettings(image_height=240)
+    monkeypatch.setattr(triangulation, '_workers', lambda: 3)
     several = triangulate_frames(frames[:16], settings)
     monkeypatch.setattr(triangulation, '_workers', lambda: 1)
     one = triangulate_frames(frames[:16], settings)
