@@ -33,6 +33,11 @@ class Frame:
             raise ValueError(
                 f'frame {self.name}: image must be (H, W, 3) uint8 RGB, got '
                 f'{self.image.shape} {self.image.dtype}')
+        self._check_geometry()
+
+    def _check_geometry(self) -> None:
+        """Checks (and normalises) K and world_from_cam; needs `height`, not the pixels, so
+        that frames whose image loads on access (`ace_ros.data.base.LazyFrame`) share it."""
         self.K = np.asarray(self.K, dtype=np.float64)
         if self.K.shape != (3, 3):
             raise ValueError(f'frame {self.name}: K must be (3, 3), got {self.K.shape}')
@@ -40,9 +45,9 @@ class Frame:
         if skew != 0.0:
             # Calibrations often carry a numerically zero skew (DTU: 2e-4); PnP ignores skew,
             # so only skew that moves pixels visibly is refused.
-            if abs(skew) * self.image.shape[0] >= 0.5:
+            if abs(skew) * self.height >= 0.5:
                 raise ValueError(f'frame {self.name}: K has skew {skew:g} (shifts pixels by up '
-                                 f'to {abs(skew) * self.image.shape[0]:.1f} px); skewed '
+                                 f'to {abs(skew) * self.height:.1f} px); skewed '
                                  'intrinsics are not supported: rectify the images')
             self.K = self.K.copy()
             self.K[0, 1] = 0.0

@@ -26,7 +26,8 @@ import numpy.typing as npt
 
 from ace_ros.core.geometry import intrinsics_from_focal
 from ace_ros.core.types import Frame
-from ace_ros.data.base import FrameSource, load_rgb, read_numbers, read_pose_file
+from ace_ros.data.base import (FrameSource, image_size, lazy_image_frame, read_numbers,
+                               read_pose_file)
 
 _logger = logging.getLogger(__name__)
 
@@ -51,8 +52,9 @@ def ace_splits(path: str | Path) -> list[str]:
 class AceLayoutSource(FrameSource):
     """Frames of one ACE-layout folder, i.e. the folder holding rgb/, poses/, calibration/.
 
-    Poses and calibrations are read and checked when the source is opened; images load
-    on access.
+    Poses and calibrations are read and checked when the source is opened; a frame's image
+    file is checked (`image_size`: header, PNG checksums) when the frame is loaded and
+    decoded each time its image is used (`LazyFrame`).
 
     Args:
         root: a flat scene, or one split folder of a scene (e.g. `<scene>/train`).
@@ -85,15 +87,16 @@ class AceLayoutSource(FrameSource):
 
     def _load(self, index: int) -> Frame:
         name = self.names[index]
-        image = load_rgb(self._rgb_paths[name])
+        path = self._rgb_paths[name]
+        width, height = image_size(path)
         calibration = self._calibration[index]
         if calibration.shape == (3, 3):
             K = calibration
         else:
-            K = intrinsics_from_focal(float(calibration[0]), image.shape[1], image.shape[0])
+            K = intrinsics_from_focal(float(calibration[0]), width, height)
         pose = self._poses[index]
-        return Frame(name=name, image=image, K=K.copy(),
-                     world_from_cam=None if pose is None else pose.copy())
+        return lazy_image_frame(path, name, K.copy(), None if pose is None else pose.copy(),
+                                size=(width, height))
 
 
 def write_ace_scene(out_dir: str | Path, frames: Iterable[Frame],

@@ -35,7 +35,7 @@ import numpy.typing as npt
 
 from ace_ros.core.geometry import invert_pose, pose_from_translation_quaternion
 from ace_ros.core.types import Frame
-from ace_ros.data.base import FrameSource, load_rgb, Undistorter
+from ace_ros.data.base import FrameSource, image_size, lazy_image_frame, Undistorter
 
 _logger = logging.getLogger(__name__)
 
@@ -198,14 +198,17 @@ class ColmapSource(FrameSource):
     def _load(self, index: int) -> Frame:
         image_info = self._images[index]
         camera = self.cameras[image_info.camera_id]
-        image = load_rgb(self._paths[index])
-        height, width = image.shape[:2]
+        # The file is checked now (header), decoded and undistorted when used (LazyFrame).
+        width, height = image_size(self._paths[index])
         if (width, height) != (camera.width, camera.height):
             raise ValueError(f'{self._paths[index]}: image is {width}x{height} but COLMAP '
                              f'camera {camera.camera_id} is {camera.width}x{camera.height}')
-        image = self._undistorters[image_info.camera_id](image)
-        return Frame(name=self.names[index], image=image, K=self._K[image_info.camera_id].copy(),
-                     world_from_cam=self._world_from_cam[index].copy())
+        undistort = self._undistorters[image_info.camera_id]
+        return lazy_image_frame(self._paths[index], self.names[index],
+                                self._K[image_info.camera_id].copy(),
+                                self._world_from_cam[index].copy(),
+                                rectify=undistort if undistort.distorted else None,
+                                size=(width, height))
 
 
 def _image_folder(root: Path, model: Path, images: Optional[str | Path]) -> Path:

@@ -3,7 +3,11 @@
 Uses the pure-Python `rosbags` library, so no ROS installation is needed. Opening a bag scans
 the chosen topics once (image headers, camera infos, poses, TF); images are decoded only when
 a frame is loaded, and frames load in bag order through one open message stream, so reading
-a whole bag is a single sequential pass (deserialisation is zero-copy).
+a whole bag is a single sequential pass (deserialisation is zero-copy). Loading a frame
+decodes and checks its image, then keeps only what the frame needs besides: the frame is a
+`LazyFrame` that reads its message from the bag again when its image is used once more
+(the last message read is kept, so using a frame's image right after loading it reads
+nothing), so holding all the frames of a bag does not hold their images.
 
 - Messages are decoded by `ace_ros.data.messages`, the nodes' decoder too.
 - Images: sensor_msgs/Image (the encodings of `messages.SUPPORTED_ENCODINGS`) or
@@ -25,8 +29,10 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+import functools
 import logging
 from pathlib import Path
+import threading
 from typing import Any, Iterator, Optional
 
 import numpy as np
@@ -35,7 +41,7 @@ import numpy.typing as npt
 from ace_ros.core.tf_tree import TfTree, TransformError
 from ace_ros.core.types import Frame
 from ace_ros.data import messages
-from ace_ros.data.base import FrameSource
+from ace_ros.data.base import FrameSource, LazyFrame
 from ace_ros.data.messages import Rectifier
 from ace_ros.data.tum import interpolate_trajectory
 
@@ -118,6 +124,9 @@ class RosbagSource(FrameSource):
         self._reader: Any = None
         self._stream: Optional[Iterator] = None
         self._next_ordinal = 0
+        self._last: Optional[tuple[int, Any]] = None  # (ordinal, message) last read
+        # Frames' images are read back from any thread (triangulation's workers).
+        self._lock = threading.Lock()
         with contextlib.closing(open_reader(self._path)) as reader:
             topics = {name: info.msgtype for name, info in reader.topics.items()}
             self.image_topic = _pick_topic(self._path, topics, image_topic, IMAGE_TYPES,
@@ -203,7 +212,20 @@ class RosbagSource(FrameSource):
                              f'{source!r}: {error}') from error
 
     def _load(self, index: int) -> Frame:
-        msg = self._message(self._ordinals[index])
+        # Decoded and checked now; the frame reads it again when used (see the module doc).
+        image = self._image(index)
+        pose = self.poses[index]
+        calibration = self._calibrations[self._calibration_index[index]]
+        return LazyFrame(self.names[index], functools.partial(self._image, index),
+                         image.shape[1], image.shape[0], calibration.K.copy(),
+                         None if pose is None else pose.copy(), float(self.stamps[index]),
+                         where=f'{self._path} {self.image_topic} image {self.names[index]}',
+                         image=image)
+
+    def _image(self, index: int) -> npt.NDArray[np.uint8]:
+        """Frame `index`'s image, read from the bag, decoded, checked and rectified."""
+        with self._lock:
+            msg = self._message(self._ordinals[index])
         if messages.header_stamp_ns(msg) != self._stamps_ns[index]:
             raise RuntimeError(f'{self._path}: bag order changed between reads at frame '
                                f'{self.names[index]}')
@@ -214,14 +236,12 @@ class RosbagSource(FrameSource):
             raise ValueError(f'{self._path}: image {self.names[index]} on {self.image_topic} is '
                              f'{width}x{height} but the camera info is for '
                              f'{calibration.width}x{calibration.height}')
-        image = calibration.rectify(image)
-        pose = self.poses[index]
-        return Frame(name=self.names[index], image=image, K=calibration.K.copy(),
-                     world_from_cam=None if pose is None else pose.copy(),
-                     stamp=float(self.stamps[index]))
+        return calibration.rectify(image)
 
     def _message(self, ordinal: int) -> Any:
         """The deserialised image message number `ordinal` (in bag order) of the topic."""
+        if self._last is not None and self._last[0] == ordinal:
+            return self._last[1]
         if self._reader is None:
             self._reader = open_reader(self._path)
             self._connections = [c for c in self._reader.connections
@@ -234,12 +254,15 @@ class RosbagSource(FrameSource):
         for connection, _, raw in self._stream:
             current, self._next_ordinal = self._next_ordinal, self._next_ordinal + 1
             if current == ordinal:
-                return self._reader.deserialize(raw, connection.msgtype)
+                msg = self._reader.deserialize(raw, connection.msgtype)
+                self._last = (ordinal, msg)
+                return msg
         raise RuntimeError(f'{self._path}: image message {ordinal} missing on second read')
 
     def close(self) -> None:
         """Close the bag files held open for loading (reopened on the next load)."""
         self._stream = None
+        self._last = None
         if self._reader is not None:
             self._reader.close()
             self._reader = None

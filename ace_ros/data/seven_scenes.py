@@ -22,7 +22,7 @@ import numpy.typing as npt
 
 from ace_ros.core.geometry import check_shape
 from ace_ros.core.types import Frame
-from ace_ros.data.base import FrameSource, load_rgb, read_pose_file
+from ace_ros.data.base import FrameSource, lazy_image_frame, read_pose_file
 
 _logger = logging.getLogger(__name__)
 
@@ -87,8 +87,9 @@ class SevenScenesSource(FrameSource):
                       sequences)
 
     def _load(self, index: int) -> Frame:
-        return Frame(name=self.names[index], image=load_rgb(self._image_paths[index]),
-                     K=self._K.copy(), world_from_cam=self._poses[index].copy())
+        # Checked now (header), decoded when used (LazyFrame).
+        return lazy_image_frame(self._image_paths[index], self.names[index], self._K.copy(),
+                                self._poses[index].copy())
 
 
 def _sequences(root: Path, split: Optional[str]) -> list[str]:

@@ -24,7 +24,7 @@ import numpy.typing as npt
 
 from ace_ros.core.geometry import check_shape, pose_from_translation_quaternion, slerp_pose
 from ace_ros.core.types import Frame
-from ace_ros.data.base import FrameSource, load_rgb, Undistorter
+from ace_ros.data.base import FrameSource, image_size, lazy_image_frame, Undistorter
 
 _logger = logging.getLogger(__name__)
 
@@ -102,16 +102,18 @@ class TumSource(FrameSource):
         return self._undistort.distorted
 
     def _load(self, index: int) -> Frame:
-        image = load_rgb(self._image_paths[index])
-        height, width = image.shape[:2]
+        # The file is checked now (header), decoded and undistorted when used (LazyFrame).
+        path = self._image_paths[index]
+        width, height = image_size(path)
         if self._size is not None and (width, height) != self._size:
-            raise ValueError(f'{self._image_paths[index]}: image is {width}x{height} but '
+            raise ValueError(f'{path}: image is {width}x{height} but '
                              f'intrinsics.txt is for {self._size[0]}x{self._size[1]}')
-        image = self._undistort(image)
         pose = self.poses[index]
-        return Frame(name=self.names[index], image=image, K=self.K.copy(),
-                     world_from_cam=None if pose is None else pose.copy(),
-                     stamp=float(self.stamps[index]))
+        return lazy_image_frame(path, self.names[index], self.K.copy(),
+                                None if pose is None else pose.copy(),
+                                float(self.stamps[index]),
+                                self._undistort if self._undistort.distorted else None,
+                                (width, height))
 
 
 def read_tum_intrinsics(

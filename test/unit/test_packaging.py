@@ -20,14 +20,15 @@ ROOT = Path(__file__).resolve().parents[2]
 #: Import name -> rosdep key where the two differ.
 ROSDEP_KEYS = {'tf2_ros': 'tf2_ros_py', 'numpy': 'python3-numpy', 'cv2': 'python3-opencv',
                'yaml': 'python3-yaml', 'tqdm': 'python3-tqdm',
-               'matplotlib': 'python3-matplotlib', 'pytest': 'python3-pytest'}
+               'matplotlib': 'python3-matplotlib', 'pytest': 'python3-pytest',
+               'PIL': 'python3-pil'}
 #: Imported, installed with pip on a ROS 2 distribution too (package.xml says why).
 PIP_ONLY = {'torch', 'safetensors', 'rosbags', 'openvino', 'nncf'}
 #: Import name -> the pinned distribution that provides it, where they differ.
-DISTRIBUTIONS = {'cv2': 'opencv-python-headless', 'yaml': 'PyYAML'}
+DISTRIBUTIONS = {'cv2': 'opencv-python-headless', 'yaml': 'PyYAML', 'PIL': 'pillow'}
 #: Pinned without being imported: what a pinned package needs, or a tool.
 NOT_IMPORTED = {
-    'requirements.txt': {'contourpy', 'cycler', 'fonttools', 'kiwisolver', 'pillow'},
+    'requirements.txt': {'contourpy', 'cycler', 'fonttools', 'kiwisolver'},
     'requirements-openvino.txt': {'openvino-telemetry'},
     'requirements-int8.txt': {'scipy', 'scikit-learn', 'joblib', 'threadpoolctl', 'networkx',
                               'pydot', 'rich', 'tabulate', 'psutil', 'ninja', 'narwhals',
