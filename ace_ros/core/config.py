@@ -39,6 +39,8 @@ class MappingConfig:
     augment: bool = _f(True, 'random scale, rotation and photometric jitter')
     aug_scale_min: float = _f(2.0 / 3.0, 'smallest height scale factor')
     aug_scale_max: float = _f(1.5, 'largest height scale factor')
+    aug_crop: bool = _f(False, 'an image scaled up is cropped at random to the size of an '
+                        'unscaled one: close-up views at the cost of an unscaled encoding')
     aug_rotation_deg: float = _f(15.0, 'largest in-plane rotation, degrees')
     aug_brightness: float = _f(0.1, 'brightness jitter amplitude')
     aug_contrast: float = _f(0.1, 'contrast jitter amplitude')

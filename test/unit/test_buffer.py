@@ -170,6 +170,29 @@ def test_augmentation_scale_range_and_intrinsics():
     assert min(heights) < 48 < max(heights)
 
 
+def test_crop_augmentation_keeps_the_unscaled_size_and_the_geometry():
+    """Scaled up and cropped back to 96x128: the dot lands where the cropped K and the
+    rotated pose project it, and some crops move the principal point."""
+    cfg = MappingConfig(aug_scale_min=1.3, aug_scale_max=1.5, aug_crop=True)
+    shifts, checked = [], 0
+    for seed in range(12):
+        _, prepared = _augmented(seed, cfg)
+        assert prepared.gray.shape == prepared.valid.shape == (96, 128)
+        scale = prepared.K[1, 1] / K0[1, 1]
+        assert 1.3 - 0.02 <= scale <= 1.5 + 0.02
+        expected = _expected_dot(prepared)
+        if (8 <= expected).all() and expected[0] < 120 and expected[1] < 88:
+            np.testing.assert_allclose(_find_dot(prepared.gray), expected, atol=0.6)
+            checked += 1
+        else:  # cropped away
+            assert prepared.gray.max() < 0.5
+        shifts.append(np.linalg.norm(prepared.K[:2, 2] - K0[:2, 2] * scale))
+    assert max(shifts) > 5.0 and checked >= 4
+    # Without aug_crop the same scales make bigger images.
+    _, uncropped = _augmented(0, MappingConfig(aug_scale_min=1.3, aug_scale_max=1.5))
+    assert uncropped.gray.shape[0] > 96
+
+
 def test_augmentation_is_deterministic_for_a_seed():
     _, a = _augmented(3)
     _, b = _augmented(3)
