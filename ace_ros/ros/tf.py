@@ -13,8 +13,8 @@ valid at all times, stamp 0 meaning "latest common time").
 All errors are `TransformError` subclasses (from `ace_ros.core.tf_tree`, re-exported here),
 whichever backend is used.
 
-`StampFloor` keeps the stamps of a future-dated transform (AMCL's map -> odom) from going
-backwards.
+`StampFloor` (keeps the stamps of a future-dated transform, AMCL's map -> odom, from going
+backwards) lives in the ROS-free `ace_ros.ros.timing` and is re-exported here.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import Dict, Iterable, Optional, Tuple, Union
 from ace_ros.core.tf_tree import (ConnectivityError, ExtrapolationError, FrameNotFoundError,
                                   TfTree, TransformError)
 from ace_ros.ros import conversions
+from ace_ros.ros.timing import StampFloor  # noqa: F401 - re-exported
 from builtin_interfaces.msg import Time as TimeMsg
 from geometry_msgs.msg import TransformStamped
 import numpy as np
@@ -67,37 +68,6 @@ def to_ns(stamp: Stamp) -> int:
     if isinstance(stamp, TimeMsg):
         return conversions.stamp_to_ns(stamp)
     return int(stamp)
-
-
-class StampFloor:
-    """Stamps for one transform that never go backwards.
-
-    A future-dated transform (map -> odom at the image stamp + transform_tolerance, re-sent
-    at now + transform_tolerance) must not be followed by an older stamp: tf2 would then
-    interpolate between the new value and the older value that is dated later. `next`
-    gives the stamp to send; `reset` forgets the past (simulated time jumped back).
-    """
-
-    def __init__(self) -> None:
-        self.last_ns: Optional[int] = None
-
-    def next(self, candidate_ns: int, new_value: bool = True) -> Optional[int]:
-        """The stamp to send for `candidate_ns`.
-
-        A new value is always sent: at `candidate_ns`, or 1 ns after the last stamp if that
-        is not earlier (tf2 drops a repeated stamp). A re-broadcast of the same value
-        (`new_value` False) that would not move forward returns None: send nothing.
-        """
-        candidate_ns = int(candidate_ns)
-        if self.last_ns is not None and candidate_ns <= self.last_ns:
-            if not new_value:
-                return None
-            candidate_ns = self.last_ns + 1
-        self.last_ns = candidate_ns
-        return candidate_ns
-
-    def reset(self) -> None:
-        self.last_ns = None
 
 
 class TfInterface:
@@ -229,7 +199,7 @@ class TfInterface:
         self._static_pub.publish(message)
 
     def clear(self) -> None:
-        """Forget dynamic transforms (after simulated time jumped back)."""
+        """Forget dynamic transforms (after time jumped back); static ones are kept."""
         if self.uses_tf2_ros:
             self._tf2_buffer.clear()
         else:
