@@ -11,7 +11,7 @@ TF, as AMCL does (REP-105: map -> odom -> base_link -> ... -> camera optical fra
   robot_state_publisher) and `odom_frame` -> `base_frame` are looked up at the image stamp;
   ~/pose is map -> base, and TF is map -> odom, future-dated by `transform_tolerance` and
   re-broadcast at `tf_broadcast_rate` (stamps never go backwards; they restart when
-  simulated time jumps back).
+  time jumps back, below).
 - Fallbacks, each logged (a warning) when it starts: no odom frame linked to the base in TF
   (a hand-held camera, a robot without odometry): map -> base, at the image stamp. Base frame
   not linked to the camera in TF (no mount published): ~/pose and TF are of the camera
@@ -21,6 +21,16 @@ TF, as AMCL does (REP-105: map -> odom -> base_link -> ... -> camera optical fra
   sent, only the pose topics, and the log says so.
 - `odom_frame` and `base_frame` both '' : map -> camera with no lookups, the old hand-held
   behaviour, for a camera with no TF tree.
+
+Time going back by more than `time_jump_threshold` (1 s), seen in the image stamps or on
+the node's clock (a bag looped, simulated time reset): the TF buffer (dynamic transforms),
+map -> odom and the last pose are cleared, a warning says why (once per jump, even when
+both the stamps and /clock show it), `time_jumps` counts it in /diagnostics, and the node
+goes on from the new time; a frame that was being localized meanwhile, and the image whose
+stamp showed the jump, publish nothing (`discarded_stale`, as after a map reload). The
+counters are one thread-safe `Counters` (`ace_ros.ros.timing`), fed by the image callback
+and the worker.
+
 The pose covariance follows the pose: the camera pose's (`conversions.
 covariance_from_confidence`) is moved to the base with `conversions.offset_pose_covariance`.
 """
@@ -41,7 +51,8 @@ from ace_ros.core.weights import build_encoder
 from ace_ros.ros import conversions, diagnostics, params
 from ace_ros.ros.diagnostics import Report
 from ace_ros.ros.params import ParamSpec
-from ace_ros.ros.tf import StampFloor, TfInterface, TransformError
+from ace_ros.ros.tf import TfInterface, TransformError
+from ace_ros.ros.timing import Counters, FutureDatedTransform, TimeJumpGuard
 from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
 import numpy as np
 import rclpy
@@ -91,7 +102,14 @@ NODE_PARAMS: Dict[str, ParamSpec] = {
     'rotation_sigma': ParamSpec(0.035, 'rotation std dev (rad) reported at confidence 1'),
     'diagnostics_period': ParamSpec(1.0, '/diagnostics period (s, wall clock)',
                                     read_only=True),
+    'time_jump_threshold': ParamSpec(1.0, 'image stamps or the clock going back by more '
+                                     'than this (s; a bag looped, simulated time reset) '
+                                     'clear the TF buffer and map -> odom', read_only=True),
 }
+
+#: What /diagnostics counts (one `Counters`, shared by the callbacks and the worker).
+COUNTERS = ('received', 'processed', 'rejected', 'failed', 'bad_input', 'no_camera_info',
+            'no_map', 'tf_failed', 'published', 'time_jumps', 'discarded_stale')
 
 
 class LatestSlot:
@@ -145,17 +163,21 @@ class LocalizationNode(Node):
         self._rectifier: Optional[conversions.Rectifier] = None
         self._slot = LatestSlot()
         self._stop = threading.Event()
-        self._counts = dict(received=0, processed=0, rejected=0, failed=0, bad_input=0,
-                            no_camera_info=0, no_map=0, tf_failed=0, published=0)
+        self._counts = Counters(COUNTERS)
         self._input_rate = diagnostics.RateMeter()
         self._processed_rate = diagnostics.RateMeter()
         self._latency = diagnostics.WindowStats()
         self._inliers = diagnostics.WindowStats()
         self._last_inliers = 0
         self._last_good_ns: Optional[int] = None
-        self._map_from_odom: Optional[np.ndarray] = None
-        self._map_from_odom_lock = threading.Lock()  # also guards _map_odom_stamps
-        self._map_odom_stamps = StampFloor()
+        # map -> odom: its value, its stamps and the epoch (a time jump or a map reload
+        # starts a new one); the lock makes a map reload and a map -> odom update exclusive.
+        self._map_odom = FutureDatedTransform()
+        self._map_lock = threading.Lock()
+        threshold = self._p['time_jump_threshold']
+        if threshold <= 0:
+            raise ValueError(f'parameter time_jump_threshold must be > 0, got {threshold}')
+        self._time_guard = TimeJumpGuard(int(threshold * 1e9))
         self._foreign_parents: Dict[str, str] = {}  # frames never to publish: their parent
         self._notes: Dict[str, str] = {}  # what was last logged about TF, per topic
         self._tf_mode = ''
@@ -170,8 +192,8 @@ class LocalizationNode(Node):
         if self._p['tf_broadcast_rate'] > 0:
             self.create_timer(1.0 / self._p['tf_broadcast_rate'], self._rebroadcast_map_odom)
         self._jump_handle = self.get_clock().create_jump_callback(
-            JumpThreshold(min_forward=None, min_backward=Duration(seconds=-1),
-                          on_clock_change=False), post_callback=self._on_time_jump)
+            JumpThreshold(min_forward=None, min_backward=Duration(seconds=-threshold),
+                          on_clock_change=False), post_callback=self._on_clock_jump)
         self.create_service(Trigger, '~/reload_map', self._on_reload,
                             callback_group=MutuallyExclusiveCallbackGroup())
         qos = self._image_qos(self._p['image_qos'])
@@ -208,9 +230,10 @@ class LocalizationNode(Node):
             self.get_logger().error(f'{message} ({what})')
             return False, message
         map_frame = self._p['map_frame'] or scene_map.world_frame_id
-        with self._map_from_odom_lock:
+        with self._map_lock:
             self._localizer, self._map_frame, self._map_path = localizer, map_frame, path
-            self._map_from_odom = None
+            self._map_odom.tolerance_ns = int(self._p['transform_tolerance'] * 1e9)
+            self._map_odom.restart(time_jumped=False)  # frames of the old map publish nothing
             self._foreign_parents, self._notes = {}, {}  # frames may have changed
         message = (f"loaded map {path} (frame '{map_frame}', {len(scene_map.frame_names)} "
                    f'mapping frames) on {device_lib.describe(localizer.device)}, backend '
@@ -238,9 +261,19 @@ class LocalizationNode(Node):
         self._camera_info = msg
 
     def _on_image(self, msg: Image) -> None:
-        self._counts['received'] += 1
+        self._counts.add('received')
         self._input_rate.tick()
-        self._slot.put(msg)
+        back_ns = self._time_guard.stamp(conversions.stamp_to_ns(msg.header.stamp))
+        if back_ns is not None:
+            self._reset_after_time_jump(f'image stamps jumped back by {back_ns / 1e9:.1f} s')
+            # Skip this frame: clearing TF also dropped the new time's transforms that came
+            # just before it (odometry, a moving mount); by the next image they are back, so
+            # the node does not fall back to map -> base for want of odom.
+            self._counts.add('discarded_stale')
+            return
+        # The epoch the frame belongs to: if time jumps back (or the map is reloaded) while
+        # it is localized, it publishes nothing.
+        self._slot.put((msg, self._map_odom.epoch))
 
     def _work(self) -> None:
         next_allowed = 0.0
@@ -248,17 +281,17 @@ class LocalizationNode(Node):
             wait = next_allowed - time.monotonic()
             if wait > 0 and self._stop.wait(wait):
                 break
-            msg = self._slot.take(timeout_s=0.2)
-            if msg is None:
+            item = self._slot.take(timeout_s=0.2)
+            if item is None:
                 continue
             if self._p['max_rate'] > 0:
                 next_allowed = time.monotonic() + 1.0 / self._p['max_rate']
             try:
-                self._process(msg)
+                self._process(*item)
             except Exception as e:  # noqa: BLE001 - one bad frame must not stop the worker
                 if not self.context.ok():  # shutting down: publishing fails, nothing to say
                     break
-                self._counts['failed'] += 1
+                self._counts.add('failed')
                 self.get_logger().error(f'localization failed: {type(e).__name__}: {e}',
                                         throttle_duration_sec=5.0)
 
@@ -270,42 +303,45 @@ class LocalizationNode(Node):
         stamp_ns = conversions.stamp_to_ns(msg.header.stamp)
         return Frame(name=str(stamp_ns), image=rgb, K=self._rectifier.K, stamp=stamp_ns / 1e9)
 
-    def _process(self, msg: Image) -> None:
+    def _process(self, msg: Image, epoch: int) -> None:
         info, localizer = self._camera_info, self._localizer
         log = self.get_logger()
         if info is None:
-            self._counts['no_camera_info'] += 1
+            self._counts.add('no_camera_info')
             log.warning(f"no CameraInfo received on '{self._info_sub.topic_name}' yet; "
                         'images are skipped until one arrives', throttle_duration_sec=5.0)
             return
         if localizer is None:
-            self._counts['no_map'] += 1
+            self._counts.add('no_map')
             log.warning('no map loaded; images are skipped (set map_path and call '
                         '~/reload_map)', throttle_duration_sec=5.0)
             return
         try:
             frame = self._frame_from(msg, info)
         except ValueError as e:
-            self._counts['bad_input'] += 1
+            self._counts.add('bad_input')
             log.warning(f"cannot use image from '{self._image_sub.topic_name}': {e}",
                         throttle_duration_sec=5.0)
             return
         result = localizer.localize(frame)
-        self._counts['processed'] += 1
+        self._counts.add('processed')
         self._processed_rate.tick()
         self._latency.add(result.timings_ms)
         self._last_inliers = result.inlier_count
         self._inliers.add({'inliers': result.inlier_count})
         if not result.success or result.confidence < self._p['min_confidence']:
-            self._counts['rejected'] += 1
+            self._counts.add('rejected')
             log.debug(f'no pose: {result.reason or "confidence"} ({result.inlier_count} '
                       f'inliers, confidence {result.confidence:.3f})')
             return
-        self._publish(result, msg, localizer)
+        if epoch != self._map_odom.epoch:  # time jumped back or the map changed meanwhile
+            self._counts.add('discarded_stale')
+            return
+        self._publish(result, msg, epoch)
 
     # -- output ------------------------------------------------------------------------
 
-    def _publish(self, result: LocalizationResult, msg: Image, localizer: Localizer) -> None:
+    def _publish(self, result: LocalizationResult, msg: Image, epoch: int) -> None:
         camera = self._p['camera_frame'] or msg.header.frame_id
         if not camera:
             raise ValueError('the image has an empty header.frame_id and the camera_frame '
@@ -326,12 +362,12 @@ class LocalizationNode(Node):
         self._pose_pub.publish(conversions.to_pose_stamped(map_from_body, stamp, map_frame))
         self._cov_pub.publish(conversions.to_pose_with_covariance(
             map_from_body, covariance, stamp, map_frame))
-        self._counts['published'] += 1
+        self._counts.add('published')
         self._last_good_ns = stamp_ns
         if not self._p['publish_tf']:
             return
         if odom and self._tf.connected(odom, body):
-            self._update_map_odom(map_from_body, odom, body, stamp_ns, localizer)
+            self._update_map_odom(map_from_body, odom, body, stamp_ns, epoch)
             return
         if not legacy:
             why = (f"odom_frame '{odom}' is not linked to '{body}' in TF" if odom
@@ -339,8 +375,7 @@ class LocalizationNode(Node):
             self._note('tf', f'no-odom:{body}', f'{why}: publishing map -> {body} at each '
                        'image stamp instead of map -> odom (REP-105 fallback: a hand-held '
                        'camera or no odometry)', warn=bool(odom))
-        with self._map_from_odom_lock:
-            self._map_from_odom = None  # no map -> odom to re-broadcast meanwhile
+        self._map_odom.forget()  # no map -> odom to re-broadcast meanwhile
         if self._may_parent(body):
             self._tf_mode = f'{map_frame} -> {body}'
             self._tf.send([conversions.to_transform_stamped(map_from_body, stamp, map_frame,
@@ -361,17 +396,17 @@ class LocalizationNode(Node):
         try:
             return base, self._lookup(base, camera, stamp_ns)
         except TransformError as e:
-            self._counts['tf_failed'] += 1
+            self._counts.add('tf_failed')
             self.get_logger().warning(f'no pose published: no {base} -> {camera} at the '
                                       f'image stamp: {e}', throttle_duration_sec=5.0)
             return base, None
 
     def _update_map_odom(self, map_from_body: np.ndarray, odom: str, body: str,
-                         stamp_ns: int, localizer: Localizer) -> None:
+                         stamp_ns: int, epoch: int) -> None:
         try:
             odom_from_body = self._lookup(odom, body, stamp_ns)
         except TransformError as e:
-            self._counts['tf_failed'] += 1
+            self._counts.add('tf_failed')
             self.get_logger().warning(f'pose published but no map -> {odom} update: {e}',
                                       throttle_duration_sec=5.0)
             return
@@ -380,12 +415,13 @@ class LocalizationNode(Node):
         if not self._may_parent(odom):
             return
         map_from_odom = map_from_body @ geometry.invert_pose(odom_from_body)
-        with self._map_from_odom_lock:
-            if localizer is not self._localizer:  # the map was reloaded meanwhile
+        with self._map_lock:
+            when = self._map_odom.update(map_from_odom, stamp_ns, epoch)
+            if when is None:  # the map was reloaded or time jumped back meanwhile
+                self._counts.add('discarded_stale')
                 return
-            self._map_from_odom = map_from_odom
             self._tf_mode = f'{self._map_frame} -> {odom}'
-            self._send_map_odom(map_from_odom, stamp_ns, new_value=True)
+            self._send_map_odom(map_from_odom, when)
 
     def _may_parent(self, child: str) -> bool:
         """True when map -> `child` may be published: `child` has no parent in TF but the
@@ -415,36 +451,42 @@ class LocalizationNode(Node):
     def _lookup(self, target: str, source: str, stamp_ns: int) -> np.ndarray:
         return self._tf.lookup(target, source, stamp_ns, self._p['tf_timeout'])
 
-    def _send_map_odom(self, map_from_odom: np.ndarray, stamp_ns: int,
-                       new_value: bool) -> None:
-        """Send map -> odom future-dated by transform_tolerance (lock held)."""
-        tolerance_ns = int(self._p['transform_tolerance'] * 1e9)
-        when = self._map_odom_stamps.next(stamp_ns + tolerance_ns, new_value)
-        if when is None:  # a re-broadcast that would not move forward
-            return
+    def _send_map_odom(self, map_from_odom: np.ndarray, when_ns: int) -> None:
+        """Send map -> odom at `when_ns`, a stamp from `self._map_odom` (lock held, so
+        that stamps go out in the order they were given)."""
         self._tf.send([conversions.to_transform_stamped(
-            map_from_odom, conversions.ns_to_stamp(when), self._map_frame,
+            map_from_odom, conversions.ns_to_stamp(when_ns), self._map_frame,
             self._p['odom_frame'])])
 
     def _rebroadcast_map_odom(self) -> None:
+        if not (self._p['publish_tf'] and self._p['odom_frame']):
+            return
         now_ns = self.get_clock().now().nanoseconds
-        with self._map_from_odom_lock:
-            if self._map_from_odom is not None and now_ns > 0 and self._p['publish_tf'] \
-                    and self._p['odom_frame']:  # now 0: sim time before the first /clock
-                self._send_map_odom(self._map_from_odom, now_ns, new_value=False)
+        with self._map_lock:
+            due = self._map_odom.rebroadcast(now_ns)
+            if due is not None:
+                self._send_map_odom(*due)
 
-    def _on_time_jump(self, jump: TimeJump) -> None:
-        """Simulated time went back (a bag restarted): odometry restarts, so forget the
-        transforms and map -> odom, and let stamps start again from the new time."""
-        self.get_logger().info(f'time jumped back by {-jump.delta.nanoseconds / 1e9:.1f} s: '
-                               'TF buffer and map -> odom cleared')
+    def _on_clock_jump(self, jump: TimeJump) -> None:
+        """The node's clock went back (simulated time reset, a bag restarted with --clock)."""
+        if self._time_guard.clock_jumped(self.get_clock().now().nanoseconds):
+            self._reset_after_time_jump(
+                f'the clock jumped back by {-jump.delta.nanoseconds / 1e9:.1f} s')
+
+    def _reset_after_time_jump(self, why: str) -> None:
+        """Time went back: odometry and the robot's TF restart, so forget the transforms,
+        map -> odom and the last pose; stamps start again from the new time. Frames that
+        were being localized meanwhile publish nothing (a new epoch)."""
+        self._counts.add('time_jumps')
         self._tf.clear()
-        with self._map_from_odom_lock:
-            self._map_from_odom = None
-            self._map_odom_stamps.reset()
+        with self._map_lock:
+            self._map_odom.restart(time_jumped=True)
+        self._last_good_ns = None
+        self.get_logger().warning(f'time jumped back ({why}): TF buffer, map -> odom and the '
+                                  'last pose cleared; continuing from the new time')
 
     def _report(self) -> Report:
-        c = dict(self._counts, dropped_stale=self._slot.dropped)
+        c = dict(self._counts.snapshot(), dropped_stale=self._slot.dropped)
         values: Dict[str, object] = {
             'map': self._map_path or '(none)', 'map_frame': self._map_frame,
             'tf': self._tf_mode or '(none yet)',

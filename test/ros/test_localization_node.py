@@ -490,3 +490,106 @@ def test_fallbacks_without_odom_never_give_a_frame_a_second_parent(
         assert 'Traceback' not in _log(log_path)
     finally:
         _stop(process)
+
+
+def test_image_stamps_jumping_back_reset_tf_and_map_to_odom(
+        scene, make_node, spin_until, ros_env, tmp_path):
+    """A bag looped with the node on its own clock (no /clock): the image stamps jump back.
+    The node warns once, counts it, skips the image that showed it, clears TF and map ->
+    odom, and goes on: map -> odom from the new odometry, stamped from the new time (before
+    the jump every stamp went forward), and never a fallback map -> base_link meanwhile."""
+    real_map, frames = scene
+    ns = '/jump_test'
+    log_path = tmp_path / 'node.log'
+    # No re-broadcast: on the wall clock it would stamp at now, far from these stamps.
+    process = _start_node(ns, real_map, log_path, ros_env, '-p', 'tf_broadcast_rate:=0.0',
+                          '-p', 'transform_tolerance:=0.5', '-p', 'tf_timeout:=2.0',
+                          '-p', 'diagnostics_period:=0.2')
+    try:
+        node = make_node('jump_probe')
+        tf_out = TfInterface(node, use_tf2_ros=False, listen=False)
+        reliable = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+        image_pub = node.create_publisher(Image, f'{ns}/image', reliable)
+        info_pub = node.create_publisher(CameraInfo, f'{ns}/camera_info', reliable)
+        poses, map_odom, node_tf, diags = [], [], [], []
+        node.create_subscription(PoseStamped, f'{ns}/localization_node/pose', poses.append, 10)
+        node.create_subscription(DiagnosticArray, '/diagnostics', diags.append, 10)
+        from ace_ros.ros.tf import TF_QOS
+        from tf2_msgs.msg import TFMessage
+
+        def on_tf(msg) -> None:
+            node_tf.extend(t for t in msg.transforms if t.header.frame_id == 'map')
+            map_odom.extend(t for t in msg.transforms if t.child_frame_id == 'odom')
+        node.create_subscription(TFMessage, '/tf', on_tf, TF_QOS)
+        assert spin_until([node], lambda: image_pub.get_subscription_count() > 0
+                          and info_pub.get_subscription_count() > 0, 30), _log(log_path)
+        assert _wait_log(log_path, 'loaded map'), _log(log_path)
+
+        def odometry(times) -> dict:
+            samples = {t: geometry.make_pose(np.eye(3), [0.1 * t, 0.02 * t, 0]) for t in times}
+            tf_out.send([conversions.to_transform_stamped(
+                pose, conversions.ns_to_stamp(int(t * S)), 'odom', 'base_link')
+                for t, pose in samples.items()])
+            return samples
+
+        def send_image(sec: int) -> None:
+            stamp = conversions.ns_to_stamp(sec * S)
+            info = CameraInfo(width=WIDTH, height=HEIGHT, k=frames[0].K.ravel().tolist())
+            info.header.stamp, info.header.frame_id = stamp, CAMERA_FRAME
+            info_pub.publish(info)
+            image_pub.publish(conversions.rgb_to_image(frames[0].image, stamp, CAMERA_FRAME))
+
+        def stamps() -> list:
+            return [conversions.stamp_to_ns(t.header.stamp) for t in map_odom]
+
+        def diagnostic() -> dict:
+            for array in reversed(diags):
+                for status in array.status:
+                    if status.name == 'localization_node: localization':
+                        return {kv.key: kv.value for kv in status.values}
+            return {}
+
+        base_from_cam = geometry.make_pose(geometry.axis_angle_to_matrix([0, 0.2, 0]),
+                                           [0.1, 0, 0.4])
+        tf_out.send_static([conversions.to_transform_stamped(base_from_cam, STAMP0,
+                                                             'base_link', CAMERA_FRAME)])
+        # 1. The first pass of the bag: two poses, map -> odom stamps going forward.
+        for sec in (1000, 1002):
+            odometry((sec - 1, sec + 1))
+            assert _resend_until(lambda: send_image(sec), lambda: sec * S + S // 2 in stamps(),
+                                 spin_until, [node]), (_log(log_path), stamps())
+        before = stamps()
+        assert all(a < b for a, b in zip(before, before[1:])), before
+        assert 'time jumped back' not in _log(log_path)
+
+        # 2. The bag loops: an image 990 s older. The node warns and skips that image ...
+        n_poses = len(poses)
+        send_image(10)
+        assert _wait_log(log_path, 'image stamps jumped back by 992.0 s', 10), _log(log_path)
+        # ... and goes on with the new time's odometry: map -> odom at 10 s + tolerance, no
+        # longer held above the old stamps.
+        odom_from_base = odometry((9, 10, 11))
+        assert _resend_until(lambda: send_image(10), lambda: 10 * S + S // 2 in stamps(),
+                             spin_until, [node]), (_log(log_path), stamps())
+        # It is the new odometry's: composed with odom -> base_link at 10 s it gives the
+        # base pose published for that image (the first map -> odom at 10.5 s goes with the
+        # first pose at 10 s).
+        new = map_odom[stamps().index(10 * S + S // 2)]
+        pose = next(p for p in poses[n_poses:] if conversions.stamp_to_ns(p.header.stamp)
+                    == 10 * S)
+        np.testing.assert_allclose(
+            conversions.transform_stamped_to_matrix(new) @ odom_from_base[10],
+            conversions.pose_stamped_to_matrix(pose), atol=1e-6)
+        # The pose published after the jump is at the new time, none from the skipped image
+        # before odometry came back (it would have been a map -> base_link fallback).
+        assert {conversions.stamp_to_ns(p.header.stamp) for p in poses[n_poses:]} == {10 * S}
+        assert {t.child_frame_id for t in node_tf} == {'odom'}, \
+            {t.child_frame_id for t in node_tf}
+        assert spin_until([node], lambda: diagnostic().get('time_jumps') == '1'
+                          and int(diagnostic().get('discarded_stale', 0)) >= 1, 10), \
+            diagnostic()
+        assert _log(log_path).count('time jumped back') == 1
+        assert 'REP-105 fallback' not in _log(log_path)
+        assert 'Traceback' not in _log(log_path)
+    finally:
+        _stop(process)
