@@ -181,15 +181,16 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     # smaller ones); a 128-wide head (~47 % of the 256-wide head's time per iteration on 2
     # AVX2 cores, so ~2x the iterations in the same time) warm-started by triangulated
     # targets and given each image's context (a room seen from all sides); batches of 2560;
-    # augmentation that never upscales (an encoding at 1.5x the height costs ~2.7x one at
-    # 1x on an AVX2 CPU: the budget then held 268 images of a 500-frame room, capped at 1x
-    # it holds 490); as many iterations as fit in 9 minutes, at most 10000 (issue 13,
-    # benchmarks/RESULTS.md session 15, timed on 2 AVX2 cores: the 360-degree room proxy
-    # 28 -> 52 % within 5cm/5deg).
+    # images scaled up in augmentation (close-up views) cropped back to the unscaled size
+    # (an encoding at 1.5x the height costs ~2.7x one at 1x on an AVX2 CPU: uncropped, the
+    # budget held 268 images of a 500-frame room, cropped ~500); as many iterations as fit
+    # in 9 minutes, at most 10000 (issue 13, benchmarks/RESULTS.md sessions 15-16, 2 AVX2
+    # cores, the 360-degree room proxy within 5cm/5deg: 28 % uncropped, 52-59 % never
+    # upscaled, 68-70 % cropped).
     'cpu': {'buffer_size': 512_000, 'max_buffer_passes': 10, 'epochs': 50.0,
             'max_iterations': 10_000, 'time_budget_s': 540.0, 'head_channels': 128,
             'triangulate': True, 'global_context': True, 'context_noise': 0.1,
-            'batch_size': 2560, 'aug_scale_max': 1.0},
+            'batch_size': 2560, 'aug_scale_max': 1.5, 'aug_crop': True},
     # Tests and smoke runs: tiny images, few iterations.
     # Float features: int8's speed matters little there, and tests run the same everywhere.
     'tiny': {'image_height': 240, 'max_buffer_passes': 1, 'samples_per_image': 512,

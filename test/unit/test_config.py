@@ -52,8 +52,9 @@ def test_presets_apply():
     cpu = mapping_config('cpu')
     assert (cpu.preset, cpu.max_iterations, cpu.batch_size) == ('cpu', 10_000, 2560)
     assert (cpu.head_channels, cpu.triangulate) == (128, True)
-    # Never upscaled: an upscaled encoding costs a CPU far more than it adds.
-    assert (cpu.aug_scale_min, cpu.aug_scale_max) == pytest.approx((1 / 1.5, 1.0))
+    # Upscaled images are cropped: an upscaled encoding costs a CPU 2.7x an unscaled one.
+    assert (cpu.aug_scale_min, cpu.aug_scale_max) == pytest.approx((1 / 1.5, 1.5))
+    assert cpu.aug_crop
     assert (cpu.global_context, cpu.context_noise) == (True, 0.1)
     # A fixed budget: ~500 image encodings whatever the scene's size.
     for n_frames, cells in ((500, 512_000), (50, 50 * 10 * 1024), (1000, 512_000)):
