@@ -313,19 +313,10 @@ def test_rep105_defaults_map_to_odom_under_sim_time(scene, make_node, spin_until
             clock_pub.publish(Clock(clock=conversions.ns_to_stamp(int(sec * S))))
 
         def odometry(times) -> dict:
-            """odom -> base_link samples (moving along x) at `times` (s), sent on /tf."""
-            samples = {t: geometry.make_pose(np.eye(3), [0.1 * t, 0, 0]) for t in times}
-            tf_out.send([conversions.to_transform_stamped(
-                pose, conversions.ns_to_stamp(int(t * S)), 'odom', 'base_link')
-                for t, pose in samples.items()])
-            return samples
+            return _send_odometry(tf_out, times, [0.1, 0, 0])
 
         def send_image(sec: int) -> None:
-            stamp = conversions.ns_to_stamp(sec * S)
-            info = CameraInfo(width=WIDTH, height=HEIGHT, k=frames[0].K.ravel().tolist())
-            info.header.stamp, info.header.frame_id = stamp, CAMERA_FRAME
-            info_pub.publish(info)
-            image_pub.publish(conversions.rgb_to_image(frames[0].image, stamp, CAMERA_FRAME))
+            _send_camera_frame(image_pub, info_pub, frames[0], sec)
 
         # The camera mount (static, with a lever arm) and odometry around t = 100 s.
         base_from_cam = geometry.make_pose(geometry.axis_angle_to_matrix([0, 0, 0.3]),
@@ -427,11 +418,7 @@ def test_fallbacks_without_odom_never_give_a_frame_a_second_parent(
         assert _wait_log(log_path, 'loaded map'), _log(log_path)
 
         def send_image(sec: int, camera: str = CAMERA_FRAME) -> None:
-            stamp = conversions.ns_to_stamp(sec * S)
-            info = CameraInfo(width=WIDTH, height=HEIGHT, k=frames[0].K.ravel().tolist())
-            info.header.stamp, info.header.frame_id = stamp, camera
-            info_pub.publish(info)
-            image_pub.publish(conversions.rgb_to_image(frames[0].image, stamp, camera))
+            _send_camera_frame(image_pub, info_pub, frames[0], sec, camera)
 
         def at(items, sec: int) -> list:
             return [m for m in items if conversions.stamp_to_ns(m.header.stamp) == sec * S]
@@ -526,18 +513,10 @@ def test_image_stamps_jumping_back_reset_tf_and_map_to_odom(
         assert _wait_log(log_path, 'loaded map'), _log(log_path)
 
         def odometry(times) -> dict:
-            samples = {t: geometry.make_pose(np.eye(3), [0.1 * t, 0.02 * t, 0]) for t in times}
-            tf_out.send([conversions.to_transform_stamped(
-                pose, conversions.ns_to_stamp(int(t * S)), 'odom', 'base_link')
-                for t, pose in samples.items()])
-            return samples
+            return _send_odometry(tf_out, times, [0.1, 0.02, 0])
 
         def send_image(sec: int) -> None:
-            stamp = conversions.ns_to_stamp(sec * S)
-            info = CameraInfo(width=WIDTH, height=HEIGHT, k=frames[0].K.ravel().tolist())
-            info.header.stamp, info.header.frame_id = stamp, CAMERA_FRAME
-            info_pub.publish(info)
-            image_pub.publish(conversions.rgb_to_image(frames[0].image, stamp, CAMERA_FRAME))
+            _send_camera_frame(image_pub, info_pub, frames[0], sec)
 
         def stamps() -> list:
             return [conversions.stamp_to_ns(t.header.stamp) for t in map_odom]
@@ -593,3 +572,23 @@ def test_image_stamps_jumping_back_reset_tf_and_map_to_odom(
         assert 'Traceback' not in _log(log_path)
     finally:
         _stop(process)
+
+
+def _send_odometry(tf_out, times, velocity) -> dict:
+    """odom -> base_link samples at `times` (s), moving at `velocity` (m/s), sent on /tf."""
+    samples = {t: geometry.make_pose(np.eye(3), np.asarray(velocity, float) * t)
+               for t in times}
+    tf_out.send([conversions.to_transform_stamped(
+        pose, conversions.ns_to_stamp(int(t * S)), 'odom', 'base_link')
+        for t, pose in samples.items()])
+    return samples
+
+
+def _send_camera_frame(image_pub, info_pub, frame, sec: int,
+                       camera: str = CAMERA_FRAME) -> None:
+    """`frame`'s CameraInfo and image from `camera`, stamped `sec` seconds."""
+    stamp = conversions.ns_to_stamp(sec * S)
+    info = CameraInfo(width=WIDTH, height=HEIGHT, k=frame.K.ravel().tolist())
+    info.header.stamp, info.header.frame_id = stamp, camera
+    info_pub.publish(info)
+    image_pub.publish(conversions.rgb_to_image(frame.image, stamp, camera))
