@@ -1,10 +1,12 @@
 """The map file: one trained scene head in a self-describing, versioned safetensors file.
 
-Layout (format 'ace_ros.map', version 1; '.ace' by convention). A plain safetensors file, so it
-is never unpickled and any safetensors reader can open it:
+Layout (format 'ace_ros.map', versions 1 and 2; '.ace' by convention). A plain safetensors
+file, so it is never unpickled and any safetensors reader can open it:
 
 - tensors ``head.<name>``: the head's state dict (``Head.weights()``), float tensors as fp16;
 - tensor ``scene_mean``: (3,) fp32, the world-frame offset the head predicts around;
+- version 2 only, optional: tensors ``cloud.points`` (N, 3) fp32 and ``cloud.colors`` (N, 3)
+  uint8 RGB, a point cloud of the scene for display (`MapCloud`);
 - string metadata: ``format``, ``ace_ros_version``, ``encoder_sha256`` (see
   `encoder_identity`), ``world_frame_id``, ``created_utc`` (ISO 8601), ``payload_sha256``
   (see `_payload_sha256`) as plain strings; ``format_version`` (int), ``head_config``,
@@ -36,10 +38,15 @@ import torch
 _logger = logging.getLogger(__name__)
 
 FORMAT = 'ace_ros.map'
-FORMAT_VERSION = 1
+#: The version this ace_ros writes when the map has a cloud, and the newest it reads.
+FORMAT_VERSION = 2
+#: A map without a cloud is written as version 1, so that older ace_ros still read it; an older
+#: ace_ros refuses a version 2 file by its version ("upgrade ace_ros"), not as corrupt.
+OLDEST_FORMAT_VERSION = 1
 #: load_map refuses bigger files before reading them (a default head is ~4.2 MB).
 MAX_MAP_BYTES = 64 * 1024 * 1024
 _HEAD_PREFIX = 'head.'
+_CLOUD_KEYS = ('cloud.points', 'cloud.colors')
 _JSON_KEYS = ('format_version', 'head_config', 'mapping_config', 'intrinsics', 'frame_names',
               'extras')
 _REQUIRED_KEYS = ('format', 'format_version', 'ace_ros_version', 'encoder_sha256',
@@ -92,6 +99,41 @@ def encoder_identity(state_dict: Mapping[str, torch.Tensor]) -> str:
 
 
 @dataclass(frozen=True, eq=False)
+class MapCloud:
+    """Scene points of a map, for display (RViz): not used to localize.
+
+    Construction validates and normalises the dtypes, so a MapCloud equals the copy that
+    `load_map` returns after `save_map`.
+
+    Attributes:
+        points: (N, 3) float32 world-frame points, N >= 1, finite.
+        colors: (N, 3) uint8 RGB, one per point.
+    """
+
+    points: np.ndarray
+    colors: np.ndarray
+
+    def __post_init__(self) -> None:
+        points = np.ascontiguousarray(np.asarray(self.points, dtype=np.float32))
+        if points.ndim != 2 or points.shape[1] != 3 or not len(points):
+            raise ValueError(f'cloud points must be (N, 3) with N >= 1, got shape '
+                             f'{points.shape}')
+        if not np.all(np.isfinite(points)):
+            raise ValueError('cloud points must be finite')
+        colors = np.asarray(self.colors)
+        if colors.shape != points.shape:
+            raise ValueError(f'cloud colors must be (N, 3) like the points {points.shape}, '
+                             f'got {colors.shape}')
+        if colors.dtype != np.uint8:
+            raise ValueError(f'cloud colors must be uint8 RGB, got {colors.dtype}')
+        object.__setattr__(self, 'points', points)
+        object.__setattr__(self, 'colors', np.ascontiguousarray(colors))
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+
+@dataclass(frozen=True, eq=False)
 class SceneMap:
     """A trained scene: the head's weights plus everything needed to use them safely.
 
@@ -111,6 +153,7 @@ class SceneMap:
         extras: any further JSON-serialisable facts (e.g. training statistics).
         created_utc: ISO 8601 time the map was first saved; '' until then.
         ace_ros_version: version of ace_ros that wrote the file; '' for a new map.
+        cloud: scene points for display, or None (maps of version 1, or none predicted).
     """
 
     head_state: Dict[str, torch.Tensor]
@@ -124,6 +167,7 @@ class SceneMap:
     extras: Dict[str, Any] = field(default_factory=dict)
     created_utc: str = ''
     ace_ros_version: str = ''
+    cloud: Optional[MapCloud] = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.head_state, Mapping) or not self.head_state:
@@ -174,6 +218,9 @@ class SceneMap:
         object.__setattr__(self, 'scene_mean', mean.contiguous())
         object.__setattr__(self, 'intrinsics', intrinsics)
         object.__setattr__(self, 'frame_names', list(self.frame_names))
+        if self.cloud is not None and not isinstance(self.cloud, MapCloud):
+            raise ValueError(f'cloud must be a MapCloud or None, got '
+                             f'{type(self.cloud).__name__}')
 
 
 def save_map(path: str, scene_map: SceneMap) -> None:
@@ -194,9 +241,13 @@ def save_map(path: str, scene_map: SceneMap) -> None:
         raise FileNotFoundError(f'{path}: cannot save map: directory {directory} does not exist')
     tensors = {_HEAD_PREFIX + k: v for k, v in scene_map.head_state.items()}
     tensors['scene_mean'] = scene_map.scene_mean
+    if scene_map.cloud is not None:
+        tensors['cloud.points'] = torch.from_numpy(scene_map.cloud.points)
+        tensors['cloud.colors'] = torch.from_numpy(scene_map.cloud.colors)
+    version = FORMAT_VERSION if scene_map.cloud is not None else OLDEST_FORMAT_VERSION
     created = scene_map.created_utc or datetime.now(timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')
     metadata = {
-        'format': FORMAT, 'format_version': FORMAT_VERSION, 'ace_ros_version': __version__,
+        'format': FORMAT, 'format_version': version, 'ace_ros_version': __version__,
         'encoder_sha256': scene_map.encoder_sha256, 'head_config': scene_map.head_config,
         'mapping_config': scene_map.mapping_config, 'intrinsics': scene_map.intrinsics,
         'frame_names': scene_map.frame_names, 'world_frame_id': scene_map.world_frame_id,
@@ -258,7 +309,8 @@ def load_map(path: str, expected_encoder_sha256: Optional[str] = None, *,
     if _payload_sha256(tensors) != metadata['payload_sha256']:
         raise MapFileError(f'{path}: tensor data is corrupt: its SHA-256 does not match the '
                            f'payload_sha256 {metadata["payload_sha256"][:12]} in the header')
-    unknown = sorted(k for k in tensors if k != 'scene_mean' and not k.startswith(_HEAD_PREFIX))
+    allowed = ('scene_mean',) + (_CLOUD_KEYS if metadata['format_version'] >= 2 else ())
+    unknown = sorted(k for k in tensors if k not in allowed and not k.startswith(_HEAD_PREFIX))
     if 'scene_mean' not in tensors or unknown:
         raise MapFileError(f'{path}: expected tensors scene_mean and head.*, got scene_mean '
                            f'{"present" if "scene_mean" in tensors else "missing"}, '
@@ -274,7 +326,8 @@ def load_map(path: str, expected_encoder_sha256: Optional[str] = None, *,
             head_config=metadata['head_config'], world_frame_id=metadata['world_frame_id'],
             mapping_config=metadata['mapping_config'], intrinsics=metadata['intrinsics'],
             frame_names=metadata['frame_names'], extras=metadata.get('extras', {}),
-            created_utc=metadata['created_utc'], ace_ros_version=metadata['ace_ros_version'])
+            created_utc=metadata['created_utc'], ace_ros_version=metadata['ace_ros_version'],
+            cloud=_cloud_from(tensors))
     except (ValueError, TypeError) as e:
         raise MapFileError(f'{path}: invalid map contents: {e}') from e
     if expected_encoder_sha256 is not None and (
@@ -305,6 +358,8 @@ def map_info(path: str, max_bytes: int = MAX_MAP_BYTES) -> Dict[str, Any]:
     metadata['file_bytes'] = size
     metadata['num_parameters'] = sum(math.prod(e['shape']) for k, e in entries.items()
                                      if k.startswith(_HEAD_PREFIX))
+    metadata['cloud_points'] = (entries['cloud.points']['shape'][0]
+                                if 'cloud.points' in entries else 0)
     return metadata
 
 
@@ -358,12 +413,16 @@ def _parse_header(path: str, header: bytes, size: int
     if metadata.get('format') != FORMAT:
         raise MapFileError(f'{path}: not an ace_ros map: format is {metadata.get("format")!r}, '
                            f'expected {FORMAT!r}')
-    version = metadata.get('format_version', str(FORMAT_VERSION))
-    if version != str(FORMAT_VERSION):
-        age = 'newer' if version.isdigit() and int(version) > FORMAT_VERSION else 'older'
-        raise MapFileError(f'{path}: map format version {version} is {age} than version '
-                           f'{FORMAT_VERSION}, the one this ace_ros ({__version__}) reads; '
-                           + ('upgrade ace_ros' if age == 'newer' else 're-map the scene'))
+    version = metadata.get('format_version', str(OLDEST_FORMAT_VERSION))
+    readable = [str(v) for v in range(OLDEST_FORMAT_VERSION, FORMAT_VERSION + 1)]
+    if version not in readable:
+        newer = version.isdigit() and int(version) > FORMAT_VERSION
+        bound, which = ((FORMAT_VERSION, 'newest') if newer
+                        else (OLDEST_FORMAT_VERSION, 'oldest'))
+        raise MapFileError(f'{path}: map format version {version} is '
+                           f'{"newer" if newer else "older"} than version {bound}, the {which} '
+                           f'this ace_ros ({__version__}) reads; '
+                           + ('upgrade ace_ros' if newer else 're-map the scene'))
     missing = [k for k in _REQUIRED_KEYS if k not in metadata]
     if missing:
         raise MapFileError(f'{path}: map header lacks metadata keys {missing}')
@@ -372,6 +431,21 @@ def _parse_header(path: str, header: bytes, size: int
     except ValueError as e:
         raise MapFileError(f'{path}: map metadata is not valid JSON: {e}') from e
     return decoded, entries
+
+
+def _cloud_from(tensors: Mapping[str, torch.Tensor]) -> Optional[MapCloud]:
+    """The MapCloud the ``cloud.*`` tensors of a loaded file hold, or None; ValueError if
+    only one of them is there."""
+    present = [k for k in _CLOUD_KEYS if k in tensors]
+    if not present:
+        return None
+    if len(present) != len(_CLOUD_KEYS):
+        raise ValueError(f'the map has {present[0]} but not '
+                         f'{[k for k in _CLOUD_KEYS if k not in tensors][0]}')
+    points = tensors['cloud.points']
+    if points.dtype != torch.float32:
+        raise ValueError(f'cloud.points must be float32, got {points.dtype}')
+    return MapCloud(points.numpy(), tensors['cloud.colors'].numpy())
 
 
 def _payload_sha256(tensors: Mapping[str, torch.Tensor]) -> str:

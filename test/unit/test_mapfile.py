@@ -10,7 +10,7 @@ from typing import Callable, Dict, Optional
 from ace_ros import __version__
 from ace_ros.core import mapfile
 from ace_ros.core.mapfile import (EncoderMismatchError, encoder_identity, load_map, map_info,
-                                  MapFileError, save_map, SceneMap)
+                                  MapCloud, MapFileError, save_map, SceneMap)
 from ace_ros.core.network import Head, HeadConfig
 import numpy as np
 import pytest
@@ -214,11 +214,12 @@ def test_refuses_foreign_safetensors(tmp_path):
     _refused(path, "format is 'pt'")
 
 
-@pytest.mark.parametrize('version, words', [('2', ('version 2 is newer', 'upgrade')),
-                                            ('0', ('version 0 is older', 're-map'))])
+@pytest.mark.parametrize('version, words', [
+    ('3', ('version 3 is newer than version 2', 'newest', 'upgrade')),
+    ('0', ('version 0 is older than version 1', 'oldest', 're-map'))])
 def test_refuses_other_format_versions(map_path, version, words):
     _rewrite(map_path, map_path, edit_metadata=lambda m: m.update(format_version=version))
-    message = _refused(map_path, *words, 'than version 1')
+    message = _refused(map_path, *words)
     with pytest.raises(MapFileError, match=f'version {version}'):
         map_info(map_path)
     assert __version__ in message
@@ -350,3 +351,54 @@ def test_metadata_is_plain_json_in_safetensors_header(map_path):
     assert metadata['format'] == 'ace_ros.map'
     assert json.loads(metadata['format_version']) == 1
     assert json.loads(metadata['frame_names']) == ['frame-000000', 'frame-000001']
+
+
+def _cloud(n: int = 5) -> MapCloud:
+    rng = np.random.default_rng(0)
+    return MapCloud(rng.normal(size=(n, 3)) * 100.0,
+                    rng.integers(0, 256, size=(n, 3), dtype=np.uint8))
+
+
+def test_cloud_round_trip_is_version_2(tmp_path):
+    path = str(tmp_path / 'cloud.ace')
+    cloud = _cloud()
+    save_map(path, _scene_map(cloud=cloud))
+    loaded = load_map(path)
+    assert loaded.cloud.points.dtype == np.float32 and loaded.cloud.colors.dtype == np.uint8
+    np.testing.assert_array_equal(loaded.cloud.points, cloud.points)
+    np.testing.assert_array_equal(loaded.cloud.colors, cloud.colors)
+    info = map_info(path)
+    assert info['format_version'] == 2 and info['cloud_points'] == 5
+
+
+def test_map_without_cloud_stays_version_1(map_path):
+    """Older ace_ros read only version 1: a map with nothing new must stay readable there."""
+    assert load_map(map_path).cloud is None
+    info = map_info(map_path)
+    assert info['format_version'] == 1 and info['cloud_points'] == 0
+
+
+def test_cloud_tensors_checked(tmp_path, map_path):
+    cloud_path = str(tmp_path / 'cloud.ace')
+    save_map(cloud_path, _scene_map(cloud=_cloud()))
+    # Cloud tensors in a file that says version 1 are not what version 1 allows.
+    _rewrite(cloud_path, map_path, edit_metadata=lambda m: m.update(format_version='1'))
+    _refused(map_path, "unexpected ['cloud.colors', 'cloud.points']")
+    _rewrite(cloud_path, map_path, edit_tensors=lambda t: t.pop('cloud.colors'))
+    _refused(map_path, 'invalid map contents', 'cloud.points but not cloud.colors')
+    _rewrite(cloud_path, map_path,
+             edit_tensors=lambda t: t.update({'cloud.colors': t['cloud.colors'][:2]}))
+    _refused(map_path, 'cloud colors must be (N, 3) like the points')
+
+
+@pytest.mark.parametrize('points, colors, match', [
+    (np.zeros((0, 3)), np.zeros((0, 3), np.uint8), 'N >= 1'),
+    (np.zeros((2, 2)), np.zeros((2, 3), np.uint8), r'\(N, 3\)'),
+    (np.array([[0.0, np.nan, 0.0]]), np.zeros((1, 3), np.uint8), 'finite'),
+    (np.zeros((1, 3)), np.zeros((1, 3)), 'uint8'),
+])
+def test_map_cloud_validation(points, colors, match):
+    with pytest.raises(ValueError, match=match):
+        MapCloud(points, colors)
+    with pytest.raises(ValueError, match='MapCloud or None'):
+        _scene_map(cloud=np.zeros((1, 3)))
