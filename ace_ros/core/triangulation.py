@@ -133,11 +133,13 @@ def _detect(frame: Frame, sift: cv2.SIFT, height: int) -> tuple:
                         cv2.COLOR_RGB2GRAY)
     keypoints, descriptors = sift.detectAndCompute(gray, None)
     if descriptors is None:
-        return np.zeros((0, 2), np.float32), np.zeros((0, 128), np.float32)
+        return np.zeros((0, 2), np.float32), np.zeros((0, 128), np.uint8)
     pts = np.array([k.pt for k in keypoints], np.float32)
     # Back to the frame's own pixel coordinates (OpenCV's pixel-centre convention).
     pts = (pts + 0.5) / scale - 0.5
-    return pts, descriptors
+    # OpenCV's SIFT values are whole numbers in 0..255 stored as float32: kept as uint8 (a
+    # quarter of the memory while every frame's features wait for matching), exactly.
+    return pts, descriptors.astype(np.uint8)
 
 
 def _projection(frame: Frame) -> FloatArray:
@@ -230,7 +232,9 @@ def triangulate_frames(frames: Sequence[Frame],
             return None
         if not hasattr(local, 'matcher'):
             local.matcher = cv2.BFMatcher(cv2.NORM_L2)
-        good = [m[0] for m in local.matcher.knnMatch(desc_a, desc_b, k=2)
+        # Matched as float32: OpenCV's L2 matcher is ~4x faster on float than on uint8 rows.
+        good = [m[0] for m in local.matcher.knnMatch(desc_a.astype(np.float32),
+                                                     desc_b.astype(np.float32), k=2)
                 if len(m) == 2 and m[0].distance < settings.ratio * m[1].distance]
         if not good:
             return None

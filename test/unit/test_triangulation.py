@@ -3,6 +3,7 @@ right buffer cells (augmentation included), and make the head converge faster.""
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -209,3 +210,15 @@ def test_targets_attach_to_cells_encoded_before_the_points_existed():
     np.testing.assert_allclose(geometry.project(cam, prepared.K),
                                buffer.pixels[:buffer.size][has].numpy(), atol=1e-3)
     assert np.all((cam[:, 2] > 1.4) & (cam[:, 2] < 3.1))
+
+
+def test_sift_descriptors_are_kept_as_uint8_without_loss(loop_frames):
+    # Frames wait for matching with their descriptors as uint8; that is exact only while
+    # OpenCV's float32 SIFT values are whole numbers in 0..255.
+    _, frames = loop_frames
+    sift = cv2.SIFT_create(nfeatures=500)
+    gray = cv2.cvtColor(frames[0].image, cv2.COLOR_RGB2GRAY)
+    _, as_float = sift.detectAndCompute(gray, None)
+    _, kept = triangulation._detect(frames[0], sift, frames[0].height)
+    assert kept.dtype == np.uint8 and len(kept) == len(as_float) > 100
+    np.testing.assert_array_equal(kept.astype(np.float32), as_float)
