@@ -267,6 +267,7 @@ def run_map(frames: Sequence[Frame], cfg: MappingConfig, output: str,
         'buffer_size': stats.buffer_size, 'buffer_images': stats.buffer_images,
         'frames_used': stats.frames_used, 'frames_without_pose': stats.frames_without_pose,
         'final_loss': stats.final_loss, 'final_median_error_px': stats.final_median_error_px,
+        'cloud_points': stats.cloud_points, 'cloud_s': stats.cloud_s,
         'map_bytes': os.path.getsize(output), 'device': device, 'preset': cfg.preset,
         'map': str(output)}
     _logger.info('map written to %s (%.1f MB) in %.0f s: buffer %.0f s, training %.0f s '

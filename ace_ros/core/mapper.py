@@ -17,7 +17,8 @@ from torch.profiler import record_function
 from ace_ros.core import device as device_lib
 from ace_ros.core.buffer import TrainingBuffer, encode, prepare_image
 from ace_ros.core.config import MappingConfig, config_to_dict
-from ace_ros.core.mapfile import SceneMap
+from ace_ros.core.map_cloud import predict_cloud
+from ace_ros.core.mapfile import MapCloud, SceneMap
 from ace_ros.core.loss import LossOutput, reprojection_loss, soft_clamp_tau, target_loss
 from ace_ros.core.network import Encoder, Head, HeadConfig
 from ace_ros.core.triangulation import FramePoints, triangulate_frames
@@ -85,6 +86,9 @@ class MappingStats:
     frames_without_pose: int = 0
     final_loss: float = math.nan
     final_median_error_px: float = math.nan
+    #: seconds spent predicting the map cloud, and its points (0: none)
+    cloud_s: float = 0.0
+    cloud_points: int = 0
     loss_history: List[float] = field(default_factory=list)
 
 
@@ -104,6 +108,8 @@ class TrainedHead:
     stats: MappingStats
     frame_names: List[str]
     intrinsics: List[List[float]]
+    #: the scene points for display (see `map_cloud`), None where none were predicted
+    cloud: Optional[MapCloud] = None
 
 
 class Mapper:
@@ -438,7 +444,23 @@ class Mapper:
         stats.final_loss = float(last.loss.detach())
         stats.final_median_error_px = last.median_error_px
         intrinsics = _distinct_intrinsics(posed)
-        return TrainedHead(head, stats, [f.name for f in posed], intrinsics)
+        start = time.perf_counter()
+        cloud = self._cloud(head, buffer, posed)
+        stats.cloud_s = time.perf_counter() - start
+        stats.cloud_points = len(cloud) if cloud is not None else 0
+        return TrainedHead(head, stats, [f.name for f in posed], intrinsics, cloud)
+
+    def _cloud(self, head: Head, buffer: TrainingBuffer,
+               frames: Sequence[Frame]) -> Optional[MapCloud]:
+        """The map cloud, or None if predicting it fails: it is only for display, and a
+        failure here must not throw away the minutes of training before it."""
+        try:
+            return predict_cloud(head, buffer, frames, self.cfg.depth_min, self.cfg.depth_max,
+                                 self.cfg.mixed_precision, seed=self.cfg.seed)
+        except Exception as error:  # noqa: B902 - see the docstring
+            _logger.warning('the map gets no cloud: predicting it failed: %s: %s',
+                            type(error).__name__, error, exc_info=True)
+            return None
 
 
 def target_weight(progress: float, weight: float, until: float) -> float:
@@ -496,4 +518,5 @@ def scene_map_from(trained: TrainedHead, cfg: MappingConfig, encoder_sha256: str
         world_frame_id=world_frame_id, mapping_config=config_to_dict(cfg),
         intrinsics=trained.intrinsics, frame_names=trained.frame_names,
         extras={'iterations': stats.iterations, 'buffer_size': stats.buffer_size,
-                'final_loss': stats.final_loss, 'encoder': encoder_label})
+                'final_loss': stats.final_loss, 'encoder': encoder_label},
+        cloud=trained.cloud)

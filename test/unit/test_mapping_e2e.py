@@ -17,6 +17,7 @@ from ace_ros.core.config import PRESETS, LocalizationConfig, mapping_config
 from ace_ros.core.localizer import Localizer, pose_errors
 from ace_ros.core.mapfile import load_map
 from ace_ros.core.mapper import Mapper, map_frames
+from ace_ros.core.map_cloud import predict_cloud
 from ace_ros.core.network import Head, HeadConfig, cell_centers
 from ace_ros.core.weights import build_encoder
 from ace_ros.data.synthetic import (SyntheticSceneConfig, generate_frames,
@@ -72,6 +73,20 @@ def test_trainer_fits_training_views_with_informative_features():
     assert last.valid_fraction > 0.99
     assert last.median_error_px < 3.0, f'median training error {last.median_error_px:.1f} px'
     assert history[-1] < 0.5 * history[0]
+    # The map cloud of that head: most cells reproject within 5 px (no frames named in this
+    # buffer, so the points are grey).
+    cloud = predict_cloud(run.head, buffer, [])
+    assert len(cloud) > 0.7 * buffer.size
+
+
+def test_a_failing_map_cloud_costs_the_cloud_not_the_map(caplog):
+    class Broken(Head):
+        def forward(self, *args, **kwargs):
+            raise RuntimeError('boom')
+    buffer, _ = _oracle_buffer(2)
+    mapper = Mapper(mapping_config('tiny'), None, torch.device('cpu'))
+    assert mapper._cloud(Broken(HeadConfig()), buffer, []) is None
+    assert 'the map gets no cloud' in caplog.text and 'boom' in caplog.text
 
 
 def test_targets_make_the_head_converge_in_fewer_iterations():
@@ -109,9 +124,11 @@ def test_cli_map_localize_evaluate_round_trip(tiny_scene, tmp_path, capsys):
                 'device'):
         assert key in report
     assert report['iterations'] == 20 and report['frames_used'] == 16
+    assert report['cloud_s'] < 5.0
     assert report['map_bytes'] == map_path.stat().st_size < 4.5e6
     scene_map = load_map(str(map_path))
     assert len(scene_map.frame_names) == 16 and scene_map.mapping_config['preset'] == 'tiny'
+    assert report['cloud_points'] == (len(scene_map.cloud) if scene_map.cloud else 0)
 
     poses_path = tmp_path / 'poses.txt'
     loc_flags = ['--image-height', str(HEIGHT), '--device', 'cpu', '--encoder', 'random:0']

@@ -14,9 +14,10 @@ import pytest
 import torch
 
 from ace_ros.core import geometry
+from ace_ros.core import mapper as mapper_module
 from ace_ros.core.config import LocalizationConfig, mapping_config
 from ace_ros.core.localizer import Localizer
-from ace_ros.core.mapfile import load_map
+from ace_ros.core.mapfile import load_map, MapCloud
 from ace_ros.core.mapper import MappingCancelled
 from ace_ros.core.online_mapping import COUNTERS, OnlineMappingConfig, OnlineMappingSession
 from ace_ros.core.pose_track import PoseTrack, check_rigid_pose, stamp_name
@@ -419,8 +420,13 @@ def _collect(session, train):
 
 @pytest.mark.parametrize('device', ['cpu', pytest.param('cuda', marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason='no CUDA device'))])
-def test_finish_saves_keyframes_then_writes_a_usable_map(frames, tmp_path, device):
+def test_finish_saves_keyframes_then_writes_a_usable_map(frames, tmp_path, device,
+                                                         monkeypatch):
     train, test = frames
+    # The random encoder gives no cloud worth the name: a stand-in shows that the one the
+    # mapper predicts reaches the map file.
+    cloud = MapCloud(np.arange(6.0).reshape(2, 3), np.full((2, 3), 7, np.uint8))
+    monkeypatch.setattr(mapper_module, 'predict_cloud', lambda *a, **k: cloud)
     session = _session(tmp_path, cfg=_cfg(max_buffer_passes=2, device=device))
     assert session.device.type == device and session._buffer.features.device.type == device
     _collect(session, train)
@@ -437,6 +443,8 @@ def test_finish_saves_keyframes_then_writes_a_usable_map(frames, tmp_path, devic
 
     scene_map = load_map(result.map_path)
     assert scene_map.world_frame_id == 'map'
+    np.testing.assert_array_equal(scene_map.cloud.points, cloud.points)
+    assert result.stats.cloud_points == 2
     assert scene_map.frame_names == [stamp_name(T0 + i * PERIOD) for i in range(len(train))]
     localizer = Localizer.from_file(result.map_path, LocalizationConfig(
         device='cpu', image_height=HEIGHT, min_inliers=4, encoder='random:0',
