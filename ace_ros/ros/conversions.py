@@ -14,6 +14,7 @@ from typing import Any, Optional, Sequence
 
 from ace_ros.core import geometry
 from ace_ros.data import messages
+from ace_ros.data.point_cloud import point_cloud_fields
 from ace_ros.data.messages import (  # noqa: F401 - re-exported: the nodes' decoding
     camera_info_to_K, decode_image, image_to_rgb, odometry_to_matrix, pose_stamped_to_matrix,
     pose_to_matrix, quaternion_from_msg, Rectifier, stamp_to_ns, SUPPORTED_ENCODINGS,
@@ -24,7 +25,7 @@ from geometry_msgs.msg import (Pose, PoseStamped, PoseWithCovarianceStamped, Tra
 from nav_msgs.msg import Odometry
 import numpy as np
 import numpy.typing as npt
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CompressedImage, Image, PointCloud2, PointField
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -81,6 +82,25 @@ def image_subscription(node: Any, transport: str, base_topic: str = 'image') -> 
         return CompressedImage, node.resolve_topic_name(base_topic).rstrip('/') + '/compressed'
     raise ValueError(f'parameter image_transport must be one of {list(IMAGE_TRANSPORTS)}, got '
                      f"'{transport}'")
+
+
+# --- point clouds -----------------------------------------------------------------------
+
+def to_point_cloud2(points: npt.ArrayLike, colors: Optional[npt.NDArray[np.uint8]],
+                    stamp: TimeMsg, frame_id: str) -> PointCloud2:
+    """(N, 3) points and optional (N, 3) uint8 RGB -> sensor_msgs/PointCloud2 (x, y, z[, rgb]
+    float32; the layout is `ace_ros.data.point_cloud`'s)."""
+    fields = point_cloud_fields(points, colors)
+    msg = PointCloud2()
+    msg.header.stamp = stamp
+    msg.header.frame_id = frame_id
+    msg.height, msg.width = fields.height, fields.width
+    msg.fields = [PointField(name=f.name, offset=f.offset, datatype=f.datatype, count=f.count)
+                  for f in fields.fields]
+    msg.is_bigendian, msg.is_dense = fields.is_bigendian, fields.is_dense
+    msg.point_step, msg.row_step = fields.point_step, fields.row_step
+    msg.data = array.array('B', fields.data)  # a memcpy, as for images
+    return msg
 
 
 # --- poses ------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import cv2
 from geometry_msgs.msg import Quaternion
 import numpy as np
 import pytest
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import CameraInfo, Image, PointField
 
 STAMP = conversions.ns_to_stamp(1_700_000_000_123_456_789)
 
@@ -238,3 +238,18 @@ def test_stamps():
     assert conversions.stamp_to_sec(STAMP) == pytest.approx(1_700_000_000.123456789)
     with pytest.raises(ValueError, match='negative'):
         conversions.ns_to_stamp(-1)
+
+
+def test_point_cloud2_message_as_rviz_reads_it():
+    points = np.array([[1.0, 2.0, 3.0], [-1.0, 0.5, 0.0]])
+    colors = np.array([[10, 20, 30], [255, 255, 255]], np.uint8)
+    msg = conversions.to_point_cloud2(points, colors, STAMP, 'map')
+    assert msg.header.frame_id == 'map' and msg.header.stamp == STAMP
+    assert [(f.name, f.offset, f.datatype, f.count) for f in msg.fields] == [
+        ('x', 0, PointField.FLOAT32, 1), ('y', 4, PointField.FLOAT32, 1),
+        ('z', 8, PointField.FLOAT32, 1), ('rgb', 12, PointField.FLOAT32, 1)]
+    assert (msg.height, msg.width, msg.point_step, msg.row_step) == (1, 2, 16, 32)
+    assert msg.is_dense and not msg.is_bigendian
+    rows = np.frombuffer(bytes(msg.data), dtype=[('xyz', '<f4', 3), ('rgb', '<u4')])
+    np.testing.assert_array_equal(rows['xyz'], points)
+    assert rows['rgb'].tolist() == [0x0A141E, 0xFFFFFF]
