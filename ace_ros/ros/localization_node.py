@@ -5,6 +5,8 @@ worker thread localizes only the newest image (`LatestSlot`: one slot, older unp
 images are dropped and counted, so latency never builds up); publishes, only for poses that
 pass `min_confidence`, `~/pose` and `~/pose_with_covariance` of `base_frame` and TF;
 `/diagnostics`; `~/reload_map` (std_srvs/Trigger) re-reads the parameters and the map file.
+At each map load, `~/map_cloud` (sensor_msgs/PointCloud2, transient local: RViz gets it when
+it joins later) is the map's scene points in the map frame; empty for a map without them.
 
 TF, as AMCL does (REP-105: map -> odom -> base_link -> ... -> camera optical frame):
 - The engine gives map -> camera. `base_frame` -> camera (the mount: URDF and
@@ -63,8 +65,8 @@ from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 import rclpy.logging
 from rclpy.node import Node
-from rclpy.qos import qos_profile_sensor_data, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CameraInfo, Image
+from rclpy.qos import DurabilityPolicy, qos_profile_sensor_data, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_srvs.srv import Trigger
 
 NODE_PARAMS: Dict[str, ParamSpec] = {
@@ -186,6 +188,10 @@ class LocalizationNode(Node):
         self._pose_pub = self.create_publisher(PoseStamped, '~/pose', 10)
         self._cov_pub = self.create_publisher(PoseWithCovarianceStamped,
                                               '~/pose_with_covariance', 10)
+        # Latched: published once per map load, and RViz may start long after.
+        self._cloud_pub = self.create_publisher(PointCloud2, '~/map_cloud', QoSProfile(
+            depth=1, reliability=ReliabilityPolicy.RELIABLE,
+            durability=DurabilityPolicy.TRANSIENT_LOCAL))
         self._load_map()
         self._diagnostics = diagnostics.Diagnostics(self, period_s=self._p['diagnostics_period'])
         self._diagnostics.add_task('localization', self._report)
@@ -235,6 +241,12 @@ class LocalizationNode(Node):
             self._map_odom.tolerance_ns = int(self._p['transform_tolerance'] * 1e9)
             self._map_odom.restart(time_jumped=False)  # frames of the old map publish nothing
             self._foreign_parents, self._notes = {}, {}  # frames may have changed
+        # Empty for a map without a cloud, so that a reload does not leave the old one shown.
+        cloud = scene_map.cloud
+        self._cloud_pub.publish(conversions.to_point_cloud2(
+            cloud.points if cloud else np.zeros((0, 3)),
+            cloud.colors if cloud else np.zeros((0, 3), np.uint8),
+            self.get_clock().now().to_msg(), map_frame))
         message = (f"loaded map {path} (frame '{map_frame}', {len(scene_map.frame_names)} "
                    f'mapping frames) on {device_lib.describe(localizer.device)}, backend '
                    f'{localizer.backend}, {localizer.head_precision} head')
