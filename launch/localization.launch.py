@@ -4,7 +4,8 @@ Publishes ~/pose and ~/pose_with_covariance (of base_frame) and TF map -> odom (
 AMCL; base_frame -> camera and odom -> base_frame come from TF: robot_state_publisher and
 odometry). Without odom in TF: map -> base_frame, or no TF when that frame already has a
 parent. A camera with no TF tree: base_frame:='' odom_frame:='' (map -> camera). For a bag:
-`ros2 bag play --clock BAG` with use_sim_time:=true.
+`ros2 bag play --clock BAG` with use_sim_time:=true. rviz:=true also opens RViz on the package's
+view (rviz/ace_ros.rviz: image, pose, TF, map cloud; rviz2 must be installed).
 """
 
 import os
@@ -12,6 +13,7 @@ import os
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
+from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
@@ -20,6 +22,7 @@ from launch_ros.parameter_descriptions import ParameterValue
 def generate_launch_description():
     default_params = os.path.join(get_package_share_directory('ace_ros'), 'config',
                                   'localization.yaml')
+    rviz_config = os.path.join(get_package_share_directory('ace_ros'), 'rviz', 'ace_ros.rviz')
     arguments = [
         DeclareLaunchArgument('map', description='map file (.ace) written by mapping'),
         DeclareLaunchArgument('params_file', default_value=default_params,
@@ -49,6 +52,9 @@ def generate_launch_description():
                               description='where the PoseStamped output goes'),
         DeclareLaunchArgument('pose_with_covariance', default_value='~/pose_with_covariance',
                               description='where the PoseWithCovarianceStamped output goes'),
+        DeclareLaunchArgument('rviz', default_value='false',
+                              description='also start rviz2 with rviz/ace_ros.rviz (image, '
+                                          'pose, TF, map cloud)'),
     ]
     node = Node(
         package='ace_ros',
@@ -80,4 +86,18 @@ def generate_launch_description():
             ('~/pose_with_covariance', LaunchConfiguration('pose_with_covariance')),
         ],
     )
-    return LaunchDescription(arguments + [node])
+    # In the node's namespace, so the view's relative topic names find its topics; `image` as
+    # the node's. It follows the node's default output names, not remapped pose outputs.
+    rviz = Node(
+        package='rviz2',
+        executable='rviz2',
+        name='rviz2',
+        namespace=LaunchConfiguration('namespace'),
+        arguments=['-d', rviz_config],
+        parameters=[{'use_sim_time': ParameterValue(LaunchConfiguration('use_sim_time'),
+                                                    value_type=bool)}],
+        remappings=[('image', LaunchConfiguration('image'))],
+        condition=IfCondition(LaunchConfiguration('rviz')),
+        output='screen',
+    )
+    return LaunchDescription(arguments + [node, rviz])

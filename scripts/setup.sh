@@ -166,11 +166,11 @@ fi
 echo "[setup] installing ace_ros (editable) into .venv"
 pip_install --no-deps --no-build-isolation -e .
 # An editable install copies no data_files: link the package's share folder and ament index
-# entry into the venv, so that get_package_share_directory('ace_ros') finds launch/ and config/
+# entry into the venv, so that get_package_share_directory('ace_ros') finds launch/, config/, rviz/
 # (with AMENT_PREFIX_PATH=.venv) and edits in the repository are seen at once.
 mkdir -p "$VENV/share/ace_ros" "$VENV/share/ament_index/resource_index/packages"
 touch "$VENV/share/ament_index/resource_index/packages/ace_ros"
-for item in package.xml launch config; do
+for item in package.xml launch config rviz; do
   ln -sfn "$ROOT/$item" "$VENV/share/ace_ros/$item"
 done
 for exe in ace-ros localization_node mapping_node; do

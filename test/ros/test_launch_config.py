@@ -117,9 +117,7 @@ def test_launch_file_declares_arguments_and_runs_the_node(launch_file, setup_kwa
     assert used <= set(arguments), sorted(used - set(arguments))
     assert ast.literal_eval(_keyword(arguments['use_sim_time'], 'default_value')) == 'false'
 
-    nodes = _calls(tree, 'Node')
-    assert len(nodes) == 1
-    node = nodes[0]
+    node = _ace_ros_node(tree)
     assert ast.literal_eval(_keyword(node, 'package')) == 'ace_ros'
     assert ast.literal_eval(_keyword(node, 'executable')) == executable
     assert ast.literal_eval(_keyword(node, 'name')) == executable
@@ -138,6 +136,14 @@ def test_launch_file_declares_arguments_and_runs_the_node(launch_file, setup_kwa
     assert keys - {'use_sim_time'} <= _node_parameter_names(executable)
 
 
+def _ace_ros_node(tree: ast.AST) -> ast.Call:
+    """The launch file's one node of this package (others, such as rviz2, may follow)."""
+    nodes = [n for n in _calls(tree, 'Node')
+             if ast.literal_eval(_keyword(n, 'package')) == 'ace_ros']
+    assert len(nodes) == 1
+    return nodes[0]
+
+
 def _node_parameter_names(executable: str) -> Set[str]:
     if executable == 'mapping_node':
         return set(mapping_node.parameter_defaults())
@@ -148,7 +154,7 @@ def _node_parameter_names(executable: str) -> Set[str]:
 
 
 def test_mapping_launch_remaps_every_input():
-    node = _calls(_launch_tree('mapping.launch.py'), 'Node')[0]
+    node = _ace_ros_node(_launch_tree('mapping.launch.py'))
     remapped = {ast.literal_eval(pair.elts[0]) for pair in _keyword(node, 'remappings').elts}
     assert remapped == {'image', 'camera_info', 'pose', 'odom'}
 
@@ -187,3 +193,67 @@ def test_parameter_table_is_what_the_node_declares(make_node):
     node = make_node('declare_check')
     mapping_node.declare_parameters(node)
     assert set(node._parameters) - builtin == set(mapping_node.parameter_defaults())
+
+
+# --- RViz -----------------------------------------------------------------------------------
+
+#: RViz display class -> the message type it shows.
+_DISPLAY_TYPES = {'rviz_default_plugins/PointCloud2': 'PointCloud2',
+                  'rviz_default_plugins/PoseWithCovariance': 'PoseWithCovarianceStamped',
+                  'rviz_default_plugins/Image': 'Image'}
+
+
+def _rviz_view() -> Dict[str, Any]:
+    return yaml.safe_load((REPO / 'rviz' / 'ace_ros.rviz').read_text())
+
+
+def test_rviz_view_is_installed_and_shows_what_the_node_publishes(setup_kwargs):
+    data_files = {dest: set(files) for dest, files in setup_kwargs['data_files']}
+    assert data_files['share/ace_ros/rviz'] == {'rviz/ace_ros.rviz'}
+    manager = _rviz_view()['Visualization Manager']
+    assert manager['Global Options']['Fixed Frame'] == 'map'
+    displays = {d['Class']: d for d in manager['Displays']}
+    assert {'rviz_default_plugins/TF', *_DISPLAY_TYPES} <= set(displays)
+    # The node's publishers, as (message type, private topic), read from its source.
+    source = (REPO / 'ace_ros' / 'ros' / 'localization_node.py').read_text()
+    published = dict((topic, kind) for kind, topic in re.findall(
+        r"create_publisher\(\s*(\w+),\s*'~/(\w+)'", source))
+    assert {'map_cloud', 'pose_with_covariance'} <= set(published), published
+    for display_class, kind in _DISPLAY_TYPES.items():
+        topic = displays[display_class]['Topic']
+        if display_class.endswith('/Image'):
+            # The camera: the topic the node subscribes (relative, remapped alike by launch).
+            assert topic['Value'] == 'image'
+            assert "create_subscription(image_type, image_topic" in source
+            assert topic['Reliability Policy'] == 'Best Effort'  # hears any camera
+            continue
+        # Relative names: rviz2 runs in the node's namespace (launch file below).
+        node, _, name = topic['Value'].partition('/')
+        assert node == 'localization_node' and published[name] == kind, topic['Value']
+    # The cloud is published once per map load: RViz must ask for the latched copy.
+    cloud_topic = displays['rviz_default_plugins/PointCloud2']['Topic']
+    assert cloud_topic['Durability Policy'] == 'Transient Local'
+    assert cloud_topic['Reliability Policy'] == 'Reliable'
+    assert displays['rviz_default_plugins/PointCloud2']['Color Transformer'] == 'RGB8'
+    assert "TRANSIENT_LOCAL" in source
+
+
+def test_localization_launch_opens_rviz_only_when_asked():
+    tree = _launch_tree('localization.launch.py')
+    arguments = _declared_arguments(tree)
+    assert ast.literal_eval(_keyword(arguments['rviz'], 'default_value')) == 'false'
+    rviz = [n for n in _calls(tree, 'Node')
+            if ast.literal_eval(_keyword(n, 'package')) == 'rviz2']
+    assert len(rviz) == 1
+    rviz = rviz[0]
+    assert ast.literal_eval(_keyword(rviz, 'executable')) == 'rviz2'
+    assert ast.unparse(_keyword(rviz, 'condition')) == "IfCondition(LaunchConfiguration('rviz'))"
+    args = _keyword(rviz, 'arguments')
+    assert ast.literal_eval(args.elts[0]) == '-d'
+    config = _resolve(tree, args.elts[1])
+    assert "get_package_share_directory('ace_ros')" in config
+    assert "'rviz', 'ace_ros.rviz'" in config
+    # The same namespace as the node (the view's topic names are relative), its image.
+    assert ast.unparse(_keyword(rviz, 'namespace')) == "LaunchConfiguration('namespace')"
+    assert ast.unparse(_keyword(rviz, 'remappings')) == \
+        "[('image', LaunchConfiguration('image'))]"
