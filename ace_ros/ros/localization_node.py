@@ -33,6 +33,15 @@ stamp showed the jump, publish nothing (`discarded_stale`, as after a map reload
 counters are one thread-safe `Counters` (`ace_ros.ros.timing`), fed by the image callback
 and the worker.
 
+Controls (the state and the gate are ROS-free, in `ace_ros.ros.controls`): `mode`
+'continuous' or 'on_demand' (only the first image after each ~/trigger), `~/pause` /
+`~/resume` (paused: nothing is localized, map -> odom is still re-broadcast), `~/reset`
+(forgets the last pose, map -> odom, the initialpose and a pending trigger), and
+`initialpose` (RViz's 2D Pose Estimate, in the map frame, of the frame ~/pose is of): a
+gate, not a seed. Until a localized pose lies within `initialpose_gate_m` (map x-y plane)
+and `initialpose_gate_deg` (heading) of it, poses publish nothing (`gated`); the first that
+does lifts the gate. With odometry the prior is carried along as map -> odom.
+
 The pose covariance follows the pose: the camera pose's (`conversions.
 covariance_from_confidence`) is moved to the base with `conversions.offset_pose_covariance`.
 """
@@ -51,6 +60,7 @@ from ace_ros.core.mapfile import load_map
 from ace_ros.core.types import Frame, LocalizationResult
 from ace_ros.core.weights import build_encoder
 from ace_ros.ros import conversions, diagnostics, params
+from ace_ros.ros.controls import Controls, PoseGate
 from ace_ros.ros.diagnostics import Report
 from ace_ros.ros.params import ParamSpec
 from ace_ros.ros.tf import TfInterface, TransformError
@@ -58,6 +68,7 @@ from ace_ros.ros.timing import Counters, FutureDatedTransform, TimeJumpGuard
 from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
 import numpy as np
 import rclpy
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import JumpThreshold, TimeJump
 from rclpy.duration import Duration
@@ -107,11 +118,20 @@ NODE_PARAMS: Dict[str, ParamSpec] = {
     'time_jump_threshold': ParamSpec(1.0, 'image stamps or the clock going back by more '
                                      'than this (s; a bag looped, simulated time reset) '
                                      'clear the TF buffer and map -> odom', read_only=True),
+    'mode': ParamSpec('continuous', "'continuous' (every image, the newest first) or "
+                      "'on_demand' (only the first image after each ~/trigger); may be "
+                      'changed while running'),
+    'initialpose_gate_m': ParamSpec(1.0, 'after an initialpose, poses farther than this (m, '
+                                    'in the map x-y plane) from it are rejected until one '
+                                    'is near', read_only=True),
+    'initialpose_gate_deg': ParamSpec(30.0, 'and poses whose heading differs more than this '
+                                      '(deg; 180 = position only)', read_only=True),
 }
 
 #: What /diagnostics counts (one `Counters`, shared by the callbacks and the worker).
 COUNTERS = ('received', 'processed', 'rejected', 'failed', 'bad_input', 'no_camera_info',
-            'no_map', 'tf_failed', 'published', 'time_jumps', 'discarded_stale')
+            'no_map', 'tf_failed', 'published', 'time_jumps', 'discarded_stale',
+            'skipped_paused', 'skipped_untriggered', 'gated')
 
 
 class LatestSlot:
@@ -183,6 +203,10 @@ class LocalizationNode(Node):
         self._foreign_parents: Dict[str, str] = {}  # frames never to publish: their parent
         self._notes: Dict[str, str] = {}  # what was last logged about TF, per topic
         self._tf_mode = ''
+        # Controls (ace_ros.ros.controls): bad values stop the node at start, by name.
+        self._controls = Controls(self._p['mode'])
+        self._gate = PoseGate(self._p['initialpose_gate_m'], self._p['initialpose_gate_deg'])
+        self.add_on_set_parameters_callback(self._on_set_parameters)
 
         self._tf = TfInterface(self, self._p['tf_cache_duration'])
         self._pose_pub = self.create_publisher(PoseStamped, '~/pose', 10)
@@ -202,6 +226,12 @@ class LocalizationNode(Node):
                           on_clock_change=False), post_callback=self._on_clock_jump)
         self.create_service(Trigger, '~/reload_map', self._on_reload,
                             callback_group=MutuallyExclusiveCallbackGroup())
+        for name, handler in (('trigger', self._on_trigger), ('pause', self._on_pause),
+                              ('resume', self._on_resume), ('reset', self._on_reset)):
+            self.create_service(Trigger, f'~/{name}', handler)
+        # RViz's "2D Pose Estimate" publishes here (reliable, like AMCL's subscription).
+        self._initialpose_sub = self.create_subscription(
+            PoseWithCovarianceStamped, 'initialpose', self._on_initialpose, 10)
         qos = self._image_qos(self._p['image_qos'])
         image_type, image_topic = conversions.image_subscription(self,
                                                                  self._p['image_transport'])
@@ -257,6 +287,93 @@ class LocalizationNode(Node):
         response.success, response.message = self._load_map()
         return response
 
+    # -- controls ----------------------------------------------------------------------
+
+    def _on_set_parameters(self, changed: list) -> SetParametersResult:
+        for p in changed:
+            if p.name == 'mode':
+                try:
+                    self._controls.mode = p.value if isinstance(p.value, str) else repr(p.value)
+                except ValueError as e:
+                    return SetParametersResult(successful=False, reason=str(e))
+                self.get_logger().info(f"mode is now '{p.value}'")
+        return SetParametersResult(successful=True)
+
+    def _on_trigger(self, request: Trigger.Request, response: Trigger.Response):
+        response.success, response.message = self._controls.trigger()
+        return response
+
+    def _on_pause(self, request: Trigger.Request, response: Trigger.Response):
+        response.success, response.message = True, self._controls.pause()
+        self._slot.take(timeout_s=0.0)  # an image waiting for the worker is not localized
+        self.get_logger().info(response.message)
+        return response
+
+    def _on_resume(self, request: Trigger.Request, response: Trigger.Response):
+        response.success, response.message = True, self._controls.resume()
+        self.get_logger().info(response.message)
+        return response
+
+    def _on_reset(self, request: Trigger.Request, response: Trigger.Response):
+        """Forget the last pose, map -> odom (no longer re-broadcast), the initialpose and a
+        pending trigger; frames being localized publish nothing (a new epoch)."""
+        self._controls.reset()
+        self._gate.clear()
+        with self._map_lock:
+            self._map_odom.restart(time_jumped=False)
+        self._last_good_ns = None
+        response.success = True
+        response.message = 'reset: last pose, map -> odom and initialpose cleared'
+        self.get_logger().info(response.message)
+        return response
+
+    def _on_initialpose(self, msg: PoseWithCovarianceStamped) -> None:
+        frame = msg.header.frame_id
+        if frame not in ('', self._map_frame):
+            self.get_logger().warning(f"initialpose ignored: it is in frame '{frame}', "
+                                      f"expected the map frame '{self._map_frame}'")
+            return
+        try:
+            self._gate.set_prior(conversions.pose_to_matrix(msg.pose.pose),
+                                 conversions.stamp_to_ns(msg.header.stamp))
+        except ValueError as e:
+            self.get_logger().warning(f'initialpose ignored: {e}')
+            return
+        self.get_logger().info(
+            f'initialpose received: poses are accepted only within '
+            f'{self._gate.gate_m:g} m and {self._gate.gate_deg:g} deg of it, until one is')
+
+    def _passes_gate(self, map_from_body: np.ndarray, odom: str, body: str,
+                     stamp_ns: int) -> bool:
+        """True when no initialpose is pending or the pose is near it (which lifts it)."""
+        if not self._gate.pending:
+            return True
+        odom_from_body = None
+        if odom and self._tf.connected(odom, body):
+            try:
+                if self._gate.needs_anchor:  # the prior becomes map -> odom: it follows odom
+                    self._gate.anchor(self._lookup(odom, body, self._gate.prior_stamp_ns))
+                odom_from_body = self._lookup(odom, body, stamp_ns)
+            except TransformError as e:
+                self.get_logger().warning(f'initialpose not moved with odometry: {e}',
+                                          throttle_duration_sec=5.0)
+                if self._gate.needs_anchor:
+                    self._gate.anchor(None)
+        elif self._gate.needs_anchor:
+            self._gate.anchor(None)
+        result = self._gate.check(map_from_body, odom_from_body)
+        if not result.accepted:
+            self._counts.add('gated')
+            self.get_logger().warning(
+                f'pose rejected: {result.distance_m:.2f} m and {result.heading_deg:.0f} deg '
+                f'from the initialpose (gate {self._gate.gate_m:g} m, '
+                f'{self._gate.gate_deg:g} deg)', throttle_duration_sec=2.0)
+            return False
+        self.get_logger().info(f'pose accepted {result.distance_m:.2f} m and '
+                               f'{result.heading_deg:.0f} deg from the initialpose: gate '
+                               'lifted')
+        return True
+
     # -- input -------------------------------------------------------------------------
 
     @staticmethod
@@ -282,6 +399,10 @@ class LocalizationNode(Node):
             # just before it (odometry, a moving mount); by the next image they are back, so
             # the node does not fall back to map -> base for want of odom.
             self._counts.add('discarded_stale')
+            return
+        skip = self._controls.admit()  # paused, or on_demand without a trigger
+        if skip is not None:
+            self._counts.add(f'skipped_{skip}')
             return
         # The epoch the frame belongs to: if time jumps back (or the map is reloaded) while
         # it is localized, it publishes nothing.
@@ -346,8 +467,11 @@ class LocalizationNode(Node):
             log.debug(f'no pose: {result.reason or "confidence"} ({result.inlier_count} '
                       f'inliers, confidence {result.confidence:.3f})')
             return
-        if epoch != self._map_odom.epoch:  # time jumped back or the map changed meanwhile
+        if epoch != self._map_odom.epoch:  # time jumped back, map changed or ~/reset meanwhile
             self._counts.add('discarded_stale')
+            return
+        if self._controls.paused:  # ~/pause came while this frame was localized
+            self._counts.add('skipped_paused')
             return
         self._publish(result, msg, epoch)
 
@@ -367,6 +491,8 @@ class LocalizationNode(Node):
             return
         cam_from_body = geometry.invert_pose(body_from_cam)
         map_from_body = result.world_from_cam @ cam_from_body
+        if not self._passes_gate(map_from_body, odom, body, stamp_ns):
+            return
         covariance = conversions.offset_pose_covariance(
             conversions.covariance_from_confidence(
                 result.confidence, self._p['position_sigma'], self._p['rotation_sigma']),
@@ -502,6 +628,8 @@ class LocalizationNode(Node):
         values: Dict[str, object] = {
             'map': self._map_path or '(none)', 'map_frame': self._map_frame,
             'tf': self._tf_mode or '(none yet)',
+            'mode': self._controls.mode, 'paused': self._controls.paused,
+            'initialpose_gate': 'waiting for a pose near it' if self._gate.pending else 'off',
             'input_rate_hz': self._input_rate.rate(),
             'processed_rate_hz': self._processed_rate.rate(), **c}
         for stage, (mean, worst) in sorted(self._latency.summary().items()):
@@ -515,6 +643,8 @@ class LocalizationNode(Node):
                 self.get_clock().now().nanoseconds - self._last_good_ns) / 1e9
         if self._localizer is None:
             return Report(diagnostics.ERROR, 'no map loaded', values)
+        if self._controls.paused:
+            return Report(diagnostics.OK, 'paused (~/resume to localize)', values)
         if self._camera_info is None or c['received'] == 0:
             return Report(diagnostics.WARN, 'waiting for image and camera_info', values)
         if self._last_good_ns is None:

@@ -4,7 +4,8 @@ One node process serves most of the module (starting one costs ~5 s of imports a
 loading): it starts on a corrupt map file and must survive it, gets the real map through
 ~/reload_map, and is then fed images from this process, with base_frame and odom_frame ''
 (map -> camera, for a camera with no TF tree). Two more processes check the default frames
-(REP-105): map -> odom with a robot's TF, and the fallbacks without odom. With the tiny map
+(REP-105): map -> odom with a robot's TF, and the fallbacks without odom; one more the
+controls (on_demand, ~/trigger, ~/pause, ~/resume, initialpose, ~/reset). With the tiny map
 and the random encoder poses are inaccurate, so the checks are the plumbing: stamps,
 frames, TF, the engine's own result on the same image, dropping stale frames, logs, clean
 shutdown.
@@ -569,6 +570,129 @@ def test_image_stamps_jumping_back_reset_tf_and_map_to_odom(
             diagnostic()
         assert _log(log_path).count('time jumped back') == 1
         assert 'REP-105 fallback' not in _log(log_path)
+        assert 'Traceback' not in _log(log_path)
+    finally:
+        _stop(process)
+
+
+def test_controls_on_demand_trigger_pause_resume_initialpose_reset(
+        scene, make_node, spin_until, ros_env, tmp_path):
+    """One node started in on_demand mode (a camera with no TF tree): images are skipped
+    until ~/trigger, which localizes one; mode set to continuous while running (a bad mode
+    refused by name); ~/pause stops the poses and refuses triggers, ~/resume restarts them;
+    an initialpose 1 km from the pose rejects it, one at the pose lets it through and lifts
+    the gate; ~/reset drops a pending initialpose."""
+    real_map, frames = scene
+    ns = '/controls_test'
+    log_path = tmp_path / 'node.log'
+    process = _start_node(ns, real_map, log_path, ros_env, '-p', 'mode:=on_demand',
+                          '-p', "base_frame:=''", '-p', "odom_frame:=''",
+                          '-p', 'tf_timeout:=0.0', '-p', 'diagnostics_period:=0.2',
+                          # The random encoder's poses of one image differ by metres and
+                          # turns between calls: a gate wider than the scene, position only
+                          # (the unit tests check the sizes and the heading).
+                          '-p', 'initialpose_gate_m:=50.0', '-p', 'initialpose_gate_deg:=180.0')
+    try:
+        node = make_node('controls_probe')
+        reliable = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+        image_pub = node.create_publisher(Image, f'{ns}/image', reliable)
+        info_pub = node.create_publisher(CameraInfo, f'{ns}/camera_info', reliable)
+        prior_pub = node.create_publisher(PoseWithCovarianceStamped, f'{ns}/initialpose',
+                                          reliable)
+        poses, diags = [], []
+        node.create_subscription(PoseStamped, f'{ns}/localization_node/pose', poses.append, 10)
+        node.create_subscription(DiagnosticArray, '/diagnostics', diags.append, 10)
+        clients = {name: node.create_client(Trigger, f'{ns}/localization_node/{name}')
+                   for name in ('trigger', 'pause', 'resume', 'reset')}
+        assert spin_until([node], lambda: image_pub.get_subscription_count() > 0
+                          and prior_pub.get_subscription_count() > 0
+                          and all(c.service_is_ready() for c in clients.values()), 30), \
+            _log(log_path)
+        assert _wait_log(log_path, 'loaded map'), _log(log_path)
+
+        def call(name: str):
+            future = clients[name].call_async(Trigger.Request())
+            assert spin_until([node], future.done, 10), name
+            return future.result()
+
+        def count(key: str) -> int:
+            for array in reversed(diags):
+                for status in array.status:
+                    if status.name == 'localization_node: localization':
+                        return int(next((kv.value for kv in status.values if kv.key == key),
+                                        0))
+            return 0
+
+        def send(sec: int) -> None:
+            _send_camera_frame(image_pub, info_pub, frames[0], sec)
+
+        def at(sec: int) -> list:
+            return [p for p in poses if conversions.stamp_to_ns(p.header.stamp) == sec * S]
+
+        def skipped(sec: int, key: str) -> None:
+            """`sec`'s image is received and counted under `key`, and publishes nothing."""
+            before = count(key)
+            assert _resend_until(lambda: send(sec), lambda: count(key) > before, spin_until,
+                                 [node], each_s=2.0), (key, _log(log_path))
+            spin_until([node], lambda: False, 0.5)  # a pose would have come by now
+            assert not at(sec), sec
+
+        def prior(map_from_cam) -> None:
+            n = _log(log_path).count('initialpose received')
+            msg = PoseWithCovarianceStamped()
+            msg.header.frame_id = 'map'
+            msg.pose.pose = conversions.matrix_to_pose(map_from_cam)
+            prior_pub.publish(msg)
+            assert spin_until([node], lambda: _log(log_path).count('initialpose received')
+                              > n, 10), _log(log_path)
+
+        # 1. on_demand: no pose without a trigger; a trigger localizes one image.
+        skipped(1, 'skipped_untriggered')
+        assert not poses
+        reply = call('trigger')
+        assert reply.success and 'next image' in reply.message
+        assert _resend_until(lambda: send(2), lambda: at(2), spin_until, [node]), _log(log_path)
+        skipped(3, 'skipped_untriggered')
+        assert len(poses) == 1
+
+        # 2. The mode changes while running; a bad one is refused by name.
+        params_client = AsyncParameterClient(node, f'{ns}/localization_node')
+        assert spin_until([node], params_client.services_are_ready, 10)
+        for value, ok in (('sometimes', False), ('continuous', True)):
+            done = params_client.set_parameters([Parameter('mode', value=value)])
+            assert spin_until([node], done.done, 10)
+            result = done.result().results[0]
+            assert result.successful == ok, result.reason
+        assert "parameter mode must be one of ['continuous', 'on_demand'], got 'sometimes'" \
+            in result.reason or ok
+        assert _resend_until(lambda: send(4), lambda: at(4), spin_until, [node]), _log(log_path)
+
+        # 3. Paused: nothing is localized and triggers are refused; resumed: poses again.
+        assert call('pause').success
+        reply = call('trigger')
+        assert not reply.success and 'paused' in reply.message
+        skipped(5, 'skipped_paused')
+        assert call('resume').success
+        assert _resend_until(lambda: send(6), lambda: at(6), spin_until, [node]), _log(log_path)
+
+        # 4. An initialpose far from where the image localizes: its pose is rejected. One
+        #    at that pose: accepted, and the gate is lifted.
+        map_from_cam = conversions.pose_stamped_to_matrix(at(6)[0])
+        far = map_from_cam.copy()
+        far[0, 3] += 1000.0
+        prior(far)
+        skipped(7, 'gated')
+        assert 'pose rejected: 99' in _log(log_path) or 'pose rejected: 100' in \
+            _log(log_path), _log(log_path)
+        prior(map_from_cam)
+        assert _resend_until(lambda: send(8), lambda: at(8), spin_until, [node]), _log(log_path)
+        assert _wait_log(log_path, 'gate lifted', 5)
+
+        # 5. ~/reset drops a pending initialpose (and the last pose).
+        prior(far)
+        reply = call('reset')
+        assert reply.success and 'initialpose' in reply.message
+        assert _resend_until(lambda: send(9), lambda: at(9), spin_until, [node]), _log(log_path)
         assert 'Traceback' not in _log(log_path)
     finally:
         _stop(process)
