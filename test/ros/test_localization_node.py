@@ -382,6 +382,17 @@ def test_rep105_defaults_map_to_odom_under_sim_time(scene, make_node, spin_until
         assert 'time jumped back' in _log(log_path)
         # Only map -> odom: the camera and base_link keep their one parent.
         assert {t.child_frame_id for t in node_tf} == {'odom'}
+        # ~/reset forgets map -> odom: the clock moves on and nothing is re-broadcast.
+        reset = node.create_client(Trigger, f'{ns}/localization_node/reset')
+        assert spin_until([node], reset.service_is_ready, 10)
+        future = reset.call_async(Trigger.Request())
+        assert spin_until([node], future.done, 10) and future.result().success
+        spin_until([node], lambda: False, 0.3)  # re-broadcasts already sent
+        n = len(map_odom)
+        clock(60.0)
+        spin_until([node], lambda: False, 1.0)
+        assert len(map_odom) == n, [conversions.stamp_to_ns(t.header.stamp)
+                                    for t in map_odom[n:]]
         process.send_signal(signal.SIGTERM)
         assert process.wait(20) == 0, _log(log_path)
         assert 'Traceback' not in _log(log_path)
@@ -693,6 +704,23 @@ def test_controls_on_demand_trigger_pause_resume_initialpose_reset(
         reply = call('reset')
         assert reply.success and 'initialpose' in reply.message
         assert _resend_until(lambda: send(9), lambda: at(9), spin_until, [node]), _log(log_path)
+        assert 'Traceback' not in _log(log_path)
+    finally:
+        _stop(process)
+
+
+@pytest.mark.parametrize('bad, message', [
+    (('mode:=sometimes',), "parameter mode must be one of ['continuous', 'on_demand'], got "
+     "'sometimes'"),
+    (('initialpose_gate_m:=0.0',), 'parameter initialpose_gate_m must be > 0 (m), got 0.0')])
+def test_bad_control_parameters_stop_the_node_by_name(bad, message, scene, ros_env,
+                                                      tmp_path):
+    log_path = tmp_path / 'node.log'
+    process = _start_node('/bad_controls', scene[0], log_path, ros_env,
+                          *[a for b in bad for a in ('-p', b)])
+    try:
+        assert process.wait(30) == 2, _log(log_path)
+        assert f'invalid parameters: {message}' in _log(log_path), _log(log_path)
         assert 'Traceback' not in _log(log_path)
     finally:
         _stop(process)
