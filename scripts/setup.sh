@@ -13,8 +13,9 @@
 #                      (ace_ros.core.device.cpu_has_fast_bf16) also NNCF for the int8 encoder
 #                      (requirements-int8.txt)
 #   --extras none|openvino|int8   exactly that set
-#   --test             also requirements-test.txt: pytest, pytest-xdist, flake8, and OpenVINO +
-#                      NNCF on every CPU (the suite tests both); scripts/test.sh asks for it
+#   --test             also requirements-test.txt: pytest, pytest-xdist, flake8, colcon (the
+#                      test of `colcon build`), and OpenVINO + NNCF on every CPU (the suite
+#                      tests both); scripts/test.sh asks for it
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)

@@ -33,7 +33,12 @@ NOT_IMPORTED = {
     'requirements-int8.txt': {'scipy', 'scikit-learn', 'joblib', 'threadpoolctl', 'networkx',
                               'pydot', 'rich', 'tabulate', 'psutil', 'ninja', 'narwhals',
                               'cloudpickle', 'markdown-it-py'},
-    'requirements-test.txt': {'pytest-xdist', 'flake8'},
+    # colcon (test/ros/test_colcon_build.py runs it) and what it needs
+    'requirements-test.txt': {'pytest-xdist', 'flake8', 'colcon-core', 'colcon-ros',
+                              'colcon-cmake', 'colcon-python-setup-py', 'colcon-pkg-config',
+                              'colcon-recursive-crawl', 'colcon-library-path',
+                              'colcon-test-result', 'distlib', 'setuptools', 'pytest-cov',
+                              'coverage', 'pytest-repeat', 'pytest-rerunfailures'},
     # the middleware rclpy runs on; the Header inside the messages
     'requirements-ros.txt': {'ros-rmw-fastrtps-cpp', 'ros-std-msgs'},
 }
