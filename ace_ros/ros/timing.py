@@ -8,6 +8,7 @@
   changes when time jumps back or the map is reloaded, so that a frame localized before
   that cannot update it.
 - `Counters`: named event counters shared by the subscriber callbacks and the worker thread.
+- `LatestSlot`: the one-image mailbox from the image callback to the worker thread.
 
 All of them are thread-safe.
 """
@@ -186,3 +187,38 @@ class Counters:
     def snapshot(self) -> Dict[str, int]:
         with self._lock:
             return dict(self._counts)
+
+
+class LatestSlot:
+    """A one-item mailbox: `put` replaces what was not taken yet, `take` waits for an item.
+
+    The image callback puts, the worker takes: the worker always gets the newest image and
+    nothing queues up behind a slow localization. `dropped` counts replaced items.
+    """
+
+    def __init__(self) -> None:
+        self._item: Any = None
+        self._cond = threading.Condition()
+        self._closed = False
+        self.dropped = 0
+
+    def put(self, item: Any) -> bool:
+        """Store `item`; True when it replaced an item nobody took (a dropped frame)."""
+        with self._cond:
+            replaced = self._item is not None
+            self.dropped += replaced
+            self._item = item
+            self._cond.notify()
+            return replaced
+
+    def take(self, timeout_s: Optional[float] = None) -> Any:
+        """The newest item (removing it), or None after `timeout_s` or once closed."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._item is not None or self._closed, timeout_s)
+            item, self._item = self._item, None
+            return item
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
