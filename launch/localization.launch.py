@@ -6,6 +6,7 @@ odometry). Without odom in TF: map -> base_frame, or no TF when that frame alrea
 parent. A camera with no TF tree: base_frame:='' odom_frame:='' (map -> camera). For a bag:
 `ros2 bag play --clock BAG` with use_sim_time:=true. rviz:=true also opens RViz on the package's
 view (rviz/ace_ros.rviz: image, pose, TF, map cloud; rviz2 must be installed).
+mode:=on_demand localizes only the first image after each ~/trigger call.
 """
 
 import os
@@ -40,6 +41,9 @@ def generate_launch_description():
         DeclareLaunchArgument('odom_frame', default_value='odom',
                               description="TF is map -> odom_frame; '' with base_frame '' = "
                                           'map -> camera (a camera with no TF tree)'),
+        DeclareLaunchArgument('mode', default_value='continuous',
+                              description="'continuous' (every image) or 'on_demand' (one "
+                                          'image per ~/trigger call)'),
         DeclareLaunchArgument('image', default_value='image',
                               description='image topic (sensor_msgs/Image; its /compressed '
                                           'with image_transport:=compressed)'),
@@ -77,6 +81,7 @@ def generate_launch_description():
                                              value_type=str),
                 'odom_frame': ParameterValue(LaunchConfiguration('odom_frame'),
                                              value_type=str),
+                'mode': ParameterValue(LaunchConfiguration('mode'), value_type=str),
             },
         ],
         remappings=[

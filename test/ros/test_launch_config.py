@@ -153,6 +153,26 @@ def _node_parameter_names(executable: str) -> Set[str]:
         f.name for f in dataclasses.fields(LocalizationConfig)}
 
 
+def test_localization_launch_argument_defaults_are_the_node_defaults():
+    """A launch argument that sets a node parameter overrides the parameter file, so its
+    default must be the node's own (e.g. mode:=continuous)."""
+    from ace_ros.ros import localization_node
+    tree = _launch_tree('localization.launch.py')
+    arguments = _declared_arguments(tree)
+    overrides = [d for d in _keyword(_ace_ros_node(tree), 'parameters').elts
+                 if isinstance(d, ast.Dict)][0]
+    forwarded = {}
+    for key, value in zip(overrides.keys, overrides.values):
+        argument = _calls(value, 'LaunchConfiguration')[0].args[0].value
+        forwarded[ast.literal_eval(key)] = argument
+    assert forwarded['mode'] == 'mode'
+    for name, spec in localization_node.NODE_PARAMS.items():
+        if name in forwarded and any(k.arg == 'default_value'
+                                     for k in arguments[forwarded[name]].keywords):
+            default = ast.literal_eval(_keyword(arguments[forwarded[name]], 'default_value'))
+            assert default == str(spec.default), (name, default, spec.default)
+
+
 def test_mapping_launch_remaps_every_input():
     node = _ace_ros_node(_launch_tree('mapping.launch.py'))
     remapped = {ast.literal_eval(pair.elts[0]) for pair in _keyword(node, 'remappings').elts}
