@@ -54,6 +54,12 @@ def test_core_and_data_import_without_ros():
         assert module in imported
 
 
+def test_the_nodes_ros_free_helpers_import_without_ros():
+    # The nodes' state and time logic lives in these so that it is tested without rclpy.
+    result = _run(['ace_ros.ros.controls', 'ace_ros.ros.timing'])
+    assert result['ros'] == []
+
+
 def test_the_check_detects_a_ros_import(tmp_path):
     # Guards the test above: a (fake) message package imported alongside core is reported.
     package = tmp_path / 'fake_msgs'
