@@ -12,15 +12,16 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
-from torch.profiler import record_function
 
 from ace_ros.core import device as device_lib
 from ace_ros.core.buffer import TrainingBuffer, encode, prepare_image
 from ace_ros.core.config import MappingConfig, config_to_dict
 from ace_ros.core.map_cloud import predict_cloud
 from ace_ros.core.mapfile import MapCloud, SceneMap
-from ace_ros.core.loss import LossOutput, reprojection_loss, soft_clamp_tau, target_loss
-from ace_ros.core.network import Encoder, Head, HeadConfig
+from ace_ros.core.loss import LossOutput, soft_clamp_tau
+from ace_ros.core.network import Encoder, Head
+from ace_ros.core.training import (PEAK_AT, HeadTrainer, steps_before_annealing,
+                                   target_weight)
 from ace_ros.core.triangulation import FramePoints, triangulate_frames
 from ace_ros.core.types import Frame
 from ace_ros.core.weights import build_encoder
@@ -89,6 +90,10 @@ class MappingStats:
     #: seconds spent predicting the map cloud, and its points (0: none)
     cloud_s: float = 0.0
     cloud_points: int = 0
+    #: iterations (and their seconds) trained while keyframes arrived (online mapping),
+    #: before the `iterations` of the schedule's remainder
+    warm_iterations: int = 0
+    warm_s: float = 0.0
     loss_history: List[float] = field(default_factory=list)
 
 
@@ -282,40 +287,53 @@ class Mapper:
                      fitting, planned, 1000 * seconds_per_iteration)
         return fitting
 
+    def new_trainer(self, feature_dim: int, scene_mean: np.ndarray) -> HeadTrainer:
+        """A fresh head with its optimiser on the mapping device (the seeded generator)."""
+        return HeadTrainer(self.cfg, self.device, feature_dim, scene_mean, self._torch_rng)
+
+    def warmup_steps(self, n_frames: int) -> int:
+        """Length of the schedule's learning-rate warm-up for `n_frames` frames' buffer: how
+        long a trainer started while keyframes arrive rises to the peak (`warm_step`)."""
+        return int(PEAK_AT * self.iterations_for(self.planned_cells(n_frames)))
+
     def train(self, buffer: TrainingBuffer, scene_mean: np.ndarray,
               progress: Optional[ProgressCallback] = None,
-              time_left_s: Optional[float] = None, planned_size: int = 0) -> TrainingRun:
-        """Train a fresh head on `buffer`.
+              time_left_s: Optional[float] = None, planned_size: int = 0,
+              trainer: Optional[HeadTrainer] = None) -> TrainingRun:
+        """Train a fresh head on `buffer`, or go on with `trainer`'s (see below).
 
         With `time_left_s` the schedule (for `planned_size` cells, see `budgeted_iterations`)
         is compressed to the iterations that fit in it (measured on the first batches); the
-        OneCycle schedule keeps its shape.
+        OneCycle schedule keeps its shape. A `trainer` warmed to the peak while keyframes
+        arrived (`HeadTrainer.warm_step`, `at_peak`) goes on with the schedule's annealing
+        only: the iterations that fit run from the peak down, without triangulated targets.
+
+        Raises:
+            ValueError: `trainer` has not reached the peak.
         """
         cfg = self.cfg
         begin = time.perf_counter()
-        feature_dim = buffer.features.shape[1]
-        head = Head(HeadConfig(num_blocks=cfg.head_blocks, channels=cfg.head_channels,
-                               in_channels=feature_dim,
-                               context_channels=feature_dim if cfg.global_context else 0)
-                    ).to(self.device)
-        head.scene_mean.copy_(torch.as_tensor(scene_mean, dtype=torch.float32))
-        head.train()
+        warm = trainer is not None
+        if trainer is None:
+            trainer = self.new_trainer(buffer.features.shape[1], scene_mean)
+        elif not trainer.at_peak:
+            raise ValueError(f'the trainer took {trainer.warm_steps} of its '
+                             f'{trainer.warmup_steps} warm-up steps: train a fresh head')
+        head = trainer.head
         iterations = self.budgeted_iterations(head, buffer, time_left_s, planned_size)
         # Under a budget the count is checked against the real rate of the first iterations:
         # the probe's two batches can catch another process's burst.
         recheck_at = max(10, min(50, iterations // 5)) if time_left_s is not None else 0
         schedule_iterations = self.iterations_for(max(buffer.size, planned_size))
-        optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.learning_rate,
-                                      weight_decay=cfg.weight_decay)
+        # Virtual steps of the whole schedule before this run's first (0 for a fresh head).
+        skipped = steps_before_annealing(iterations) if warm else 0
+        if warm:
+            _logger.info('training goes on from %d steps taken while keyframes arrived: %d '
+                         'more, the schedule from step %d of %d', trainer.warm_steps,
+                         iterations, skipped, skipped + iterations)
         schedule = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=cfg.learning_rate, total_steps=iterations, cycle_momentum=False)
-        use_scaler = self.device.type == 'cuda' and cfg.mixed_precision
-        scaler = torch.amp.GradScaler('cuda', enabled=use_scaler)
-        cam_from_world, K, K_inv = buffer.geometry_tables()
-        contexts = buffer.context_table() if cfg.global_context else None
-        batch = min(cfg.batch_size, buffer.size)
-        order = torch.randperm(buffer.size, generator=self._torch_rng).to(self.device)
-        cursor = 0
+            trainer.optimizer, max_lr=cfg.learning_rate, total_steps=skipped + iterations,
+            cycle_momentum=False, last_epoch=skipped - 1)
         history: List[float] = []
         report_every = max(1, iterations // 200)
         start = time.perf_counter()
@@ -335,52 +353,16 @@ class Mapper:
                     iterations = refit
                     # The same OneCycle shape over the new length, resumed at this step.
                     schedule = torch.optim.lr_scheduler.OneCycleLR(
-                        optimizer, max_lr=cfg.learning_rate, total_steps=iterations,
-                        cycle_momentum=False, last_epoch=iteration - 1)
+                        trainer.optimizer, max_lr=cfg.learning_rate,
+                        total_steps=skipped + iterations, cycle_momentum=False,
+                        last_epoch=skipped + iteration - 1)
                     report_every = max(1, iterations // 200)
             self._check_cancel('training')
-            if cursor + batch > buffer.size:  # a new epoch: reshuffle the whole buffer
-                order = torch.randperm(buffer.size, generator=self._torch_rng).to(self.device)
-                cursor = 0
-            # The stage labels cost nothing without a profiler; benchmarks/
-            # bench_training_step.py reads them.
-            with record_function('train.batch'):
-                index = order[cursor:cursor + batch]
-                cursor += batch
-                image = buffer.image_index[index].long()
-                features = buffer.features[index]
-                context = None
-                if contexts is not None:
-                    # Noise on each image's context, new every step, so that the head cannot
-                    # learn an image by its context and must still read the local features.
-                    context = contexts + cfg.context_noise * torch.randn(
-                        contexts.shape, generator=self._torch_rng).to(self.device)
-            with record_function('train.forward'), \
-                    device_lib.autocast(self.device, cfg.mixed_precision):
-                points = head(features, context, image)
-            with record_function('train.loss'):
-                out = reprojection_loss(
-                    points, buffer.pixels[index], cam_from_world[image], K[image],
-                    K_inv[image],
-                    tau=soft_clamp_tau(iteration / iterations, cfg.loss_tau_max,
-                                       cfg.loss_tau_min),
-                    depth_min=cfg.depth_min, depth_max=cfg.depth_max,
-                    max_error_px=cfg.max_reprojection_px,
-                    invalid_target_depth=cfg.invalid_target_depth)
-                loss = out.loss
-                weight = target_weight(iteration / iterations, cfg.target_weight,
-                                       cfg.target_until)
-                if weight > 0:
-                    loss = loss + weight * target_loss(points, buffer.targets[index],
-                                                       cam_from_world[image],
-                                                       K[image]) / points.shape[0]
-            with record_function('train.backward'):
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-            with record_function('train.optimizer'):
-                scaler.step(optimizer)
-                scaler.update()
-                schedule.step()
+            at = (skipped + iteration) / (skipped + iterations)
+            out = trainer.step(buffer, soft_clamp_tau(at, cfg.loss_tau_max, cfg.loss_tau_min),
+                               0.0 if warm else target_weight(at, cfg.target_weight,
+                                                              cfg.target_until))
+            schedule.step()
             if iteration % report_every == 0 or iteration == iterations - 1:
                 history.append(float(out.loss.detach()))
                 if progress:
@@ -394,14 +376,16 @@ class Mapper:
     def map(self, frames: Sequence[Frame],
             progress: Optional[ProgressCallback] = None,
             buffer: Optional[TrainingBuffer] = None, passes_done: int = 0,
-            budget_start: Optional[float] = None) -> TrainedHead:
+            budget_start: Optional[float] = None,
+            trainer: Optional[HeadTrainer] = None) -> TrainedHead:
         """Buffer + training for the posed frames in `frames`.
 
         `buffer` and `passes_done` continue a buffer already filled with that many passes
         over `frames` (online mapping); see `fill_buffer`. `budget_start`, a
         `time.perf_counter()` value, is when the time budget began (default: now): what a
         caller did since (online mapping: encoding the queued keyframes) counts as buffer
-        encoding.
+        encoding. `trainer`, a head trained while keyframes arrived, is trained on (see
+        `train`) instead of a fresh one if it reached the learning-rate peak.
         """
         posed = [f for f in frames if f.world_from_cam is not None]
         stats = MappingStats(frames_used=len(posed),
@@ -417,8 +401,12 @@ class Mapper:
         # Time spent before this call (online: encoding queued keyframes) is buffer time.
         prepared = time.perf_counter()
         self.prepare_encoder()
+        if trainer is not None and not trainer.at_peak:
+            _logger.info('training while collecting took %d of its %d warm-up steps: a '
+                         'fresh head is trained', trainer.warm_steps, trainer.warmup_steps)
+            trainer = None
         points = None
-        if self.cfg.triangulate:
+        if self.cfg.triangulate and trainer is None:  # a warm head needs no warm start
             points = triangulate_frames(posed, should_stop=self.cancel.is_set).points
             self._check_cancel('triangulation')
             if buffer is not None and buffer.size:
@@ -437,10 +425,12 @@ class Mapper:
         time_left = budget - (start - begin) if budget else None
         # Under a budget, the schedule of the buffer that encoding would have filled.
         planned = self.planned_cells(len(posed)) if time_left is not None else 0
-        run = self.train(buffer, scene_mean, progress, time_left, planned)
+        run = self.train(buffer, scene_mean, progress, time_left, planned, trainer)
         head, stats.iterations, stats.loss_history, last = (
             run.head, run.iterations, run.loss_history, run.last)
         stats.train_s = time.perf_counter() - start
+        if trainer is not None:
+            stats.warm_iterations, stats.warm_s = trainer.warm_steps, trainer.warm_s
         stats.final_loss = float(last.loss.detach())
         stats.final_median_error_px = last.median_error_px
         intrinsics = _distinct_intrinsics(posed)
@@ -461,14 +451,6 @@ class Mapper:
             _logger.warning('the map gets no cloud: predicting it failed: %s: %s',
                             type(error).__name__, error, exc_info=True)
             return None
-
-
-def target_weight(progress: float, weight: float, until: float) -> float:
-    """Weight of the triangulated targets at `progress` = iteration / total: `weight` for
-    the first half of `until`, then fading linearly to 0 at `until`."""
-    if progress >= until:
-        return 0.0
-    return weight * min(1.0, 2.0 * (until - progress) / until)
 
 
 def _distinct_intrinsics(frames: Sequence[Frame], limit: int = 16) -> List[list]:
@@ -517,6 +499,7 @@ def scene_map_from(trained: TrainedHead, cfg: MappingConfig, encoder_sha256: str
         encoder_sha256=encoder_sha256, head_config=trained.head.config.to_dict(),
         world_frame_id=world_frame_id, mapping_config=config_to_dict(cfg),
         intrinsics=trained.intrinsics, frame_names=trained.frame_names,
-        extras={'iterations': stats.iterations, 'buffer_size': stats.buffer_size,
+        extras={'iterations': stats.iterations, 'warm_iterations': stats.warm_iterations,
+                'buffer_size': stats.buffer_size,
                 'final_loss': stats.final_loss, 'encoder': encoder_label},
         cloud=trained.cloud)

@@ -8,6 +8,13 @@ collection goes on, so `add_image` and `add_pose` stay cheap (a ROS callback nev
 encoder). `finish` waits for that queue to drain, then runs the remaining augmentation passes
 and training with the offline mapper's code (`Mapper.map`).
 
+Training while collecting (`train_while_collecting`, on by default). Whenever the worker has
+no keyframe to encode it trains the head on the buffer so far (`HeadTrainer.warm_step`: the
+learning rate rises to the schedule's peak and stays there), so the minutes of the drive are
+training minutes; `finish` then runs the schedule's remainder, its annealing from the peak
+on, for what the time budget leaves (`Mapper.train`). Encoding always goes first: training
+takes only the time the encoder would idle.
+
 Keyframe policy. ACE trains on every frame, so nearly every posed image is a keyframe: only
 near-duplicates (less than min_translation_m and min_rotation_deg of motion since the previous
 frame that moved enough, e.g. a robot standing still) are skipped. `max_keyframes` bounds
@@ -44,6 +51,7 @@ from ace_ros.core.config import MappingConfig
 from ace_ros.core.mapfile import save_map
 from ace_ros.core.mapper import (Mapper, MappingCancelled, MappingStats, Progress,
                                  ProgressCallback, scene_map_from)
+from ace_ros.core.training import HeadTrainer
 from ace_ros.core.pose_track import (PoseLookup, PoseSource, PoseTrack, check_rigid_pose,
                                      ms_text, stamp_name)
 from ace_ros.core.types import Frame
@@ -58,6 +66,8 @@ COUNTERS = ('images', 'poses', 'keyframes', 'skipped_small_motion', 'skipped_spa
             'pose_out_of_order', 'pose_duplicate_stamp', 'pose_invalid', 'pose_wrong_frame',
             'after_finish', 'encode_failed')
 _WARN_EVERY_S = 5.0
+#: Training while collecting starts once this many keyframes are in the buffer.
+WARM_AFTER_KEYFRAMES = 10
 
 
 def _f(default, help: str):  # noqa: A002 - 'help' reads best at call sites
@@ -94,6 +104,10 @@ class OnlineMappingConfig:
     max_keyframes: int = _f(500, 'keyframes kept at most (each holds its full image in memory); '
                             'one more thins them evenly (every second one is dropped and the '
                             'spacing doubles), so the whole drive stays covered')
+    train_while_collecting: bool = _f(
+        True, 'train the head on the keyframes so far whenever the encoder idles during the '
+        'drive (the CPU or GPU is then busy while collecting); finish runs the rest of the '
+        'schedule from there')
     finish_at_max_keyframes: bool = _f(False, 'stop taking keyframes at max_keyframes instead of '
                                        'thinning them (the mapping node then trains): the first '
                                        'max_keyframes of the drive, nothing after')
@@ -137,6 +151,10 @@ class SessionStatus:
     progress: Optional[Progress]
     keyframes_dir: Optional[str]
     error: str
+    #: training while collecting: iterations so far, and the training median reprojection
+    #: error (px) of the latest one (nan before the first)
+    warm_iterations: int = 0
+    warm_median_error_px: float = math.nan
 
 
 class OnlineMappingSession:
@@ -207,6 +225,11 @@ class OnlineMappingSession:
         self._closed = False
         self._changed = threading.Condition(self._lock)  # queue or encoder state changed
         self._encoder_thread: Optional[threading.Thread] = None
+        # Training while collecting: the worker's trainer, whether a step is running, and
+        # whether it stopped for good (a step failed).
+        self._trainer: Optional[HeadTrainer] = None
+        self._warm_stepping = False
+        self._warm_failed = False
 
     # -- input ---------------------------------------------------------------------------
 
@@ -320,10 +343,14 @@ class OnlineMappingSession:
 
     def status(self) -> SessionStatus:
         with self._lock:
+            trainer = self._trainer
+            last = trainer.last if trainer is not None else None
             return SessionStatus(self._state, dict(self.counts), len(self._keyframes),
                                  len(self._pending), self.queued_count, self._encoded,
                                  self._buffer.size if self._buffer else 0,
-                                 self._progress, self._keyframes_dir, self._error)
+                                 self._progress, self._keyframes_dir, self._error,
+                                 trainer.warm_steps if trainer is not None else 0,
+                                 last.median_error_px if last is not None else math.nan)
 
     def wait_encoded(self, timeout_s: Optional[float] = None,
                      cancel: Optional[threading.Event] = None) -> bool:
@@ -413,6 +440,7 @@ class OnlineMappingSession:
             if cancel is not None:
                 self._mapper.cancel = cancel
             self._drain(progress)
+            trainer = self._stop_training()
             with self._lock:
                 # Keyframes whose encoding failed were dropped; the rest are all encoded.
                 keyframes = list(self._keyframes)
@@ -432,7 +460,7 @@ class OnlineMappingSession:
                     progress(p)
 
             trained = self._mapper.map(keyframes, report, self._buffer, passes_done=1,
-                                       budget_start=budget_start)
+                                       budget_start=budget_start, trainer=trainer)
             scene_map = scene_map_from(trained, self._mapper.cfg, self._encoder_sha256,
                                        self._encoder_label, self.world_frame_id or 'map')
             save_map(self.online.map_path, scene_map)
@@ -451,6 +479,7 @@ class OnlineMappingSession:
         self._state = 'done'
         self.close()
         self._buffer = None  # the buffer can be GBs of device memory
+        self._trainer = None
         _logger.info('map written to %s: %d keyframes, %d iterations in %.0f s, final loss '
                      '%.3f', self.online.map_path, len(keyframes), trained.stats.iterations,
                      trained.stats.train_s, trained.stats.final_loss)
@@ -568,17 +597,26 @@ class OnlineMappingSession:
             self._encoder_thread.start()
 
     def _encode_loop(self) -> None:
-        """Worker: encode queued keyframes into the buffer (the first augmentation pass)."""
+        """Worker: encode queued keyframes into the buffer (the first augmentation pass);
+        between them, train while collecting."""
         while True:
             with self._lock:
                 if (not self._encode_queue or self._closed
                         or self._state in ('done', 'failed')):
-                    # Idle: the thread ends, and the next keyframe starts another one.
-                    self._encoder_thread = None
-                    self._changed.notify_all()
-                    return
-                frame = self._encode_queue.popleft()
-                self._encoding = True
+                    if self._may_train():
+                        self._warm_stepping = True
+                    else:
+                        # Idle: the thread ends, and the next keyframe starts another one.
+                        self._encoder_thread = None
+                        self._changed.notify_all()
+                        return
+                else:
+                    frame = self._encode_queue.popleft()
+                    self._encoding = True
+            if self._warm_stepping:
+                self._warm_step()
+                continue
+            with self._lock:
                 generation = self._generation
                 fresh = self._buffer_stale
                 if fresh:  # thinned: the old buffer goes before a new one is allocated
@@ -615,6 +653,50 @@ class OnlineMappingSession:
                     self._reject('encode_failed', f'keyframe {frame.name} dropped: encoding '
                                  f'failed: {type(error).__name__}: {error}')
                 self._changed.notify_all()
+
+    def _may_train(self) -> bool:
+        """Whether the idle worker trains now (lock held)."""
+        return (self.online.train_while_collecting and not self._warm_failed
+                and self._state == 'collecting' and not self._closed
+                and self._buffer is not None and not self._buffer_stale
+                # Thinning keeps max_keyframes / 2 at least.
+                and self._buffer.n_images >= min(WARM_AFTER_KEYFRAMES,
+                                                 max(2, self.online.max_keyframes // 2)))
+
+    def _warm_step(self) -> None:
+        """One training step while collecting (worker thread, no lock held: only this thread
+        touches the buffer and the trainer until `finish` has stopped it)."""
+        try:
+            if self._trainer is None:
+                with self._lock:
+                    # The head's output offset; the keyframes to come move the mean a little,
+                    # which the head's last layer absorbs.
+                    scene_mean = np.mean([f.world_from_cam[:3, 3] for f in self._keyframes],
+                                         axis=0)
+                self._trainer = self._mapper.new_trainer(self._buffer.features.shape[1],
+                                                         scene_mean)
+                _logger.info('training while collecting, from %d keyframes on',
+                             self._buffer.n_images)
+            self._trainer.warm_step(self._buffer,
+                                    self._mapper.warmup_steps(self.online.max_keyframes))
+        except Exception as error:  # noqa: BLE001 - e.g. out of memory: finish trains afresh
+            _logger.warning('training while collecting stopped (%s: %s); mapping will train '
+                            'a fresh head when it finishes', type(error).__name__, error)
+            with self._lock:
+                self._warm_failed = True
+                self._trainer = None
+        finally:
+            with self._lock:
+                self._warm_stepping = False
+                self._changed.notify_all()
+
+    def _stop_training(self) -> Optional[HeadTrainer]:
+        """Wait (in `finish`, state no longer 'collecting') for a training step still running;
+        returns the trainer to go on with, or None."""
+        with self._lock:
+            while self._warm_stepping:
+                self._changed.wait(0.1)
+            return self._trainer
 
     def _drain(self, progress: Optional[ProgressCallback]) -> None:
         """Wait (in `finish`) for the encoder to finish the queued keyframes."""

@@ -55,8 +55,10 @@ def _close_sessions():
 
 
 def _session(tmp_path, cfg=None, **online):
+    # Training while collecting only where a test asks for it: the other tests count
+    # encoder calls and time the queue, which a worker busy training would blur.
     values = dict(map_path=str(tmp_path / 'room.ace'), min_translation_m=0.05,
-                  min_rotation_deg=5.0, max_keyframes=50)
+                  min_rotation_deg=5.0, max_keyframes=50, train_while_collecting=False)
     values.update(online)
     session = OnlineMappingSession(cfg or _cfg(), OnlineMappingConfig(**values))
     _SESSIONS.append(session)
@@ -280,7 +282,7 @@ def _policy_session(tmp_path, **online):
     """A session with the default keyframe settings (unless overridden) whose encoder does
     nothing: these tests are about which frames are kept, not about the buffer."""
     session = OnlineMappingSession(_cfg(), OnlineMappingConfig(
-        map_path=str(tmp_path / 'room.ace'), **online))
+        map_path=str(tmp_path / 'room.ace'), **{'train_while_collecting': False, **online}))
     _SESSIONS.append(session)
     session._mapper.add_to_buffer = lambda buffer, frame: 0
     return session
@@ -627,9 +629,10 @@ def test_time_budget_counts_from_finish_queued_keyframes_included(
     calls, original_train = [], Mapper.train
 
     def recording_train(self, buffer, scene_mean, progress=None, time_left_s=None,
-                        planned_size=0):
+                        planned_size=0, trainer=None):
         calls.append((time.perf_counter(), time_left_s))
-        return original_train(self, buffer, scene_mean, progress, time_left_s, planned_size)
+        return original_train(self, buffer, scene_mean, progress, time_left_s, planned_size,
+                              trainer)
 
     monkeypatch.setattr(Mapper, 'train', recording_train)
     outcome = {}
@@ -665,3 +668,64 @@ def test_keyframes_encoded_while_collecting_get_triangulated_targets(tmp_path, c
                 if 'already in the buffer got a triangulated target' in r.getMessage()]
     # 152 here: 8 of the 12 frames have points, up to 200 cells each are sampled.
     assert attached and int(attached[0].split()[0]) >= 50, attached
+
+
+def _wait_for(condition, timeout_s=30.0):
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, 'timed out waiting'
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize('max_keyframes', [50, 4])
+def test_the_head_trains_while_keyframes_arrive_and_finish_goes_on_with_it(
+        frames, tmp_path, caplog, max_keyframes):
+    """The worker trains whenever it has nothing to encode (lever 3 of issue 13); finish
+    runs the schedule's remainder on that head and the map records both. With 4 keyframes
+    the buffer is thinned and replaced while the head trains."""
+    caplog.set_level(logging.INFO, logger='ace_ros.core')
+    train, _ = frames
+    cfg = _cfg(max_iterations=4)
+    session = _session(tmp_path, cfg, max_keyframes=max_keyframes, train_while_collecting=True)
+    assert session.status().warm_iterations == 0
+    _collect(session, train)
+    _wait_for(lambda: session.status().warm_iterations >= 5)
+    during = session.status()
+    # (its median error is nan while no prediction lies in front of the camera: random
+    # encoder, 40 cells an image)
+    assert during.state == 'collecting'
+    _wait_for(lambda: session.status().warm_iterations > during.warm_iterations)
+    if max_keyframes == 4:
+        assert session.counts['keyframes_thinned'] > 0
+    result = session.finish()
+    assert result.stats.warm_iterations >= during.warm_iterations
+    assert result.stats.warm_s > 0 and result.stats.iterations == 4
+    assert 'training goes on from' in caplog.text
+    assert load_map(result.map_path).extras['warm_iterations'] == result.stats.warm_iterations
+
+
+def test_no_training_while_collecting_when_it_is_off(frames, tmp_path):
+    train, _ = frames
+    session = _session(tmp_path, _cfg(max_iterations=4), train_while_collecting=False)
+    _collect(session, train)
+    assert session.wait_encoded(timeout_s=30.0)
+    time.sleep(0.3)
+    assert session.status().warm_iterations == 0
+    result = session.finish()
+    assert result.stats.warm_iterations == 0 and result.stats.iterations == 4
+
+
+def test_a_failing_training_step_while_collecting_costs_only_the_warm_start(
+        frames, tmp_path, caplog, monkeypatch):
+    from ace_ros.core.training import HeadTrainer
+
+    def broken(self, buffer, warmup_steps):
+        raise RuntimeError('out of memory')
+    monkeypatch.setattr(HeadTrainer, 'warm_step', broken)
+    train, _ = frames
+    session = _session(tmp_path, _cfg(max_iterations=4), train_while_collecting=True)
+    _collect(session, train)
+    _wait_for(lambda: 'training while collecting stopped' in caplog.text)
+    result = session.finish()
+    assert result.stats.warm_iterations == 0 and result.stats.iterations == 4
+    assert 'out of memory' in caplog.text

@@ -12,7 +12,7 @@ from ace_ros.core import geometry
 from ace_ros.core.buffer import TrainingBuffer, prepare_image, target_cells, valid_cells
 from ace_ros.core.config import mapping_config
 from ace_ros.core.loss import target_loss
-from ace_ros.core.mapper import target_weight
+from ace_ros.core.training import target_weight
 from ace_ros.core.network import cell_centers
 from ace_ros.core import triangulation
 from ace_ros.core.triangulation import (TriangulationSettings, choose_pairs,
