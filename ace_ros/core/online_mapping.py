@@ -8,7 +8,8 @@ collection goes on, so `add_image` and `add_pose` stay cheap (a ROS callback nev
 encoder). `finish` waits for that queue to drain, then runs the remaining augmentation passes
 and training with the offline mapper's code (`Mapper.map`).
 
-Training while collecting (`train_while_collecting`, on by default). Whenever the worker has
+Training while collecting (`train_while_collecting`, off by default: it lost to training after
+the drive, see the field). Whenever the worker has
 no keyframe to encode it trains the head on the buffer so far (`HeadTrainer.warm_step`: the
 learning rate rises to the schedule's peak and stays there), so the minutes of the drive are
 training minutes; `finish` then runs the schedule's remainder, its annealing from the peak
@@ -104,10 +105,12 @@ class OnlineMappingConfig:
     max_keyframes: int = _f(500, 'keyframes kept at most (each holds its full image in memory); '
                             'one more thins them evenly (every second one is dropped and the '
                             'spacing doubles), so the whole drive stays covered')
+    # Off: measured worse (room proxy, 300 s drive, cpu preset: 21 % within 5cm/5deg against
+    # 66 % without; benchmarks/RESULTS.md session 18): without triangulated targets the head
+    # does not converge on a growing 360-degree room.
     train_while_collecting: bool = _f(
-        True, 'train the head on the keyframes so far whenever the encoder idles during the '
-        'drive (the CPU or GPU is then busy while collecting); finish runs the rest of the '
-        'schedule from there')
+        False, 'experimental, measured worse: train the head on the keyframes so far whenever '
+        'the encoder idles during the drive; finish runs the rest of the schedule from there')
     finish_at_max_keyframes: bool = _f(False, 'stop taking keyframes at max_keyframes instead of '
                                        'thinning them (the mapping node then trains): the first '
                                        'max_keyframes of the drive, nothing after')
