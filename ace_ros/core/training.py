@@ -8,7 +8,7 @@ then runs only the schedule's annealing from the peak on (`steps_before_annealin
 time a drive takes is training time, and the phase after the drive is the annealing, which
 the head needs to become precise. A head that reached the peak needs no triangulated warm
 start (and must not get one late: targets that arrive after the head has settled on
-reprojection alone pull it apart, tests/unit/test_training.py), so finishing skips
+reprojection alone pull it apart, test/unit/test_mapping_e2e.py), so finishing skips
 triangulation; a drive too short to reach the peak is mapped with a fresh head, as offline.
 """
 
