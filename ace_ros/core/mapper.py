@@ -20,8 +20,8 @@ from ace_ros.core.map_cloud import predict_cloud
 from ace_ros.core.mapfile import MapCloud, SceneMap
 from ace_ros.core.loss import LossOutput, soft_clamp_tau
 from ace_ros.core.network import Encoder, Head
-from ace_ros.core.training import (PEAK_AT, HeadTrainer, steps_before_annealing,
-                                   target_weight)
+from ace_ros.core.training import (MAX_WARMUP_STEPS, PEAK_AT, HeadTrainer,
+                                   steps_before_annealing, target_weight)
 from ace_ros.core.triangulation import FramePoints, triangulate_frames
 from ace_ros.core.types import Frame
 from ace_ros.core.weights import build_encoder
@@ -292,9 +292,10 @@ class Mapper:
         return HeadTrainer(self.cfg, self.device, feature_dim, scene_mean, self._torch_rng)
 
     def warmup_steps(self, n_frames: int) -> int:
-        """Length of the schedule's learning-rate warm-up for `n_frames` frames' buffer: how
-        long a trainer started while keyframes arrive rises to the peak (`warm_step`)."""
-        return int(PEAK_AT * self.iterations_for(self.planned_cells(n_frames)))
+        """How long a trainer started while keyframes arrive rises to the peak (`warm_step`):
+        the warm-up of the schedule for `n_frames` frames' buffer, at most MAX_WARMUP_STEPS."""
+        return min(MAX_WARMUP_STEPS,
+                   int(PEAK_AT * self.iterations_for(self.planned_cells(n_frames))))
 
     def train(self, buffer: TrainingBuffer, scene_mean: np.ndarray,
               progress: Optional[ProgressCallback] = None,

@@ -8,13 +8,12 @@ collection goes on, so `add_image` and `add_pose` stay cheap (a ROS callback nev
 encoder). `finish` waits for that queue to drain, then runs the remaining augmentation passes
 and training with the offline mapper's code (`Mapper.map`).
 
-Training while collecting (`train_while_collecting`, off by default: it lost to training after
-the drive, see the field). Whenever the worker has
-no keyframe to encode it trains the head on the buffer so far (`HeadTrainer.warm_step`: the
-learning rate rises to the schedule's peak and stays there), so the minutes of the drive are
-training minutes; `finish` then runs the schedule's remainder, its annealing from the peak
-on, for what the time budget leaves (`Mapper.train`). Encoding always goes first: training
-takes only the time the encoder would idle.
+Training while collecting (`train_while_collecting`, experimental and off by default: it lost
+to training after the drive, see the field). Whenever the worker has no keyframe to encode it
+trains the head on the buffer so far (`HeadTrainer.warm_step`: the learning rate rises to the
+schedule's peak and stays there); `finish` then runs the schedule's annealing from the peak
+for what the time budget leaves (`Mapper.train`). Encoding always goes first: training takes
+only the time the encoder would idle.
 
 Keyframe policy. ACE trains on every frame, so nearly every posed image is a keyframe: only
 near-duplicates (less than min_translation_m and min_rotation_deg of motion since the previous

@@ -139,11 +139,11 @@ class HeadTrainer:
     def warm_step(self, buffer: TrainingBuffer, warmup_steps: int) -> LossOutput:
         """One step before the schedule, on the buffer so far (online mapping, while
         keyframes arrive): the learning rate rises along the schedule's warm-up for
-        `warmup_steps` steps (at most MAX_WARMUP_STEPS), then holds at its peak; the soft
+        `warmup_steps` steps (`Mapper.warmup_steps`), then holds at its peak; the soft
         clamp stays at its widest; no targets (none are attached before mapping finishes)."""
         start = time.perf_counter()
         if self._warmup is None:
-            self.warmup_steps = max(1, min(warmup_steps, MAX_WARMUP_STEPS))
+            self.warmup_steps = max(1, warmup_steps)
             self._warmup = torch.optim.lr_scheduler.OneCycleLR(
                 self.optimizer, max_lr=self.cfg.learning_rate,
                 total_steps=int(math.ceil(self.warmup_steps / PEAK_AT)) + 1,

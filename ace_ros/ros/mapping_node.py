@@ -405,10 +405,10 @@ class MappingNode(Node):
                                      'pending_images': status.pending,
                                      'keyframes_queued': status.queued,
                                      'keyframes_encoded': status.encoded,
-                                     'buffer_cells': status.buffer_cells,
-                                     'iterations_while_collecting': status.warm_iterations,
-                                     'median_error_px_while_collecting':
-                                         status.warm_median_error_px}
+                                     'buffer_cells': status.buffer_cells}
+        if self.session.online.train_while_collecting:
+            values.update({'iterations_while_collecting': status.warm_iterations,
+                           'median_error_px_while_collecting': status.warm_median_error_px})
         values.update({k: v for k, v in status.counts.items() if v or k in ('images', 'poses')})
         p = status.progress
         if p is not None:
