@@ -15,6 +15,9 @@ whose correspondences are exact:
   correspondence is the composed homography (viewpoint, scale, rotation), and the two views
   get independent photometric changes.
 
+(Those views, rooms and photographs, are `ace_ros.pretrain_data`; this module is the loss
+and the training loop.)
+
 Each step encodes both views of a few pairs, samples cells of A with a correspondence, and
 asks each one to pick its own partner in B among the partners of all others (and back).
 Features are L2-normalised for the loss; a weak penalty keeps their raw scale near 1 so the
@@ -39,7 +42,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -47,14 +49,13 @@ import torch.nn.functional as F
 from ace_ros.core import device as device_lib
 from ace_ros.core.config import MappingConfig
 from ace_ros.core.network import (
-    ENCODER_STRIDE, Encoder, Head, HeadConfig, cell_centers, image_to_network_input)
+    ENCODER_STRIDE, Encoder, Head, HeadConfig, image_to_network_input)
 from ace_ros.core.weights import load_encoder_state, random_encoder_state
+from ace_ros.pretrain_data import (
+    VALIDATION_SEED, Pair, RoomViews, load_photographs, photo_pair, photometric, render_room,
+    room_pair, validation_pairs)
 
 _logger = logging.getLogger(__name__)
-
-#: Room seeds at or above this are never used for training: validation rooms.
-VALIDATION_SEED = 900_000
-_IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.ppm', '.bmp')
 
 
 @dataclass(frozen=True)
@@ -116,185 +117,6 @@ class PretrainConfig:
 
     def real_folders(self) -> List[Path]:
         return [Path(p.strip()) for p in self.real_scenes.split(',') if p.strip()]
-
-
-# --------------------------------------------------------------------------- view pairs
-
-@dataclass
-class Pair:
-    """Two grayscale views and, for cells of view A, their position in view B."""
-
-    gray_a: np.ndarray   # (H, W) uint8
-    gray_b: np.ndarray   # (H, W) uint8
-    cells_a: np.ndarray  # (N,) int64 flat cell index in A's feature grid
-    xy_b: np.ndarray     # (N, 2) float32 pixel position in B
-    room: Optional[int] = None          # seed of the synthetic room, None for photographs
-    views: Tuple[int, int] = (-1, -1)   # the two views' indices in the room
-
-
-@dataclass
-class RoomViews:
-    seed: int
-    gray: np.ndarray     # (F, H, W) uint8
-    depth: np.ndarray    # (F, H, W) float16 z-depth (m)
-    poses: np.ndarray    # (F, 4, 4) world_from_cam
-    K: np.ndarray        # (3, 3)
-    partners: List[np.ndarray]  # per frame: indices of views that overlap it
-    cell_world: np.ndarray  # (F, 3, h, w) float32 world point at each cell centre
-    cell_valid: np.ndarray  # (F, h, w) bool: the cell centre has depth
-
-    @property
-    def mean_centre(self) -> np.ndarray:
-        return self.poses[:, :3, 3].mean(axis=0)
-
-
-def render_room(seed: int, cfg: PretrainConfig) -> RoomViews:
-    """Render both laps of room `seed` at training resolution with exact depth."""
-    from ace_ros.data.synthetic import SyntheticSceneConfig, generate_frames_with_depth
-    rng = np.random.default_rng(seed)
-    scene = SyntheticSceneConfig(
-        seed=seed, width=cfg.width, height=cfg.height,
-        focal=float(rng.uniform(0.9, 1.3)) * 525.0 * cfg.height / 480.0,
-        n_train=cfg.frames_per_room, n_test=cfg.frames_per_room // 2,
-        noise_std=float(rng.uniform(0, 3)), lighting_change=float(rng.uniform(0, 0.3)),
-        motion_blur_px=float(rng.uniform(0, 3)), defocus_px=float(rng.uniform(0, 1)))
-    grays, depths, poses = [], [], []
-    for split in ('train', 'test'):
-        for frame, depth in generate_frames_with_depth(scene, split):
-            grays.append(cv2.cvtColor(frame.image, cv2.COLOR_RGB2GRAY))
-            depths.append(depth.astype(np.float16))
-            poses.append(frame.world_from_cam)
-    poses_arr = np.stack(poses)
-    centres, axes = poses_arr[:, :3, 3], poses_arr[:, :3, 2]
-    distance = np.linalg.norm(centres[:, None] - centres[None], axis=-1)
-    angle = np.degrees(np.arccos(np.clip(axes @ axes.T, -1, 1)))
-    overlap = (distance < 0.8) & (angle < 40) & ~np.eye(len(poses), dtype=bool)
-    partners = [np.flatnonzero(row) for row in overlap]
-    K = scene.intrinsics()
-    rows, cols = cfg.height // ENCODER_STRIDE, cfg.width // ENCODER_STRIDE
-    xy = cell_centers(cfg.height, cfg.width).reshape(2, -1).T.numpy().astype(np.float64)
-    u, v = np.round(xy).astype(int).T
-    rays = np.c_[xy, np.ones(len(xy))] @ np.linalg.inv(K).T
-    world, valid = [], []
-    for depth, pose in zip(depths, poses_arr):
-        z = depth[v, u].astype(np.float64)
-        points = (rays * z[:, None]) @ pose[:3, :3].T + pose[:3, 3]
-        world.append(points.T.reshape(3, rows, cols).astype(np.float32))
-        valid.append((z > 0.05).reshape(rows, cols))
-    return RoomViews(seed, np.stack(grays), np.stack(depths), poses_arr, K, partners,
-                     np.stack(world), np.stack(valid))
-
-
-def room_pair(room: RoomViews, rng: np.random.Generator, cfg: PretrainConfig,
-              min_cells: int = 64) -> Optional[Pair]:
-    """A random overlapping pair of views of `room` with occlusion-checked correspondences."""
-    candidates = [i for i, p in enumerate(room.partners) if len(p)]
-    if not candidates:
-        return None
-    for _ in range(4):
-        a = int(rng.choice(candidates))
-        b = int(rng.choice(room.partners[a]))
-        xy_a = cell_centers(cfg.height, cfg.width).reshape(2, -1).T.numpy().astype(np.float64)
-        u = np.round(xy_a[:, 0]).astype(int)
-        v = np.round(xy_a[:, 1]).astype(int)
-        depth_a = room.depth[a][v, u].astype(np.float64)
-        rays = np.c_[xy_a, np.ones(len(xy_a))] @ np.linalg.inv(room.K).T
-        world = (rays * depth_a[:, None]) @ room.poses[a][:3, :3].T + room.poses[a][:3, 3]
-        cam_b = (world - room.poses[b][:3, 3]) @ room.poses[b][:3, :3]
-        z_b = cam_b[:, 2]
-        with np.errstate(divide='ignore', invalid='ignore'):
-            proj = (cam_b / z_b[:, None]) @ room.K.T
-        inside = (z_b > 0.1) & (proj[:, 0] >= 0) & (proj[:, 0] <= cfg.width - 1) & \
-            (proj[:, 1] >= 0) & (proj[:, 1] <= cfg.height - 1) & (depth_a > 0.05)
-        ub = np.clip(np.round(proj[:, 0]), 0, cfg.width - 1).astype(int)
-        vb = np.clip(np.round(proj[:, 1]), 0, cfg.height - 1).astype(int)
-        depth_b = room.depth[b][vb, ub].astype(np.float64)
-        visible = inside & (np.abs(depth_b - z_b) < 0.03 * z_b + 0.01)
-        cells = np.flatnonzero(visible)
-        if len(cells) >= min_cells:
-            return Pair(room.gray[a], room.gray[b], cells, proj[cells, :2].astype(np.float32),
-                        room.seed, (a, b))
-    return None
-
-
-def _random_homography(rng: np.random.Generator, src_shape: Tuple[int, int],
-                       out_w: int, out_h: int, strength: float) -> np.ndarray:
-    """Maps source image pixels to a (out_h, out_w) view: crop, scale, rotate, tilt."""
-    src_h, src_w = src_shape
-    scale = out_h / src_h * math.exp(rng.uniform(-0.2, 0.6) * strength + 0.15)
-    angle = rng.uniform(-30, 30) * strength
-    centre = np.array([rng.uniform(0.3, 0.7) * src_w, rng.uniform(0.3, 0.7) * src_h])
-    c, s = math.cos(math.radians(angle)), math.sin(math.radians(angle))
-    to_centre = np.array([[1, 0, -centre[0]], [0, 1, -centre[1]], [0, 0, 1]])
-    similarity = np.array([[scale * c, -scale * s, 0], [scale * s, scale * c, 0], [0, 0, 1]])
-    tilt = np.eye(3)
-    tilt[2, :2] = rng.uniform(-0.6, 0.6, 2) * strength / max(out_w, out_h)
-    to_view = np.array([[1, 0, out_w / 2], [0, 1, out_h / 2], [0, 0, 1]])
-    return to_view @ tilt @ similarity @ to_centre
-
-
-def photo_pair(image: np.ndarray, rng: np.random.Generator, cfg: PretrainConfig,
-               min_cells: int = 64) -> Optional[Pair]:
-    """Two random homography views of one photograph with their exact correspondences."""
-    w, h = cfg.width, cfg.height
-    for _ in range(4):
-        h_a = _random_homography(rng, image.shape[:2], w, h, strength=0.5)
-        h_b = _random_homography(rng, image.shape[:2], w, h, strength=1.0)
-        view_a = cv2.warpPerspective(image, h_a, (w, h), flags=cv2.INTER_AREA,
-                                     borderValue=0)
-        view_b = cv2.warpPerspective(image, h_b, (w, h), flags=cv2.INTER_AREA,
-                                     borderValue=0)
-        xy_a = cell_centers(h, w).reshape(2, -1).T.numpy().astype(np.float64)
-        src = cv2.perspectiveTransform(xy_a[None], np.linalg.inv(h_a))[0]
-        xy_b = cv2.perspectiveTransform(src[None], h_b)[0]
-        margin = 4
-        valid = (src[:, 0] >= 0) & (src[:, 0] <= image.shape[1] - 1) & \
-            (src[:, 1] >= 0) & (src[:, 1] <= image.shape[0] - 1) & \
-            (xy_b[:, 0] >= margin) & (xy_b[:, 0] <= w - 1 - margin) & \
-            (xy_b[:, 1] >= margin) & (xy_b[:, 1] <= h - 1 - margin)
-        cells = np.flatnonzero(valid)
-        if len(cells) >= min_cells:
-            return Pair(view_a, view_b, cells, xy_b[cells].astype(np.float32))
-    return None
-
-
-def load_photographs(folders: Sequence[Path], height: int) -> List[np.ndarray]:
-    """Grayscale images under `folders` (recursively), resized to 1.5 x `height` tall."""
-    images = []
-    for folder in folders:
-        if not folder.is_dir():
-            raise ValueError(f'real scene folder {folder} does not exist')
-        files = sorted(p for p in folder.rglob('*') if p.suffix.lower() in _IMAGE_SUFFIXES
-                       and 'depth' not in p.parts)
-        if not files:
-            raise ValueError(f'real scene folder {folder} holds no images')
-        for path in files:
-            gray = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-            if gray is None:
-                raise ValueError(f'cannot read image {path}')
-            scale = 1.5 * height / gray.shape[0]
-            images.append(cv2.resize(gray, None, fx=scale, fy=scale,
-                                     interpolation=cv2.INTER_AREA))
-    return images
-
-
-def photometric(gray: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Independent gain, gamma, contrast, blur and noise per image of (B, 1, H, W) in [0, 1]."""
-    b = gray.shape[0]
-
-    def uniform(lo: float, hi: float) -> torch.Tensor:
-        return torch.rand(b, 1, 1, 1, generator=generator) * (hi - lo) + lo
-
-    gray = gray.clamp(1e-4, 1) ** torch.exp(uniform(-0.4, 0.4))
-    mean = gray.mean(dim=(2, 3), keepdim=True)
-    gray = (gray - mean) * uniform(0.6, 1.4) + mean * uniform(0.6, 1.4)
-    blur = torch.rand(b, generator=generator) < 0.3
-    if blur.any():
-        kernel = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0]) / 16.0
-        k2 = (kernel[:, None] * kernel[None]).view(1, 1, 5, 5)
-        gray[blur] = F.conv2d(F.pad(gray[blur], (2, 2, 2, 2), mode='replicate'), k2)
-    gray = gray + torch.randn(gray.shape, generator=generator) * uniform(0, 0.03)
-    return gray.clamp(0, 1)
 
 
 # --------------------------------------------------------------------------- loss
@@ -533,19 +355,6 @@ def match_accuracy(encode: Callable[[torch.Tensor], torch.Tensor], pairs: Sequen
                            (np.abs(best // cols - true[:, 1]) <= 1)))
         total += len(pair.cells_a)
     return hits / max(total, 1)
-
-
-def validation_pairs(cfg: PretrainConfig, n_rooms: int = 2, per_room: int = 4) -> List[Pair]:
-    """Fixed pairs from rooms never used for training."""
-    rng = np.random.default_rng(12345)
-    pairs = []
-    for k in range(n_rooms):
-        room = render_room(VALIDATION_SEED + k, cfg)
-        while len(pairs) < (k + 1) * per_room:
-            pair = room_pair(room, rng, cfg)
-            if pair is not None:
-                pairs.append(pair)
-    return pairs
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
