@@ -12,156 +12,30 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, \
+    TYPE_CHECKING
 
 import numpy as np
 
-from ace_ros import __version__
-from ace_ros.cli_args import add_config_flags, config_from_args
+from ace_ros import cli_args
+from ace_ros.cli_args import config_from_args
+from ace_ros.cli_outputs import (
+    MappingProgress as _MappingProgress, Outputs as _Outputs,
+    write_atomically as _write_atomically, write_json as _write_json)
 from ace_ros.core import metrics
 from ace_ros.core.config import LocalizationConfig, MappingConfig
-from ace_ros.core.mapper import Progress as _Progress, eta_text
-from ace_ros.core.types import Frame
+from ace_ros.core.mapper import Progress as _Progress
+from ace_ros.core.types import Frame, LocalizationResult
+
+if TYPE_CHECKING:
+    from ace_ros.data.base import FrameSource
+    from ace_ros.report import FrameEvaluation
 
 _logger = logging.getLogger('ace_ros')
-#: The demo camera covers a quarter of its room loop: one side of the room, as a robot mapping
-#: one area would, which the `cpu` preset maps within its budget (benchmarks/RESULTS.md).
-DEMO_PATH_FRACTION = 0.25
-#: Mapping's share of the demo's 10 minutes: rendering, loading and localizing 60 frames take
-#: ~75 s on a 2-core CPU without native bf16 (0.72 s per query). With native bf16 the cpu
-#: preset's whole schedule fits in it (406 s).
-DEMO_TIME_BUDGET_S = 490.0
-DEMO_QUERIES = 60
-
-
-class _MappingProgress:
-    """Core progress callbacks -> a tqdm bar on a terminal, else log lines with ETA."""
-
-    def __init__(self) -> None:
-        self._bars: Dict[str, Any] = {}
-        self._interactive = sys.stderr.isatty()
-        self._started: Dict[str, float] = {}
-        self._first_done: Dict[str, int] = {}
-        self._next_log: Dict[str, int] = {}
-
-    def __call__(self, p) -> None:
-        if p.stage not in self._started:
-            self._started[p.stage] = time.perf_counter()
-            # A resumed run starts mid-way: its rate counts only the work done here.
-            self._first_done[p.stage] = p.done
-            self._next_log[p.stage] = 0
-        if self._interactive:
-            self._update_bar(p)
-        elif p.done >= self._next_log[p.stage] or p.done == p.total:
-            self._next_log[p.stage] = p.done + max(1, p.total // 10)
-            elapsed = time.perf_counter() - self._started[p.stage]
-            done_here = p.done - self._first_done[p.stage]
-            rate = done_here / elapsed if elapsed > 0 and done_here > 0 else float('nan')
-            eta = (p.total - p.done) / rate if rate > 0 else float('nan')
-            extra = {'train': f', loss {p.loss:.2f}, median error {p.median_error_px:.1f} px',
-                     'pretrain': f', loss {p.loss:.2f}, match {p.valid_fraction:.2f}'
-                     }.get(p.stage, '')
-            rate_text = f'{rate:.2f}/s' if rate > 0 else 'rate unknown'
-            _logger.info('%s %d/%d (%s, %s%s)', _STAGE_NAMES[p.stage], p.done, p.total,
-                         rate_text, eta_text(eta), extra)
-
-    def _update_bar(self, p) -> None:
-        from tqdm import tqdm
-        bar = self._bars.get(p.stage)
-        if bar is None:
-            bar = self._bars[p.stage] = tqdm(total=p.total, desc=_STAGE_NAMES[p.stage],
-                                             unit='it', dynamic_ncols=True, file=sys.stderr)
-        bar.update(p.done - bar.n)
-        if p.stage == 'train':
-            bar.set_postfix(loss=f'{p.loss:.2f}', valid=f'{p.valid_fraction:.2f}',
-                            err_px=f'{p.median_error_px:.1f}', refresh=False)
-        if p.done >= p.total:
-            bar.close()
-
-    def close(self) -> None:
-        for bar in self._bars.values():
-            bar.close()
-
-
-_STAGE_NAMES = {'buffer': 'buffer (encoding images)', 'train': 'training head',
-                'pretrain': 'pretraining encoder', 'export': 'writing bag'}
 #: Flags that select what is read from a ROS bag SOURCE -> RosbagSource arguments.
 _BAG_FLAGS = {'image_topic': 'image_topic', 'camera_info_topic': 'camera_info_topic',
               'pose_topic': 'pose_topic', 'world_frame': 'world_frame',
               'camera_frame': 'camera_frame', 'max_pose_gap': 'max_pose_gap_s'}
-
-
-class _Outputs:
-    """What a command will write, checked before its work starts, so that a bad path fails
-    in a second rather than after the whole mapping run; on Ctrl-C, which of them the run
-    had changed (`main` says so)."""
-
-    def __init__(self) -> None:
-        self._before: Dict[Path, Any] = {}
-
-    def file(self, path: Optional[str], what: str, replace: bool = False) -> None:
-        """`path` (skipped when empty) must be a file this process can write: its folder
-        exists and is writable and it is no directory. `replace`: it is written atomically
-        (a new file moved over the old one), so an existing read-only file is no obstacle.
-
-        Raises:
-            ValueError: naming `what` and `path`.
-        """
-        if not path:
-            return
-        file = Path(path)
-        folder = file.absolute().parent
-        if file.is_dir():
-            raise ValueError(f'{what} {path} is a directory; give a file path')
-        if not folder.is_dir():
-            raise ValueError(f'{what} {path}: folder {folder} does not exist')
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise ValueError(f'{what} {path}: folder {folder} is not writable')
-        if not replace and file.exists() and not os.access(file, os.W_OK):
-            raise ValueError(f'{what} {path} exists and is not writable')
-        self._before[file] = _snapshot(file)
-
-    def folder(self, path: Optional[str], what: str) -> None:
-        """`path` (skipped when empty) must be a writable folder, or one that can be made:
-        no file, and its nearest existing parent a writable folder.
-
-        Raises:
-            ValueError: naming `what` and `path`.
-        """
-        if not path:
-            return
-        folder = Path(path)
-        existing = folder.absolute()
-        while not existing.exists() and existing != existing.parent:
-            existing = existing.parent
-        if not existing.is_dir():
-            raise ValueError(f'{what} {path}: {existing} is not a folder')
-        if not os.access(existing, os.W_OK | os.X_OK):
-            raise ValueError(f'{what} {path}: folder {existing} is not writable')
-        self._before[folder] = _snapshot(folder)
-
-    def note(self) -> str:
-        """After an interruption: what was written, or that nothing was."""
-        if not self._before:
-            return ''
-        changed = [str(p) for p, before in self._before.items() if _snapshot(p) != before]
-        if changed:
-            return 'written before the interruption: ' + ', '.join(changed)
-        return 'nothing was written to ' + ' or '.join(str(p) for p in self._before)
-
-
-def _snapshot(path: Path) -> Any:
-    """What `path` is now (None: nothing), to tell later whether it was written."""
-    def identity(st: os.stat_result) -> tuple:
-        return st.st_ino, st.st_size, st.st_mtime_ns
-
-    try:
-        if path.is_dir():
-            with os.scandir(path) as entries:
-                return frozenset((e.name, identity(e.stat())) for e in entries)
-        return identity(path.stat())
-    except OSError:
-        return None
 
 
 def _check_settings(device: str, **encoders: str) -> None:
@@ -186,33 +60,7 @@ def _check_settings(device: str, **encoders: str) -> None:
         load_encoder_state(spec)  # ~22 MB: its keys and shapes are checked now, not later
 
 
-def _add_source_flags(parser: argparse.ArgumentParser) -> None:
-    from ace_ros.data.sources import FORMATS
-    parser.add_argument('source', help='dataset folder (ACE layout, 7-Scenes, TUM RGB-D, '
-                        'COLMAP) or ROS bag (rosbag2 folder with mcap or sqlite3, ROS 1 .bag)')
-    parser.add_argument('--format', default='auto', choices=['auto', *FORMATS],
-                        help='source format (default: detected)')
-    parser.add_argument('--split', default=None,
-                        help="'train' or 'test' (default: all): ACE layout / 7-Scenes split "
-                             'folders; TUM, COLMAP and bags: alternate blocks of 25 frames')
-    parser.add_argument('--block-split', default=None, metavar='N:PARITY',
-                        help='keep frame i when (i // N) %% 2 == PARITY, e.g. 25:0 (mapping) '
-                             'and 25:1 (queries) for the TUM benchmark split')
-    bag = parser.add_argument_group('ROS bag sources (topics are detected when unique)')
-    bag.add_argument('--image-topic', help='sensor_msgs/Image or CompressedImage topic')
-    bag.add_argument('--camera-info-topic', help='sensor_msgs/CameraInfo topic')
-    bag.add_argument('--pose-topic', help='poses from a PoseStamped, PoseWithCovarianceStamped '
-                     'or Odometry topic (default: the only one in the bag)')
-    bag.add_argument('--world-frame', help='poses from TF instead: this fixed frame -> the '
-                     'camera frame, through /tf and /tf_static')
-    bag.add_argument('--camera-frame', help="the camera's optical frame in TF (default: the "
-                     "images' frame_id)")
-    bag.add_argument('--max-pose-gap', type=float, metavar='S',
-                     help='largest spacing of the pose / TF samples around an image stamp '
-                          '(default: 0.05 s); frames farther from poses get none')
-
-
-def _open_frames(args: argparse.Namespace):
+def _open_frames(args: argparse.Namespace) -> FrameSource:
     from ace_ros.data.base import Subset, block_split
     from ace_ros.data.sources import detect_format, open_source
     fmt = detect_format(args.source) if args.format == 'auto' else args.format
@@ -235,14 +83,14 @@ def _open_frames(args: argparse.Namespace):
     return source
 
 
-def _pose_frame(source) -> Optional[str]:
+def _pose_frame(source: FrameSource) -> Optional[str]:
     """The frame a bag's poses are given in (None for dataset folders)."""
     while hasattr(source, 'source'):  # unwrap Subsets
         source = source.source
     return getattr(source, 'pose_frame', None) or None
 
 
-def _load_all(source) -> List[Frame]:
+def _load_all(source: Iterable[Frame]) -> List[Frame]:
     from tqdm import tqdm
     return [f for f in tqdm(source, desc='reading frames', unit='img', file=sys.stderr,
                             disable=None, mininterval=1.0)]
@@ -276,7 +124,8 @@ def run_map(frames: Sequence[Frame], cfg: MappingConfig, output: str,
     return report
 
 
-def run_localize(map_path: str, frames, cfg: LocalizationConfig):
+def run_localize(map_path: str, frames: Iterable[Frame], cfg: LocalizationConfig
+                 ) -> Iterator[Tuple[Frame, LocalizationResult]]:
     """Localize every frame of `frames`; yields (frame, result).
 
     The network is warmed up on the first frame first, so that per-frame timings are those
@@ -299,7 +148,8 @@ def run_localize(map_path: str, frames, cfg: LocalizationConfig):
         yield frame, localizer.localize(frame)
 
 
-def evaluate_frames(map_path: str, frames, cfg: LocalizationConfig) -> list:
+def evaluate_frames(map_path: str, frames: Iterable[Frame], cfg: LocalizationConfig
+                    ) -> List[FrameEvaluation]:
     """Localize `frames` and score those with a ground-truth pose -> [FrameEvaluation]."""
     from ace_ros.report import evaluate_frame
     records = [evaluate_frame(index, frame, result) for index, (frame, result)
@@ -310,37 +160,11 @@ def evaluate_frames(map_path: str, frames, cfg: LocalizationConfig) -> list:
     return records
 
 
-def run_evaluate(map_path: str, frames, cfg: LocalizationConfig) -> Dict[str, float]:
+def run_evaluate(map_path: str, frames: Iterable[Frame], cfg: LocalizationConfig
+                 ) -> Dict[str, float]:
     """Localize `frames` and score them against their ground-truth poses."""
     from ace_ros.report import summarize
     return summarize(evaluate_frames(map_path, frames, cfg))
-
-
-def _write_json(path: Optional[str], data: Dict[str, Any]) -> None:
-    if path:
-        _write_atomically(Path(path), lambda tmp: tmp.write_text(
-            json.dumps(data, indent=2, sort_keys=True) + '\n'))
-
-
-def _write_atomically(path: Path, write) -> None:
-    """`write(tmp)` a temporary file beside `path`, then move it there: an interruption
-    leaves the old file (or none), never half of one, and no temporary file. A new file
-    gets mode 0644, an existing one keeps its mode (as map files)."""
-    try:
-        mode = path.stat().st_mode & 0o7777
-    except FileNotFoundError:
-        mode = 0o644
-    fd, name = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp',
-                                dir=path.absolute().parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        write(tmp)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def cmd_map(args: argparse.Namespace) -> int:
@@ -492,106 +316,11 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog='ace-ros', description='ACE relocalization offline: map a scene from posed '
-        'images, localize images in it, evaluate against ground truth.')
-    parser.add_argument('--version', action='version', version=f'ace_ros {__version__}')
-    parser.add_argument('-v', '--verbose', action='store_true', help='debug logging')
-    sub = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
-
-    p = sub.add_parser('map', help='train a scene map from posed images')
-    _add_source_flags(p)
-    p.add_argument('-o', '--output', required=True, metavar='MAP', help='map file to write')
-    p.add_argument('--report', metavar='REPORT.json', help='write timings and sizes here')
-    p.add_argument('--world-frame-id', default=None,
-                   help="frame id of the map (default: a bag's pose frame, else 'map')")
-    add_config_flags(p, MappingConfig)
-    p.set_defaults(func=cmd_map)
-
-    p = sub.add_parser('localize', help='localize images in a map; writes one pose per line')
-    p.add_argument('map', help='map file (.ace)')
-    _add_source_flags(p)
-    p.add_argument('-o', '--output', required=True, metavar='POSES.txt')
-    p.add_argument('--pose-format', default='ace', choices=['ace', 'tum'],
-                   help="'ace': every frame, 'name qw qx qy qz tx ty tz inliers confidence'; "
-                   "'tum': localized frames, 'timestamp tx ty tz qx qy qz qw' (evo reads it); "
-                   'camera-to-world (default: ace)')
-    add_config_flags(p, LocalizationConfig)
-    p.set_defaults(func=cmd_localize)
-
-    p = sub.add_parser('evaluate', help='localize images and score them against ground truth')
-    p.add_argument('map', help='map file (.ace)')
-    _add_source_flags(p)
-    p.add_argument('--json', metavar='OUT.json', help='write the summary here')
-    p.add_argument('--out', metavar='DIR', help='write frames.csv (per-frame errors), est.txt '
-                   'and gt.txt (TUM trajectories) and PNG plots into DIR')
-    add_config_flags(p, LocalizationConfig)
-    p.set_defaults(func=cmd_evaluate)
-
-    p = sub.add_parser('demo', help='render a synthetic room, map it, localize in it')
-    p.add_argument('--json', metavar='OUT.json', help='write the summary here')
-    p.add_argument('--workdir', help='where to write the scene and map (default: a temp dir)')
-    p.add_argument('--frames', type=int, default=300, help='mapping frames (default: 300)')
-    p.add_argument('--queries', type=int, default=DEMO_QUERIES,
-                   help='query frames (default: %(default)s)')
-    p.add_argument('--path-fraction', type=float, default=DEMO_PATH_FRACTION,
-                   help='part of the room loop the camera covers (default: '
-                   f'{DEMO_PATH_FRACTION}; 1 = a full 360-degree lap, which the cpu preset\'s '
-                   'budget does not map well: benchmarks/RESULTS.md)')
-    p.add_argument('--preset', default='cpu', help='mapping preset (default: cpu)')
-    p.add_argument('--time-budget-s', type=float, default=DEMO_TIME_BUDGET_S,
-                   help='mapping time budget (default: %(default)s s, so that the whole demo '
-                   'takes under 10 minutes on 2 CPU cores; 0: none)')
-    p.add_argument('--device', default='auto', help="'auto', 'cpu' or 'cuda'")
-    p.add_argument('--seed', type=int, default=0, help='scene seed')
-    p.set_defaults(func=cmd_demo)
-
-    p = sub.add_parser('pretrain-encoder', help='train the scene-agnostic encoder on many '
-                       'synthetic rooms (resumable)')
-    p.add_argument('--workdir', required=True,
-                   help='checkpoint and output folder; an existing checkpoint is resumed')
-    p.add_argument('--stop-at', type=int, metavar='STEP',
-                   help='stop (checkpointed, encoder exported) at this step without changing '
-                        'the schedule that --steps defines; run again to resume')
-    from ace_ros.pretrain import PretrainConfig
-    add_config_flags(p, PretrainConfig)
-    p.set_defaults(func=cmd_pretrain)
-
-    p = sub.add_parser('export-bag', help='write a dataset or a synthetic room as a ROS bag '
-                       '(Image, CameraInfo, PoseStamped, TF)')
-    p.add_argument('dataset', help='dataset folder, ROS bag, or a generated room: synthetic, '
-                   'synthetic:SEED or synthetic:KEY=VALUE,... (SyntheticSceneConfig fields, '
-                   'e.g. synthetic:seed=2,n_train=100,n_test=0)')
-    p.add_argument('-o', '--output', required=True, metavar='BAG',
-                   help='rosbag2 folder to create (a .bag file with --storage ros1)')
-    from ace_ros.data.sources import FORMATS
-    p.add_argument('--format', default='auto', choices=['auto', *FORMATS],
-                   help='dataset format (default: detected)')
-    p.add_argument('--split', default=None, help="'train' or 'test' (default: all frames)")
-    from ace_ros.bag_tools import ExportOptions
-    add_config_flags(p, ExportOptions)
-    p.set_defaults(func=cmd_export_bag)
-
-    p = sub.add_parser('play', help='publish a bag over ROS 2 with its timing and /clock '
-                       '(for machines without ros2 bag; needs rclpy)')
-    p.add_argument('bag', help='rosbag2 folder or ROS 1 .bag')
-    p.add_argument('--rate', type=float, default=1.0, help='speed factor (default: 1.0)')
-    p.add_argument('--loop', action='store_true', help='start over at the end')
-    p.add_argument('--clock-hz', type=float, default=100.0,
-                   help='publish /clock at this rate, 0 for none (default: 100)')
-    p.add_argument('--topics', nargs='+', metavar='TOPIC', help='only these topics')
-    p.add_argument('--wait-for', nargs='+', default=[], metavar='TOPIC',
-                   help='wait until each TOPIC has a subscriber before playing')
-    p.add_argument('--wait-timeout', type=float, default=10.0, metavar='S',
-                   help='how long --wait-for waits (default: 10 s)')
-    p.set_defaults(func=cmd_play)
-
-    p = sub.add_parser('info', help="print a map file's metadata")
-    p.add_argument('map', help='map file (.ace)')
-    p.add_argument('--plot', metavar='OUT.png', help='draw what the map records of the scene '
-                   '(its scene mean: map files hold no camera poses)')
-    p.set_defaults(func=cmd_info)
-    return parser
+    """The `ace-ros` parser (`ace_ros.cli_args`), each command run by its `cmd_` here."""
+    return cli_args.build_parser({
+        'map': cmd_map, 'localize': cmd_localize, 'evaluate': cmd_evaluate, 'demo': cmd_demo,
+        'pretrain-encoder': cmd_pretrain, 'export-bag': cmd_export_bag, 'play': cmd_play,
+        'info': cmd_info})
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
