@@ -2,31 +2,16 @@
 
 ROS-free. The mapping node hands it converted messages; tests hand it numpy arrays. Images
 and poses may arrive in either order; an image gets a pose only from poses that bracket its
-stamp closely (or one at its exact stamp), never from a guess. Keyframes are kept in memory
-and queued; a worker thread encodes them into the training buffer (on the mapping device) while
-collection goes on, so `add_image` and `add_pose` stay cheap (a ROS callback never waits for the
-encoder). `finish` waits for that queue to drain, then runs the remaining augmentation passes
-and training with the offline mapper's code (`Mapper.map`).
-
-Training while collecting (`train_while_collecting`, experimental and off by default: it lost
-to training after the drive, see the field). Whenever the worker has no keyframe to encode it
-trains the head on the buffer so far (`HeadTrainer.warm_step`: the learning rate rises to the
-schedule's peak and stays there); `finish` then runs the schedule's annealing from the peak
-for what the time budget leaves (`Mapper.train`). Encoding always goes first: training takes
-only the time the encoder would idle.
-
-Keyframe policy. ACE trains on every frame, so nearly every posed image is a keyframe: only
-near-duplicates (less than min_translation_m and min_rotation_deg of motion since the previous
-frame that moved enough, e.g. a robot standing still) are skipped. `max_keyframes` bounds
-memory: when one more keyframe would exceed it, every second keyframe is dropped and from then
-on only every second frame that moves enough is kept (the spacing doubles each time), so the
-keyframes cover the whole drive at one uniform density, between max_keyframes / 2 and
-max_keyframes of them. Thinning discards the training buffer and re-queues the kept keyframes
-for encoding: the buffer then holds exactly the kept keyframes' cells, as if only they had
-arrived (at most one extra encoding per keyframe accepted, over the whole drive).
+stamp closely (or one at its exact stamp), never from a guess. Posed images become keyframes
+by the policy of keyframes.py (nearly every frame; thinned evenly past max_keyframes), are
+kept in memory and queued; the worker of online_worker.py encodes them into the training
+buffer while collection goes on (and, with `train_while_collecting`, trains the head when
+it idles). `finish` waits for that queue to drain, then runs the remaining augmentation
+passes and training with the offline mapper's code (`Mapper.map`).
 `finish_at_max_keyframes` restores the old policy: keyframes stop at max_keyframes (the
 mapping node then trains).
 
+This module is the session's facade: its settings, its results and its public API.
 Stamps are integer nanoseconds (see pose_track.py).
 """
 
@@ -38,7 +23,7 @@ import math
 import re
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Deque, Dict, List, Optional, Tuple
 
@@ -47,15 +32,20 @@ import numpy.typing as npt
 
 from ace_ros.core import device as device_lib
 from ace_ros.core import geometry
-from ace_ros.core.config import MappingConfig
+from ace_ros.core.buffer import TrainingBuffer
+from ace_ros.core.config import _f, MappingConfig
+from ace_ros.core.keyframes import KeyframePolicy
 from ace_ros.core.mapfile import save_map
 from ace_ros.core.mapper import (Mapper, MappingCancelled, MappingStats, Progress,
                                  ProgressCallback, scene_map_from)
-from ace_ros.core.training import HeadTrainer
+from ace_ros.core.online_worker import KeyframeEncoder, WARM_AFTER_KEYFRAMES
 from ace_ros.core.pose_track import (PoseLookup, PoseSource, PoseTrack, check_rigid_pose,
                                      ms_text, stamp_name)
 from ace_ros.core.types import Frame
 from ace_ros.core.weights import build_encoder
+
+__all__ = ['COUNTERS', 'MappingResult', 'OnlineMappingConfig', 'OnlineMappingSession',
+           'SessionStatus', 'WARM_AFTER_KEYFRAMES']
 
 _logger = logging.getLogger(__name__)
 
@@ -66,12 +56,6 @@ COUNTERS = ('images', 'poses', 'keyframes', 'skipped_small_motion', 'skipped_spa
             'pose_out_of_order', 'pose_duplicate_stamp', 'pose_invalid', 'pose_wrong_frame',
             'after_finish', 'encode_failed')
 _WARN_EVERY_S = 5.0
-#: Training while collecting starts once this many keyframes are in the buffer.
-WARM_AFTER_KEYFRAMES = 10
-
-
-def _f(default, help: str):  # noqa: A002 - 'help' reads best at call sites
-    return field(default=default, metadata={'help': help})
 
 
 @dataclass(frozen=True)
@@ -194,21 +178,14 @@ class OnlineMappingSession:
                      device_lib.describe(self.device, cfg.encoder_precision),
                      self._encoder_label, cfg.preset)
         self._mapper = Mapper(cfg, encoder, self.device, self._encoder_sha256)
-        self._buffer = self._mapper.new_buffer(online.max_keyframes)
         self._track = PoseTrack(int(round(online.stamp_tolerance_s * 1e9)))
         self._pose_source: PoseSource = pose_source if pose_source is not None else self._track
         self.world_frame_id = world_frame_id
         self._pending: Deque[Tuple[int, Frame]] = collections.deque()
-        self._keyframes: List[Frame] = []
-        # Keyframe policy (see the module docstring): frames that moved enough ("candidates")
-        # are numbered; candidate c is a keyframe while c % _spacing == 0.
-        self._candidates = 0
-        self._last_candidate_pose: Optional[npt.NDArray[np.float64]] = None
-        self._spacing = 1
-        self._candidate_index: Dict[str, int] = {}  # keyframe name -> its candidate number
+        self._policy = KeyframePolicy(online.min_translation_m, online.min_rotation_deg,
+                                      online.max_keyframes)
         self._last_image_ns: Optional[int] = None
         self._last_pose_ns: Optional[int] = None
-        self._encode_s = 0.0
         self.counts: Dict[str, int] = {name: 0 for name in COUNTERS}
         self._lock = threading.RLock()
         self._state = 'collecting'
@@ -216,22 +193,10 @@ class OnlineMappingSession:
         self._keyframes_dir: Optional[str] = None
         self._error = ''
         self._last_warned: Dict[str, Tuple[float, int]] = {}
-        # Keyframes accepted but not yet encoded (they are in _keyframes too: no extra memory).
-        self._encode_queue: Deque[Frame] = collections.deque()
-        self._encoded = 0
-        self._encoding = False      # the worker is encoding a frame taken off the queue
-        # Thinning bumps the generation: frames encoded into an older buffer do not count, and
-        # the worker replaces the buffer (dropping the old one first) before its next frame.
-        self._generation = 0
-        self._buffer_stale = False
-        self._closed = False
-        self._changed = threading.Condition(self._lock)  # queue or encoder state changed
-        self._encoder_thread: Optional[threading.Thread] = None
-        # Training while collecting: the worker's trainer, whether a step is running, and
-        # whether it stopped for good (a step failed).
-        self._trainer: Optional[HeadTrainer] = None
-        self._warm_stepping = False
-        self._warm_failed = False
+        self._worker = KeyframeEncoder(self._mapper, online.max_keyframes,
+                                       online.train_while_collecting, self._lock,
+                                       lambda: self._state, lambda: self._policy.keyframes,
+                                       self._drop_unencodable)
 
     # -- input ---------------------------------------------------------------------------
 
@@ -325,31 +290,41 @@ class OnlineMappingSession:
     def full(self) -> bool:
         """Whether max_keyframes keyframes are held (the next one thins them, or, with
         finish_at_max_keyframes, is refused)."""
-        return len(self._keyframes) >= self.online.max_keyframes
+        return self._policy.full
 
     @property
     def spacing(self) -> int:
         """Keyframes are every `spacing`-th frame that moved enough (1 until thinned)."""
-        return self._spacing
+        return self._policy.spacing
 
     @property
     def keyframe_count(self) -> int:
         """Keyframes accepted so far (encoded or still waiting for the encoder)."""
-        return len(self._keyframes)
+        return len(self._policy.keyframes)
 
     @property
     def queued_count(self) -> int:
         """Keyframes accepted but not encoded yet (being encoded included)."""
-        with self._lock:
-            return len(self._encode_queue) + int(self._encoding)
+        return self._worker.queued
+
+    # The policy's keyframes and the worker's current buffer, as they were attributes of the
+    # session before those moved out (white-box tests look at them).
+    @property
+    def _keyframes(self) -> List[Frame]:
+        return self._policy.keyframes
+
+    @property
+    def _buffer(self) -> Optional[TrainingBuffer]:
+        return self._worker.buffer
 
     def status(self) -> SessionStatus:
         with self._lock:
-            trainer = self._trainer
+            trainer = self._worker.trainer
             last = trainer.last if trainer is not None else None
+            buffer = self._worker.buffer
             return SessionStatus(self._state, dict(self.counts), len(self._keyframes),
-                                 len(self._pending), self.queued_count, self._encoded,
-                                 self._buffer.size if self._buffer else 0,
+                                 len(self._pending), self.queued_count, self._worker.encoded,
+                                 buffer.size if buffer else 0,
                                  self._progress, self._keyframes_dir, self._error,
                                  trainer.warm_steps if trainer is not None else 0,
                                  last.median_error_px if last is not None else math.nan)
@@ -361,17 +336,7 @@ class OnlineMappingSession:
         False on timeout, when `cancel` is set, or when the session was closed with
         keyframes still queued (they will not be encoded then).
         """
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        with self._lock:
-            while self._encode_queue or self._encoding:
-                if (cancel is not None and cancel.is_set()) or (
-                        self._closed and not self._encoding):
-                    return False
-                wait = 0.1 if deadline is None else min(0.1, deadline - time.monotonic())
-                if wait <= 0:
-                    return False
-                self._changed.wait(wait)
-            return True
+        return self._worker.wait_encoded(timeout_s, cancel)
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Stop the encoder thread (keyframes still queued stay in memory, unencoded).
@@ -379,12 +344,7 @@ class OnlineMappingSession:
         Waits up to `timeout_s` for a frame being encoded; the thread is a daemon, so a
         process exit never waits for it.
         """
-        with self._lock:
-            self._closed = True
-            self._changed.notify_all()
-            thread = self._encoder_thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout_s)
+        self._worker.close(timeout_s)
 
     def save_keyframes(self, folder: str | Path) -> Path:
         """Write the keyframes so far as an ACE-layout scene (`ace-ros map FOLDER ...`).
@@ -441,8 +401,8 @@ class OnlineMappingSession:
         try:
             if cancel is not None:
                 self._mapper.cancel = cancel
-            self._drain(progress)
-            trainer = self._stop_training()
+            self._worker.drain(progress)
+            trainer = self._worker.stop_training()
             with self._lock:
                 # Keyframes whose encoding failed were dropped; the rest are all encoded.
                 keyframes = list(self._keyframes)
@@ -461,7 +421,7 @@ class OnlineMappingSession:
                 if progress:
                     progress(p)
 
-            trained = self._mapper.map(keyframes, report, self._buffer, passes_done=1,
+            trained = self._mapper.map(keyframes, report, self._worker.buffer, passes_done=1,
                                        budget_start=budget_start, trainer=trainer)
             scene_map = scene_map_from(trained, self._mapper.cfg, self._encoder_sha256,
                                        self._encoder_label, self.world_frame_id or 'map')
@@ -480,13 +440,12 @@ class OnlineMappingSession:
             raise
         self._state = 'done'
         self.close()
-        self._buffer = None  # the buffer can be GBs of device memory
-        self._trainer = None
+        self._worker.release()  # the buffer can be GBs of device memory
         _logger.info('map written to %s: %d keyframes, %d iterations in %.0f s, final loss '
                      '%.3f', self.online.map_path, len(keyframes), trained.stats.iterations,
                      trained.stats.train_s, trained.stats.final_loss)
         return MappingResult(self.online.map_path, len(keyframes), self._keyframes_dir,
-                             trained.stats, self._encode_s, dict(self.counts))
+                             trained.stats, self._worker.encode_s, dict(self.counts))
 
     # -- internals -----------------------------------------------------------------------
 
@@ -532,193 +491,36 @@ class OnlineMappingSession:
         return outcome
 
     def _consider_keyframe(self, frame: Frame) -> str:
+        """Put a posed frame to the keyframe policy; count and queue what it decides."""
         if self.online.finish_at_max_keyframes and self.full:
             self.counts['keyframe_limit'] += 1
             return 'keyframe_limit'
-        if self._last_candidate_pose is not None:
-            moved_m, turned_deg = geometry.pose_error(frame.world_from_cam,
-                                                      self._last_candidate_pose)
-            if (moved_m < self.online.min_translation_m
-                    and turned_deg < self.online.min_rotation_deg):
-                self.counts['skipped_small_motion'] += 1
-                return 'skipped_small_motion'
-        index = self._candidates
-        self._candidates += 1
-        self._last_candidate_pose = frame.world_from_cam
-        if index % self._spacing == 0 and self.full:
-            self._thin()
-        if index % self._spacing:
+        index = self._policy.candidate(frame)
+        if index is None:
+            self.counts['skipped_small_motion'] += 1
+            return 'skipped_small_motion'
+        if self._policy.must_thin(index):
+            before = len(self._keyframes)
+            kept = self._policy.thin()
+            self.counts['keyframes'] -= before - len(kept)
+            self.counts['keyframes_thinned'] += before - len(kept)
+            self._worker.restart(kept)
+        if not self._policy.accept(frame, index):
             self.counts['skipped_spacing'] += 1
             return 'skipped_spacing'
-        self._keyframes.append(frame)
-        self._candidate_index[frame.name] = index
         self.counts['keyframes'] += 1
-        self._encode_queue.append(frame)
-        self._start_encoder()
-        self._changed.notify_all()
+        self._worker.enqueue(frame)
         if self.online.finish_at_max_keyframes and self.full:
             _logger.info('keyframe limit reached (%d); collection is complete',
                          self.online.max_keyframes)
         return 'keyframe'
 
-    def _thin(self) -> None:
-        """Drop every second keyframe (on the candidate lattice) and double the spacing.
-
-        The buffer holds cells of the dropped keyframes: rather than cut them out of it, the
-        worker starts a fresh buffer and re-encodes the kept keyframes, so the buffer always
-        holds the kept keyframes' first pass and nothing else (what `finish` relies on:
-        `Mapper.map(..., passes_done=1)`). Every keyframe encoded once more at most:
-        thinning re-encodes max_keyframes / 2, and max_keyframes / 2 new ones come before
-        the next thinning.
-        """
-        before = len(self._keyframes)
-        self._spacing *= 2
-        kept = [f for f in self._keyframes
-                if self._candidate_index[f.name] % self._spacing == 0]
-        self._keyframes = kept
-        self._candidate_index = {f.name: self._candidate_index[f.name] for f in kept}
-        dropped = before - len(kept)
-        self.counts['keyframes'] -= dropped
-        self.counts['keyframes_thinned'] += dropped
-        self._generation += 1
-        self._buffer_stale = True
-        self._encode_queue = collections.deque(kept)
-        self._encoded = 0
-        self._start_encoder()
-        self._changed.notify_all()
-        _logger.info('max_keyframes (%d) reached: thinned the keyframes evenly, %d of %d kept; '
-                     'from now on every %d%s frame that moves enough is a keyframe, so the whole '
-                     'drive stays covered at one density; re-encoding the %d kept into a fresh '
-                     'buffer', self.online.max_keyframes, len(kept), before, self._spacing,
-                     _ordinal_suffix(self._spacing), len(kept))
-
-    def _start_encoder(self) -> None:
-        if self._encoder_thread is None and not self._closed:
-            self._encoder_thread = threading.Thread(target=self._encode_loop, daemon=True,
-                                                    name='ace_ros_keyframe_encoder')
-            self._encoder_thread.start()
-
-    def _encode_loop(self) -> None:
-        """Worker: encode queued keyframes into the buffer (the first augmentation pass);
-        between them, train while collecting."""
-        while True:
-            with self._lock:
-                if (not self._encode_queue or self._closed
-                        or self._state in ('done', 'failed')):
-                    if self._may_train():
-                        self._warm_stepping = True
-                    else:
-                        # Idle: the thread ends, and the next keyframe starts another one.
-                        self._encoder_thread = None
-                        self._changed.notify_all()
-                        return
-                else:
-                    frame = self._encode_queue.popleft()
-                    self._encoding = True
-            if self._warm_stepping:
-                self._warm_step()
-                continue
-            with self._lock:
-                generation = self._generation
-                fresh = self._buffer_stale
-                if fresh:  # thinned: the old buffer goes before a new one is allocated
-                    self._buffer_stale = False
-                    self._buffer = None
-                buffer = self._buffer
-            error: Optional[BaseException] = None
-            start = time.perf_counter()
-            try:
-                # No lock held: callbacks keep adding images and poses meanwhile. Only this
-                # thread touches the mapper and the buffer until `finish` has drained the
-                # queue.
-                if fresh:
-                    buffer = self._mapper.new_buffer(self.online.max_keyframes)
-                    with self._lock:
-                        self._buffer = buffer
-                self._mapper.add_to_buffer(buffer, frame)
-            except Exception as caught:  # noqa: BLE001 - e.g. out of memory: drop the frame
-                error = caught
-            buffer = None  # a thinning may replace it: hold no reference while idle
-            with self._lock:
-                self._encode_s += time.perf_counter() - start
-                self._encoding = False
-                if generation != self._generation:
-                    pass  # thinned meanwhile: that buffer is gone, the kept frames re-queued
-                elif error is None:
-                    self._encoded += 1
-                else:
-                    if fresh and self._buffer is None:
-                        self._buffer_stale = True  # allocating failed: the next frame retries
-                    self._keyframes = [f for f in self._keyframes if f is not frame]
-                    self._candidate_index.pop(frame.name, None)
-                    self.counts['keyframes'] -= 1
-                    self._reject('encode_failed', f'keyframe {frame.name} dropped: encoding '
-                                 f'failed: {type(error).__name__}: {error}')
-                self._changed.notify_all()
-
-    def _may_train(self) -> bool:
-        """Whether the idle worker trains now (lock held)."""
-        return (self.online.train_while_collecting and not self._warm_failed
-                and self._state == 'collecting' and not self._closed
-                and self._buffer is not None and not self._buffer_stale
-                # Thinning keeps max_keyframes / 2 at least.
-                and self._buffer.n_images >= min(WARM_AFTER_KEYFRAMES,
-                                                 max(2, self.online.max_keyframes // 2)))
-
-    def _warm_step(self) -> None:
-        """One training step while collecting (worker thread, no lock held: only this thread
-        touches the buffer and the trainer until `finish` has stopped it)."""
-        try:
-            if self._trainer is None:
-                with self._lock:
-                    # The head's output offset; the keyframes to come move the mean a little,
-                    # which the head's last layer absorbs.
-                    scene_mean = np.mean([f.world_from_cam[:3, 3] for f in self._keyframes],
-                                         axis=0)
-                self._trainer = self._mapper.new_trainer(self._buffer.features.shape[1],
-                                                         scene_mean)
-                _logger.info('training while collecting, from %d keyframes on',
-                             self._buffer.n_images)
-            self._trainer.warm_step(self._buffer,
-                                    self._mapper.warmup_steps(self.online.max_keyframes))
-        except Exception as error:  # noqa: BLE001 - e.g. out of memory: finish trains afresh
-            _logger.warning('training while collecting stopped (%s: %s); mapping will train '
-                            'a fresh head when it finishes', type(error).__name__, error)
-            with self._lock:
-                self._warm_failed = True
-                self._trainer = None
-        finally:
-            with self._lock:
-                self._warm_stepping = False
-                self._changed.notify_all()
-
-    def _stop_training(self) -> Optional[HeadTrainer]:
-        """Wait (in `finish`, state no longer 'collecting') for a training step still running;
-        returns the trainer to go on with, or None."""
-        with self._lock:
-            while self._warm_stepping:
-                self._changed.wait(0.1)
-            return self._trainer
-
-    def _drain(self, progress: Optional[ProgressCallback]) -> None:
-        """Wait (in `finish`) for the encoder to finish the queued keyframes."""
-        with self._lock:
-            first = self._encoded
-            total = first + self.queued_count
-        if total > first:
-            _logger.info('waiting for %d queued keyframe(s) to be encoded', total - first)
-        start = time.perf_counter()
-        while not self.wait_encoded(timeout_s=0.5, cancel=self._mapper.cancel):
-            if self._mapper.cancel.is_set():
-                raise MappingCancelled('mapping cancelled while encoding queued keyframes')
-            if self._closed and not self._encoding:
-                raise RuntimeError('the session was closed with keyframes still queued')
-            if progress:
-                done = self._encoded
-                elapsed = time.perf_counter() - start
-                rate = (done - first) / elapsed if elapsed > 0 else math.nan
-                progress(Progress('keyframes', done, total, rate=rate,
-                                  eta_s=(total - done) / rate if rate > 0 else math.nan))
+    def _drop_unencodable(self, frame: Frame, error: BaseException) -> None:
+        """The worker could not encode keyframe `frame` (lock held): it is no keyframe."""
+        self._policy.drop(frame)
+        self.counts['keyframes'] -= 1
+        self._reject('encode_failed', f'keyframe {frame.name} dropped: encoding '
+                     f'failed: {type(error).__name__}: {error}')
 
     def _reject(self, reason: str, message: str) -> str:
         """Count `reason` and log `message`, throttled per kind of problem.
@@ -747,10 +549,6 @@ class OnlineMappingSession:
             n += 1
             candidate = base.with_name(f'{base.name}.{n}')
         return candidate
-
-
-def _ordinal_suffix(n: int) -> str:
-    return 'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')
 
 
 def _checked_K(K: npt.ArrayLike) -> npt.NDArray[np.float64]:
