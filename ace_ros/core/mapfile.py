@@ -12,6 +12,8 @@ file, so it is never unpickled and any safetensors reader can open it:
   (see `_payload_sha256`) as plain strings; ``format_version`` (int), ``head_config``,
   ``mapping_config``, ``intrinsics`` (distinct 3x3 K, row-major), ``frame_names``,
   ``extras`` as JSON text.
+
+The format's versions and the checks of a file's header are `ace_ros.core.mapfile_header`.
 """
 
 from __future__ import annotations
@@ -27,9 +29,12 @@ import os
 import re
 import stat
 import tempfile
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional
 
 from ace_ros import __version__
+from ace_ros.core.mapfile_header import (
+    FORMAT, FORMAT_VERSION, header_length, JSON_KEYS, MAX_MAP_BYTES, MapFileError,
+    OLDEST_FORMAT_VERSION, parse_header, stat_map)
 import numpy as np
 from safetensors import SafetensorError
 import safetensors.torch
@@ -37,26 +42,9 @@ import torch
 
 _logger = logging.getLogger(__name__)
 
-FORMAT = 'ace_ros.map'
-#: The version this ace_ros writes when the map has a cloud, and the newest it reads.
-FORMAT_VERSION = 2
-#: A map without a cloud is written as version 1, so that older ace_ros still read it; an older
-#: ace_ros refuses a version 2 file by its version ("upgrade ace_ros"), not as corrupt.
-OLDEST_FORMAT_VERSION = 1
-#: load_map refuses bigger files before reading them (a default head is ~4.2 MB).
-MAX_MAP_BYTES = 64 * 1024 * 1024
 _HEAD_PREFIX = 'head.'
 _CLOUD_KEYS = ('cloud.points', 'cloud.colors')
-_JSON_KEYS = ('format_version', 'head_config', 'mapping_config', 'intrinsics', 'frame_names',
-              'extras')
-_REQUIRED_KEYS = ('format', 'format_version', 'ace_ros_version', 'encoder_sha256',
-                  'head_config', 'mapping_config', 'intrinsics', 'frame_names',
-                  'world_frame_id', 'created_utc', 'payload_sha256')
 _SHA256_RE = re.compile(r'[0-9a-f]{64}')
-
-
-class MapFileError(ValueError):
-    """A map file is missing, unreadable, corrupt, or not usable by this ace_ros."""
 
 
 class EncoderMismatchError(MapFileError):
@@ -254,7 +242,7 @@ def save_map(path: str, scene_map: SceneMap) -> None:
         'created_utc': created, 'extras': scene_map.extras,
         'payload_sha256': _payload_sha256(tensors)}
     blob = safetensors.torch.save(tensors, metadata={
-        k: json.dumps(v, allow_nan=False) if k in _JSON_KEYS else v for k, v in metadata.items()})
+        k: json.dumps(v, allow_nan=False) if k in JSON_KEYS else v for k, v in metadata.items()})
     try:
         mode = stat.S_IMODE(os.stat(path).st_mode)
     except FileNotFoundError:
@@ -296,12 +284,12 @@ def load_map(path: str, expected_encoder_sha256: Optional[str] = None, *,
             of an unsupported format version, or incomplete.
     """
     path = os.fspath(path)
-    size = _stat_map(path, max_bytes)
+    size = stat_map(path, max_bytes)
     with open(path, 'rb') as fh:
         data = fh.read(max_bytes + 1)
     if len(data) != size:
         raise MapFileError(f'{path}: file changed while reading ({size} then {len(data)} bytes)')
-    metadata, _ = _parse_header(path, data[:8 + _header_length(path, data[:8], size)], size)
+    metadata, _ = parse_header(path, data[:8 + header_length(path, data[:8], size)], size)
     try:
         tensors = safetensors.torch.load(data)
     except SafetensorError as e:
@@ -350,87 +338,17 @@ def map_info(path: str, max_bytes: int = MAX_MAP_BYTES) -> Dict[str, Any]:
         MapFileError: as `load_map`, except for corrupt tensor data.
     """
     path = os.fspath(path)
-    size = _stat_map(path, max_bytes)
+    size = stat_map(path, max_bytes)
     with open(path, 'rb') as fh:
         prefix = fh.read(8)
-        header = prefix + fh.read(_header_length(path, prefix, size))
-    metadata, entries = _parse_header(path, header, size)
+        header = prefix + fh.read(header_length(path, prefix, size))
+    metadata, entries = parse_header(path, header, size)
     metadata['file_bytes'] = size
     metadata['num_parameters'] = sum(math.prod(e['shape']) for k, e in entries.items()
                                      if k.startswith(_HEAD_PREFIX))
     metadata['cloud_points'] = (entries['cloud.points']['shape'][0]
                                 if 'cloud.points' in entries else 0)
     return metadata
-
-
-def _stat_map(path: str, max_bytes: int) -> int:
-    """Size of the regular file `path`, refusing missing, special and oversized files."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError as e:
-        raise MapFileError(f'{path}: map file does not exist') from e
-    except OSError as e:
-        raise MapFileError(f'{path}: cannot read map file: {e}') from e
-    if not stat.S_ISREG(st.st_mode):
-        raise MapFileError(f'{path}: not a regular file')
-    if st.st_size > max_bytes:
-        raise MapFileError(f'{path}: file is {st.st_size} bytes, more than the {max_bytes} '
-                           f'bytes a map file may have')
-    return st.st_size
-
-
-def _header_length(path: str, prefix: bytes, size: int) -> int:
-    """The JSON header length from the safetensors 8-byte prefix."""
-    if len(prefix) < 8:
-        raise MapFileError(f'{path}: not a map file: {size} bytes is too short for a '
-                           f'safetensors header')
-    length = int.from_bytes(prefix, 'little')
-    if length > size - 8:
-        if length > MAX_MAP_BYTES:
-            raise MapFileError(f'{path}: not a safetensors map file (header length field '
-                               f'{length} is implausible)')
-        raise MapFileError(f'{path}: file is truncated: its header alone needs {8 + length} '
-                           f'bytes but the file has {size}')
-    return length
-
-
-def _parse_header(path: str, header: bytes, size: int
-                  ) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-    """Check the header of a file of `size` bytes; return (decoded metadata, tensor entries)."""
-    try:
-        entries = json.loads(header[8:].decode('utf-8'))
-        metadata = entries.pop('__metadata__', None) or {}
-        end = max((int(e['data_offsets'][1]) for e in entries.values()), default=0)
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
-        raise MapFileError(f'{path}: not a safetensors map file: bad header ({e})') from e
-    if size != len(header) + end:
-        problem = 'truncated' if size < len(header) + end else 'too long'
-        raise MapFileError(f'{path}: file is {problem}: its header describes '
-                           f'{len(header) + end} bytes but the file has {size}')
-    if not isinstance(metadata, dict) or not all(
-            isinstance(v, str) for v in metadata.values()):
-        raise MapFileError(f'{path}: not a safetensors map file: metadata must map str to str')
-    if metadata.get('format') != FORMAT:
-        raise MapFileError(f'{path}: not an ace_ros map: format is {metadata.get("format")!r}, '
-                           f'expected {FORMAT!r}')
-    version = metadata.get('format_version', str(OLDEST_FORMAT_VERSION))
-    readable = [str(v) for v in range(OLDEST_FORMAT_VERSION, FORMAT_VERSION + 1)]
-    if version not in readable:
-        newer = version.isdigit() and int(version) > FORMAT_VERSION
-        bound, which = ((FORMAT_VERSION, 'newest') if newer
-                        else (OLDEST_FORMAT_VERSION, 'oldest'))
-        raise MapFileError(f'{path}: map format version {version} is '
-                           f'{"newer" if newer else "older"} than version {bound}, the {which} '
-                           f'this ace_ros ({__version__}) reads; '
-                           + ('upgrade ace_ros' if newer else 're-map the scene'))
-    missing = [k for k in _REQUIRED_KEYS if k not in metadata]
-    if missing:
-        raise MapFileError(f'{path}: map header lacks metadata keys {missing}')
-    try:
-        decoded = {k: json.loads(v) if k in _JSON_KEYS else v for k, v in metadata.items()}
-    except ValueError as e:
-        raise MapFileError(f'{path}: map metadata is not valid JSON: {e}') from e
-    return decoded, entries
 
 
 def _cloud_from(tensors: Mapping[str, torch.Tensor]) -> Optional[MapCloud]:
