@@ -1,6 +1,6 @@
 """Write posed frames as a ROS bag: `export_bag(frames, path, ExportOptions())`.
 
-Uses the pure-Python `rosbags` library (no ROS needed); `bag_player.py` replays bags.
+Uses the pure-Python `rosbags` library (no ROS needed); `ace_ros.ros.bag_player` replays bags.
 
 Exported topics (names and frame ids are `ExportOptions` fields):
 - `image_topic`: sensor_msgs/Image, rgb8, frame_id = `camera_frame` (the optical frame);

@@ -286,7 +286,7 @@ def cmd_export_bag(args: argparse.Namespace) -> int:
 
 
 def cmd_play(args: argparse.Namespace) -> int:
-    from ace_ros.bag_player import play_bag
+    from ace_ros.ros.bag_player import play_bag
     try:
         import rclpy  # noqa: F401  (only to give a clear message when ROS is missing)
     except ImportError as error:

@@ -124,7 +124,7 @@ def online(args: argparse.Namespace, bag: Path, work: Path, env: Dict[str, str]
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     import yaml
-    from ace_ros.bag_player import BagPlayer
+    from ace_ros.ros.bag_player import BagPlayer
     from ace_ros.core.mapfile import load_map
 
     map_path = work / 'online.ace'

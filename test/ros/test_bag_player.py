@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from ace_ros.bag_player import BagPlayer
+from ace_ros.ros.bag_player import BagPlayer
 from ace_ros.bag_tools import ExportOptions, export_bag
 from ace_ros.core.types import Frame
 

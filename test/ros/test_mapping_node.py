@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 
-from ace_ros.bag_player import BagPlayer
+from ace_ros.ros.bag_player import BagPlayer
 from ace_ros.bag_tools import export_bag, ExportOptions
 from ace_ros.core.config import LocalizationConfig
 from ace_ros.core.localizer import Localizer
