@@ -306,7 +306,9 @@ def _read_images_txt(path: Path) -> list[ColmapImage]:
 # dependency) is the only maintained reader, and the layout is small and documented
 # (little endian; https://colmap.github.io/format.html).
 
-def _unpack(stream: BinaryIO, fmt: str, path: Path) -> tuple:
+def _unpack(stream: BinaryIO, fmt: str, path: Path) -> tuple[int | float, ...]:
+    """The values of struct format `fmt` read from `stream`: ints for its integer codes
+    (I, i, Q), floats for d; ValueError naming `path` where the file ends first."""
     size = struct.calcsize(fmt)
     data = stream.read(size)
     if len(data) != size:
