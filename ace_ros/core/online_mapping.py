@@ -146,7 +146,7 @@ class SessionStatus:
 class OnlineMappingSession:
     """Collects posed keyframes as they arrive, then trains and saves the map.
 
-    Thread safety: `add_*`, `poll`, `status` and `save_keyframes` may be called from one
+    Thread safety: `add_*`, `poll`, `status` and `keyframes` may be called from one
     thread (the node's callbacks) while `finish` runs in another; collection stops when
     `finish` starts. Keyframes are encoded by the session's own worker thread (running while
     keyframes are queued; `close` stops it); one lock guards the keyframe list,
@@ -346,19 +346,18 @@ class OnlineMappingSession:
         """
         self._worker.close(timeout_s)
 
-    def save_keyframes(self, folder: str | Path) -> Path:
-        """Write the keyframes so far as an ACE-layout scene (`ace-ros map FOLDER ...`).
+    def keyframes(self) -> List[Frame]:
+        """The keyframes so far (a copy), e.g. to save them as an ACE-layout scene with
+        `ace_ros.data.ace_layout.write_ace_scene` (`ace-ros map FOLDER ...`).
 
         Raises:
             ValueError: if there are no keyframes yet.
-            FileExistsError: if `folder`/rgb already holds files.
         """
-        from ace_ros.data.ace_layout import write_ace_scene
         with self._lock:
             keyframes = list(self._keyframes)
         if not keyframes:
             raise ValueError('no keyframes collected yet; nothing to save')
-        return write_ace_scene(folder, keyframes)
+        return keyframes
 
     # -- training ------------------------------------------------------------------------
 
@@ -411,7 +410,7 @@ class OnlineMappingSession:
                                      f"{len(keyframes)} ({self.counts['encode_failed']} could "
                                      'not be encoded)')
             if self.online.save_keyframes_before_training:
-                self._keyframes_dir = str(self.save_keyframes(self.next_keyframes_folder()))
+                self._keyframes_dir = str(_write_scene(self.next_keyframes_folder(), keyframes))
                 _logger.info('saved %d keyframes to %s (map them offline with: ace-ros map %s '
                              '-o MAP)', len(keyframes), self._keyframes_dir,
                              self._keyframes_dir)
@@ -430,7 +429,7 @@ class OnlineMappingSession:
             self._state = 'failed'
             self._error = str(error) or type(error).__name__
             kept = (f'keyframes are saved in {self._keyframes_dir}' if self._keyframes_dir
-                    else 'keyframes are kept in memory (save them with save_keyframes)')
+                    else 'keyframes are kept in memory (keyframes() returns them)')
             requested = isinstance(error, (MappingCancelled, KeyboardInterrupt))
             _logger.log(logging.WARNING if requested else logging.ERROR,
                         'mapping %s (%s); %s; %s is unchanged',
@@ -559,3 +558,13 @@ def _checked_K(K: npt.ArrayLike) -> npt.NDArray[np.float64]:
         raise ValueError(f'K must be finite with fx, fy > 0 and last row [0, 0, 1], got '
                          f'{K.tolist()} (is camera_info filled in?)')
     return K
+
+
+def _write_scene(folder: Path, keyframes: List[Frame]) -> Path:
+    """Save keyframes before training (finish), in ACE layout.
+
+    The session's one remaining use of ace_ros.data, imported here only when it runs:
+    finish's callers (the mapping node, the tests) rely on it saving the keyframes itself.
+    """
+    from ace_ros.data.ace_layout import write_ace_scene
+    return write_ace_scene(folder, keyframes)

@@ -39,6 +39,7 @@ from ace_ros.core.config import MappingConfig
 from ace_ros.core.mapper import MappingCancelled, Progress, eta_text
 from ace_ros.core.online_mapping import OnlineMappingConfig, OnlineMappingSession
 from ace_ros.core.pose_track import PoseLookup
+from ace_ros.data.ace_layout import write_ace_scene
 from ace_ros.ros import conversions, diagnostics, params
 from ace_ros.ros.tf import ExtrapolationError, TfInterface, TransformError
 from geometry_msgs.msg import PoseStamped
@@ -390,7 +391,8 @@ class MappingNode(Node):
 
     def _on_save_keyframes(self, request: Trigger.Request, response: Trigger.Response):
         try:
-            folder = self.session.save_keyframes(self.session.next_keyframes_folder())
+            folder = write_ace_scene(self.session.next_keyframes_folder(),
+                                     self.session.keyframes())
         except (ValueError, OSError) as error:
             response.success, response.message = False, str(error)
             return response
@@ -445,7 +447,8 @@ class MappingNode(Node):
             self._worker.join(timeout=60.0)
         elif self.session.keyframe_count:
             try:
-                folder = self.session.save_keyframes(self.session.next_keyframes_folder())
+                folder = write_ace_scene(self.session.next_keyframes_folder(),
+                                         self.session.keyframes())
             except (ValueError, OSError) as error:
                 self.get_logger().error(f'interrupted while collecting; saving the keyframes '
                                         f'failed: {error}')

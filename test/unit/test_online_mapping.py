@@ -21,7 +21,7 @@ from ace_ros.core.mapfile import load_map, MapCloud
 from ace_ros.core.mapper import MappingCancelled
 from ace_ros.core.online_mapping import COUNTERS, OnlineMappingConfig, OnlineMappingSession
 from ace_ros.core.pose_track import PoseTrack, check_rigid_pose, stamp_name
-from ace_ros.data.ace_layout import AceLayoutSource
+from ace_ros.data.ace_layout import AceLayoutSource, write_ace_scene
 from ace_ros.data.synthetic import SyntheticSceneConfig, generate_frames
 
 HEIGHT = 64
@@ -494,12 +494,12 @@ def test_save_keyframes_any_time_and_refuses_to_overwrite(frames, tmp_path):
     train, _ = frames
     session = _session(tmp_path)
     with pytest.raises(ValueError, match='no keyframes'):
-        session.save_keyframes(tmp_path / 'early')
+        write_ace_scene(tmp_path / 'early', session.keyframes())
     _collect(session, train[:4])
-    folder = session.save_keyframes(tmp_path / 'kf')
+    folder = write_ace_scene(tmp_path / 'kf', session.keyframes())
     assert len(AceLayoutSource(folder)) == 4
     with pytest.raises(FileExistsError):
-        session.save_keyframes(tmp_path / 'kf')
+        write_ace_scene(tmp_path / 'kf', session.keyframes())
 
 
 def test_a_map_path_in_a_missing_folder_is_refused_before_collecting(tmp_path):
@@ -570,7 +570,8 @@ def test_interrupt_keeps_queued_keyframes_and_close_does_not_hang(frames, tmp_pa
     gate, _ = _gate_encoder(session)
     _collect(session, train)
     assert session.queued_count == len(train)
-    folder = session.save_keyframes(tmp_path / 'kf')  # what Ctrl-C while collecting does
+    # what Ctrl-C while collecting does
+    folder = write_ace_scene(tmp_path / 'kf', session.keyframes())
     assert len(AceLayoutSource(folder)) == len(train)
     start = time.monotonic()
     session.close(timeout_s=0.5)  # the encoder is stuck in a frame: close gives up waiting
