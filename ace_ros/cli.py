@@ -286,12 +286,8 @@ def cmd_export_bag(args: argparse.Namespace) -> int:
 
 
 def cmd_play(args: argparse.Namespace) -> int:
-    from ace_ros.ros.bag_player import play_bag
-    try:
-        import rclpy  # noqa: F401  (only to give a clear message when ROS is missing)
-    except ImportError as error:
-        raise ValueError(f'ace-ros play needs rclpy (ROS 2 Python): source a ROS 2 '
-                         f'installation or run scripts/setup.sh ({error})') from None
+    from ace_ros.ros.bag_player import play_bag, require_rclpy
+    require_rclpy()
     stats = play_bag(args.bag, rate=args.rate, loop=args.loop, clock_hz=args.clock_hz,
                      topics=args.topics, wait_for_subscribers=args.wait_for,
                      wait_timeout_s=args.wait_timeout)

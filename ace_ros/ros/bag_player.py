@@ -164,6 +164,19 @@ class BagPlayer:
             stats.messages[connection.topic] += 1
 
 
+def require_rclpy() -> None:
+    """Refuse at once, with what to do, where rclpy is missing (`ace-ros play`).
+
+    Raises:
+        ValueError: naming rclpy and the import error.
+    """
+    try:
+        import rclpy  # noqa: F401  (only to give a clear message when ROS is missing)
+    except ImportError as error:
+        raise ValueError(f'ace-ros play needs rclpy (ROS 2 Python): source a ROS 2 '
+                         f'installation or run scripts/setup.sh ({error})') from None
+
+
 def play_bag(bag: str | Path, rate: float = 1.0, loop: bool = False, clock_hz: float = 100.0,
              topics: Optional[Sequence[str]] = None, wait_for_subscribers: Sequence[str] = (),
              wait_timeout_s: float = 10.0, node_name: str = 'ace_ros_bag_player') -> PlayStats:
