@@ -24,12 +24,12 @@ import time
 import numpy as np
 
 from ace_ros.core import metrics
-from ace_ros.core import device as device_lib
 from ace_ros.core.config import LocalizationConfig, mapping_config
 from ace_ros.core.localizer import Localizer, pose_errors
 from ace_ros.core.mapper import Mapper, MappingStats, TrainedHead, scene_map_from
-from ace_ros.core.weights import build_encoder
+from ace_ros.core.runtime import make_runtime
 from ace_ros.data.base import Subset, block_split
+from ace_ros.data.calibration import calibration_inputs
 from ace_ros.data.sources import open_source
 
 
@@ -59,14 +59,14 @@ def main() -> None:
     queries = [f for f in _frames(args.source, 'test', args.query_split)
                if f.world_from_cam is not None]
     base_cfg = mapping_config(args.preset)
-    device = device_lib.resolve_device(base_cfg.device)
     scene_mean = np.mean([f.world_from_cam[:3, 3] for f in mapping], axis=0)
     rows = []
     print(f'{len(mapping)} mapping / {len(queries)} query frames, preset {args.preset}')
     for spec in args.encoders:
-        encoder, sha256, label = build_encoder(spec, device)
+        runtime = make_runtime(base_cfg.device, spec, calibration_inputs)
+        sha256, label = runtime.encoder_sha256, runtime.encoder_label
         start = time.perf_counter()
-        buffer = Mapper(base_cfg, encoder, device, sha256).fill_buffer(mapping)
+        buffer = Mapper(base_cfg, runtime).fill_buffer(mapping)
         buffer_s = time.perf_counter() - start
         for budget in args.iterations:
             # 0: the preset's own schedule; else epochs high enough that the budget, not the
@@ -74,7 +74,7 @@ def main() -> None:
             cfg = (dataclasses.replace(base_cfg, encoder=spec) if budget == 0 else
                    dataclasses.replace(base_cfg, encoder=spec, max_iterations=budget,
                                        epochs=1e6))
-            mapper = Mapper(cfg, encoder, device, sha256)
+            mapper = Mapper(cfg, runtime)
             start = time.perf_counter()
             run = mapper.train(buffer, scene_mean)
             head, iterations, last = run.head, run.iterations, run.last
@@ -86,7 +86,7 @@ def main() -> None:
                                   [mapping[0].K.tolist()])
             scene_map = scene_map_from(trained, mapper.cfg, sha256, label, 'map')
             localizer = Localizer(scene_map, LocalizationConfig(
-                encoder=spec, image_height=cfg.image_height), encoder, sha256)
+                encoder=spec, image_height=cfg.image_height), runtime)
             localizer.warm_up(queries[0])
             errors, timings = [], []
             for frame in queries:

@@ -17,6 +17,8 @@ import torch
 from ace_ros.core.config import LocalizationConfig
 from ace_ros.cli_args import add_config_flags, config_from_args
 from ace_ros.core.localizer import Localizer
+from ace_ros.core.runtime import make_runtime
+from ace_ros.data.calibration import calibration_inputs
 from ace_ros.data.base import Subset, block_split
 from ace_ros.data.sources import open_source
 
@@ -37,7 +39,9 @@ def main() -> None:
         block, parity = (int(v) for v in args.block_split.split(':'))
         source = Subset(source, block_split(len(source), block, parity))
     frames = [source[i] for i in range(min(args.frames, len(source)))]
-    localizer = Localizer.from_file(args.map, config_from_args(LocalizationConfig, args))
+    cfg = config_from_args(LocalizationConfig, args)
+    localizer = Localizer.from_file(args.map, cfg,
+                                    make_runtime(cfg.device, cfg.encoder, calibration_inputs))
     for frame in frames[:3]:  # warm-up: allocator, oneDNN kernel selection
         localizer.localize(frame)
     results = [localizer.localize(frame) for frame in frames]

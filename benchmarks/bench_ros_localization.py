@@ -74,7 +74,10 @@ def build_map(args: argparse.Namespace, work: Path, frames_train) -> str:
 
 def measure_engine(map_path: str, loc_cfg, frames, repeats: int) -> Dict[str, Dict[str, float]]:
     from ace_ros.core.localizer import Localizer
-    localizer = Localizer.from_file(map_path, loc_cfg)
+    from ace_ros.core.runtime import make_runtime
+    from ace_ros.data.calibration import calibration_inputs
+    localizer = Localizer.from_file(
+        map_path, loc_cfg, make_runtime(loc_cfg.device, loc_cfg.encoder, calibration_inputs))
     for frame in frames[:3]:  # warm-up: allocator, oneDNN kernel selection
         localizer.localize(frame)
     results = [localizer.localize(frames[i % len(frames)])

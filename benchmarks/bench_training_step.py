@@ -25,6 +25,7 @@ from ace_ros.core.buffer import EncoderInput
 from ace_ros.core.config import mapping_config
 from ace_ros.core.mapper import Mapper
 from ace_ros.core.network import Encoder
+from ace_ros.core.runtime import Runtime
 
 STAGES = ('train.batch', 'train.forward', 'train.loss', 'train.backward', 'train.optimizer')
 HEIGHT, WIDTH = 480, 640
@@ -68,7 +69,7 @@ def main() -> None:
         overrides['global_context'] = False
     cfg = mapping_config(args.preset, **overrides)
     device = device_lib.resolve_device(cfg.device)
-    mapper = Mapper(cfg, Encoder(), device)
+    mapper = Mapper(cfg, Runtime(device, Encoder()))
     buffer = random_buffer(mapper, args.images, np.random.default_rng(0))
     mapper.train(buffer, np.zeros(3))  # warm-up: kernels, allocator
     start = time.perf_counter()

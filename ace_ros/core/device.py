@@ -1,16 +1,14 @@
-"""Device choice: the only place that decides between CPU and CUDA."""
+"""Device choice: the only place that decides between CPU and CUDA, and what precision the
+hardware computes natively. Which networks run there is `runtime.py`'s."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import logging
 import platform
 from typing import ContextManager, Optional
 
 import torch
-
-_logger = logging.getLogger(__name__)
 
 
 def resolve_device(spec: str = 'auto') -> torch.device:
@@ -77,112 +75,12 @@ def precision(device: torch.device, mixed_precision: bool = True) -> str:
     return {torch.float16: 'fp16', torch.bfloat16: 'bf16'}.get(dtype, 'fp32')
 
 
-def describe(device: torch.device, encoder_precision: str = 'float') -> str:
-    """Human-readable device name for logs and reports; `encoder_precision` as the mapping
-    setting (resolved here when 'auto')."""
+def describe(device: torch.device, int8_encoder: bool = False) -> str:
+    """Human-readable device name for logs and reports; `int8_encoder` when the encoder runs
+    in int8 (see `runtime.Runtime.describe`)."""
     if device.type == 'cuda':
         return f'{device} ({torch.cuda.get_device_name(device)})'
     computes = precision(device)
-    encoder = ', int8 encoder' \
-        if resolve_encoder_precision(encoder_precision, device) == 'int8' else ''
     return f'cpu ({torch.get_num_threads()} threads, ' \
-        f"{computes}{'' if computes == 'bf16' else ', no native bf16'}{encoder})"
-
-
-def resolve_encoder_precision(spec: str, device: torch.device) -> str:
-    """The encoder features a map is built from: 'float' (fp32, or bf16/fp16 per
-    `precision`) or 'int8' (OpenVINO, quantized; see `openvino_backend`).
-
-    'auto' takes int8 on a CPU without native bf16 when OpenVINO and NNCF are installed: there
-    it encodes ~2x faster, so a time budget holds ~2x more images, at the same accuracy (TUM
-    split on 2 AVX2 cores: 84.3 % within 5cm/5deg either way, 9 vs 14 failures;
-    benchmarks/RESULTS.md); float everywhere else, where int8 is not measured yet.
-
-    Raises:
-        ValueError: for an unknown spec, or 'int8' where it cannot run.
-    """
-    from ace_ros.core import openvino_backend
-    from ace_ros.core.config import ENCODER_PRECISIONS
-    spec = _checked_precision('encoder_precision', spec, ENCODER_PRECISIONS, device,
-                              lambda: openvino_backend.available(int8=True),
-                              'the openvino and nncf packages (setup.sh --extras int8)')
-    if spec == 'auto':
-        return 'int8' if device.type == 'cpu' and not cpu_has_fast_bf16() \
-            and openvino_backend.available(int8=True) else 'float'
-    return spec
-
-
-def resolve_head_precision(spec: str, device: torch.device) -> str:
-    """The head's arithmetic at localization: 'float' (fp32, or bf16/fp16 per `precision`)
-    or 'int8' (dynamic quantization; see `quantized_head`).
-
-    float is the default: int8 runs the head ~1.2x faster on a CPU without native bf16 (155
-    vs 190 ms at 480x640 on 2 AVX2 cores) but costs 0-2.3 points within 5cm/5deg and ~1 mm
-    (benchmarks/RESULTS.md, session 6): a choice for who needs the 35 ms more than those.
-
-    Raises:
-        ValueError: for an unknown spec, or 'int8' where it cannot run.
-    """
-    from ace_ros.core import quantized_head
-    from ace_ros.core.config import HEAD_PRECISIONS
-    return _checked_precision('head_precision', spec, HEAD_PRECISIONS, device,
-                              quantized_head.available, "PyTorch's dynamic quantization, which "
-                              'this PyTorch build does not have (use float)')
-
-
-def _checked_precision(setting: str, spec: str, choices: tuple, device: torch.device,
-                       available, needs: str) -> str:
-    """`spec` normalised; ValueError when it is not one of `choices`, or is 'int8' off the
-    CPU or where `available()` says it cannot run (the error says it `needs`)."""
-    spec = spec.strip().lower()
-    if spec not in choices:
-        raise ValueError(f"{setting} must be one of {', '.join(choices)}; got '{spec}'")
-    if spec == 'int8':
-        if device.type != 'cpu':
-            raise ValueError(f"{setting} 'int8' runs on the CPU only, but device is {device}")
-        if not available():
-            raise ValueError(f"{setting} 'int8' needs {needs}")
-    return spec
-
-
-BACKENDS = ('auto', 'torch', 'openvino', 'openvino-int8')
-
-
-def resolve_backend(spec: str, device: torch.device, map_encoder: str = 'float') -> str:
-    """Inference backend for localization: 'auto', 'torch', 'openvino' or 'openvino-int8'
-    (the encoder quantized to int8) -> the one that runs.
-
-    'auto' follows the map: a map built from int8 features (`map_encoder`) localizes with the
-    int8 encoder; otherwise OpenVINO on the CPU when it is installed (faster than PyTorch
-    there, in bf16 and in fp32) and PyTorch elsewhere. OpenVINO is CPU-only here. A choice
-    that gives other features than the map was built from works, at a loss of accuracy: it
-    is logged as a warning.
-
-    Raises:
-        ValueError: for an unknown spec, or an OpenVINO backend where it cannot run.
-    """
-    from ace_ros.core import openvino_backend
-    spec = spec.strip().lower()
-    if spec not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got '{spec}'")
-    cpu = device.type == 'cpu'
-    if spec == 'auto':
-        if map_encoder == 'int8' and cpu and openvino_backend.available(int8=True):
-            spec = 'openvino-int8'
-        else:
-            spec = 'openvino' if cpu and openvino_backend.available() else 'torch'
-    elif spec.startswith('openvino'):
-        if not cpu:
-            raise ValueError(f"backend '{spec}' runs on the CPU only, but device is {device}")
-        int8 = spec == 'openvino-int8'
-        if not openvino_backend.available(int8):
-            extras = 'int8' if int8 else 'openvino'
-            raise ValueError(f"backend '{spec}' asked for but the openvino "
-                             f"{'and nncf packages are' if int8 else 'package is'} not "
-                             f'installed (bash scripts/setup.sh --extras {extras}; or use '
-                             'backend torch)')
-    if (spec == 'openvino-int8') != (map_encoder == 'int8'):
-        _logger.warning("the map was built from %s encoder features but backend '%s' gives "
-                        '%s ones: expect lower accuracy (map again, or use backend auto)',
-                        map_encoder, spec, 'int8' if spec == 'openvino-int8' else 'float')
-    return spec
+        f"{computes}{'' if computes == 'bf16' else ', no native bf16'}" \
+        f"{', int8 encoder' if int8_encoder else ''})"

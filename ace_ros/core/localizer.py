@@ -9,15 +9,14 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ace_ros.core import device as device_lib
 from ace_ros.core import geometry
-from ace_ros.core.buffer import encode, prepare_image
+from ace_ros.core.buffer import prepare_image
 from ace_ros.core.config import LocalizationConfig
 from ace_ros.core.mapfile import SceneMap, load_map
-from ace_ros.core.network import Encoder, Head, HeadConfig, cell_centers
+from ace_ros.core.network import Head, HeadConfig, cell_centers
 from ace_ros.core.ransac import RansacSettings, coherent_cells, ransac_pnp
+from ace_ros.core.runtime import make_runtime, Runtime
 from ace_ros.core.types import Frame, LocalizationResult
-from ace_ros.core.weights import build_encoder
 
 _logger = logging.getLogger(__name__)
 
@@ -31,62 +30,35 @@ def head_from_map(scene_map: SceneMap, device: torch.device) -> Head:
     return head.eval().requires_grad_(False).to(device)
 
 
-class TorchNetwork:
-    """Encoder and head run by PyTorch (any device); OpenVinoNetwork has the same interface."""
-
-    def __init__(self, encoder: Encoder, head: Head, device: torch.device,
-                 mixed_precision: bool = True) -> None:
-        self.encoder, self.head = encoder, head
-        self.device, self.mixed_precision = device, mixed_precision
-
-    def encode(self, gray: np.ndarray) -> torch.Tensor:
-        """(H, W) float32 gray in [0, 1] -> (512, H/8, W/8) features."""
-        return encode(self.encoder, gray, self.device, self.mixed_precision)
-
-    def predict(self, features: torch.Tensor) -> torch.Tensor:
-        """(512, H, W) features -> (H * W, 3) scene coordinates, cells in row-major order."""
-        c, h, w = features.shape
-        with torch.inference_mode(), device_lib.autocast(self.device, self.mixed_precision):
-            return self.head(features.reshape(c, h * w).T)
-
-
 class Localizer:
     """Localizes frames in one scene map; holds the encoder and head on `self.device`."""
 
     def __init__(self, scene_map: SceneMap, cfg: LocalizationConfig,
-                 encoder: Optional[Encoder] = None, encoder_sha256: str = '') -> None:
+                 runtime: Optional[Runtime] = None) -> None:
+        """`runtime`: where to run and the encoder; by default made from `cfg`'s device and
+        encoder (without calibration images: an int8 encoder must then be cached)."""
         self.cfg = cfg
-        self.device = device_lib.resolve_device(cfg.device)
-        if encoder is None:
-            encoder, encoder_sha256, label = build_encoder(cfg.encoder, self.device)
-            _logger.info('encoder: %s', label)
-        if encoder_sha256 != scene_map.encoder_sha256:
+        if runtime is None:
+            runtime = make_runtime(cfg.device, cfg.encoder)
+            _logger.info('encoder: %s', runtime.encoder_label)
+        if runtime.encoder_sha256 != scene_map.encoder_sha256:
             raise ValueError(
                 f'the map was built with encoder {scene_map.encoder_sha256[:12]} but the '
-                f'loaded encoder is {encoder_sha256[:12]}; pass the encoder the map was built '
-                'with (--encoder / encoder parameter) or map the scene again')
-        self.encoder = encoder.to(self.device)
+                f'loaded encoder is {runtime.encoder_sha256[:12]}; pass the encoder the map '
+                'was built with (--encoder / encoder parameter) or map the scene again')
+        self.runtime = runtime
+        self.device = runtime.device
         self.head = head_from_map(scene_map, self.device)
         self.scene_map = scene_map
         #: Images are encoded at the height the map was made at unless the settings say.
         self.image_height = cfg.image_height or int(
             scene_map.mapping_config.get('image_height', 480))
         # Maps from before encoder_precision existed were all built from float features.
-        self.backend = device_lib.resolve_backend(
-            cfg.backend, self.device, scene_map.mapping_config.get('encoder_precision', 'float'))
-        if self.backend.startswith('openvino'):
-            from ace_ros.core.openvino_backend import OpenVinoNetwork
-            self._network = OpenVinoNetwork(
-                self.encoder, self.head, cfg.mixed_precision,
-                int8_encoder=self.backend == 'openvino-int8', encoder_id=encoder_sha256)
-        else:
-            self._network = TorchNetwork(self.encoder, self.head, self.device,
-                                         cfg.mixed_precision)
-        self.head_precision = device_lib.resolve_head_precision(cfg.head_precision, self.device)
-        self._predict = self._network.predict
-        if self.head_precision == 'int8':
-            from ace_ros.core.quantized_head import Int8HeadPredictor
-            self._predict = Int8HeadPredictor(self.head)
+        chosen = runtime.localization_network(
+            self.head, cfg.backend, cfg.head_precision,
+            scene_map.mapping_config.get('encoder_precision', 'float'), cfg.mixed_precision)
+        self.backend, self.head_precision = chosen.backend, chosen.head_precision
+        self._network, self._predict = chosen.network, chosen.predict
         self.ransac = RansacSettings(
             hypotheses=cfg.ransac_hypotheses, inlier_threshold_px=cfg.inlier_threshold_px,
             max_reprojection_px=cfg.max_reprojection_px,
@@ -95,8 +67,9 @@ class Localizer:
         self._rng = np.random.default_rng(cfg.seed)
 
     @classmethod
-    def from_file(cls, map_path: str, cfg: LocalizationConfig) -> 'Localizer':
-        return cls(load_map(map_path), cfg)
+    def from_file(cls, map_path: str, cfg: LocalizationConfig,
+                  runtime: Optional[Runtime] = None) -> 'Localizer':
+        return cls(load_map(map_path), cfg, runtime)
 
     def warm_up(self, frame: Frame) -> float:
         """Run the network once on `frame` (its size, not its pose, matters); seconds taken.

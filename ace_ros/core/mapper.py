@@ -14,17 +14,17 @@ import numpy as np
 import torch
 
 from ace_ros.core import device as device_lib
-from ace_ros.core.buffer import TrainingBuffer, encode, prepare_image
+from ace_ros.core.buffer import TrainingBuffer, prepare_image
 from ace_ros.core.config import MappingConfig, config_to_dict
 from ace_ros.core.map_cloud import predict_cloud
 from ace_ros.core.mapfile import MapCloud, SceneMap
 from ace_ros.core.loss import LossOutput, soft_clamp_tau
-from ace_ros.core.network import Encoder, Head
+from ace_ros.core.network import Head
+from ace_ros.core.runtime import make_runtime, Runtime
 from ace_ros.core.training import (MAX_WARMUP_STEPS, PEAK_AT, HeadTrainer,
                                    steps_before_annealing, target_weight)
 from ace_ros.core.triangulation import FramePoints, triangulate_frames
 from ace_ros.core.types import Frame
-from ace_ros.core.weights import build_encoder
 
 _logger = logging.getLogger(__name__)
 
@@ -120,17 +120,14 @@ class TrainedHead:
 class Mapper:
     """Trains a Head for one scene against a frozen encoder, on `cfg.device`."""
 
-    def __init__(self, cfg: MappingConfig, encoder: Encoder, device: torch.device,
-                 encoder_id: str = '') -> None:
-        """`encoder_id` (the encoder's sha256) names the cached int8 encoder."""
+    def __init__(self, cfg: MappingConfig, runtime: Runtime) -> None:
+        """`runtime`: the device and the frozen encoder (none where only `train` runs)."""
         # The resolved choice, so the map records what its features are.
         self.cfg = dataclasses.replace(
-            cfg, encoder_precision=device_lib.resolve_encoder_precision(cfg.encoder_precision,
-                                                                        device))
-        self.encoder = encoder
-        self.device = device
-        self._encoder_id = encoder_id
-        self._int8_encoder = None  # built at the first image: quantizing takes a while
+            cfg, encoder_precision=runtime.encoder_precision(cfg.encoder_precision))
+        self.runtime = runtime
+        self.device = runtime.device
+        self._features = None  # built at the first image: an int8 encoder takes a while
         torch.manual_seed(cfg.seed)
         self._rng = np.random.default_rng(cfg.seed)
         self._torch_rng = torch.Generator().manual_seed(cfg.seed)
@@ -170,18 +167,16 @@ class Mapper:
                    for image, name in enumerate(buffer.sources) if name in by_name)
 
     def prepare_encoder(self) -> None:
-        """Builds the int8 encoder if mapping uses one: read from the disk cache, or quantized
+        """Builds the encoder mapping runs: for int8 read from the disk cache, or quantized
         (~25 s on 2 cores, once per encoder). `map` calls it first, so that a time budget
         shares out what it leaves between encoding and training."""
-        if self.cfg.encoder_precision == 'int8' and self._int8_encoder is None:
-            from ace_ros.core.openvino_backend import Int8Encoder
-            self._int8_encoder = Int8Encoder(self.encoder, self._encoder_id)
+        if self._features is None:
+            self._features = self.runtime.mapping_encoder(self.cfg.encoder_precision,
+                                                          self.cfg.mixed_precision)
 
     def _encoder_features(self, gray: np.ndarray) -> torch.Tensor:
-        if self.cfg.encoder_precision == 'int8':
-            self.prepare_encoder()
-            return self._int8_encoder(gray)
-        return encode(self.encoder, gray, self.device, self.cfg.mixed_precision)
+        self.prepare_encoder()
+        return self._features(gray)
 
     def fill_buffer(self, frames: Sequence[Frame],
                     progress: Optional[ProgressCallback] = None,
@@ -474,16 +469,20 @@ class MappingResult:
 
 
 def map_frames(frames: Sequence[Frame], cfg: MappingConfig, world_frame_id: str = 'map',
-               progress: Optional[ProgressCallback] = None) -> MappingResult:
-    """Map a scene end to end: the map, its statistics and where it ran."""
-    device = device_lib.resolve_device(cfg.device)
-    encoder, encoder_sha256, label = build_encoder(cfg.encoder, device)
-    mapper = Mapper(cfg, encoder, device, encoder_sha256)
-    described = device_lib.describe(device, mapper.cfg.encoder_precision)
+               progress: Optional[ProgressCallback] = None,
+               runtime: Optional[Runtime] = None) -> MappingResult:
+    """Map a scene end to end: the map, its statistics and where it ran. `runtime` by
+    default is made from `cfg`'s device and encoder (without calibration images: an int8
+    encoder must then be cached)."""
+    if runtime is None:
+        runtime = make_runtime(cfg.device, cfg.encoder)
+    mapper = Mapper(cfg, runtime)
+    described = runtime.describe(mapper.cfg.encoder_precision)
     _logger.info('mapping %d frames on %s with encoder %s, preset %s', len(frames),
-                 described, label, cfg.preset)
+                 described, runtime.encoder_label, cfg.preset)
     trained = mapper.map(frames, progress)
-    scene_map = scene_map_from(trained, mapper.cfg, encoder_sha256, label, world_frame_id)
+    scene_map = scene_map_from(trained, mapper.cfg, runtime.encoder_sha256,
+                               runtime.encoder_label, world_frame_id)
     return MappingResult(scene_map, trained.stats, described)
 
 

@@ -7,7 +7,8 @@ modules are converted from the same PyTorch weights, so results match the torch 
 bf16 precision. Compiled models are cached per input shape (a camera's size is fixed).
 
 The int8 encoder (`int8_encoder_model`): the encoder post-training-quantized by NNCF,
-calibrated on procedural synthetic frames (no scene data needed). On a 2-core AVX2 CPU without
+calibrated on images the caller gives (`ace_ros.data.calibration`: procedural synthetic
+frames, no scene data needed). On a 2-core AVX2 CPU without
 native bf16 it encodes a 480x640 image in ~240 ms against ~490 ms in fp32. Its features differ
 from the float encoder's (median cosine ~0.99), and a head trained on one kind loses accuracy
 on the other (TUM split: 84 % -> 68 % within 5cm/5deg), so a map is built and localized with
@@ -27,7 +28,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -40,7 +41,6 @@ _logger = logging.getLogger(__name__)
 
 #: Bump when the calibration data or quantization settings change: it keys the disk cache.
 INT8_RECIPE = 'synthetic-v1'
-CALIBRATION_FRAMES = 16
 CALIBRATION_SIZE = (480, 640)  # (height, width): the paper's input size
 
 
@@ -59,22 +59,9 @@ def cache_dir() -> Path:
     return Path(base) / 'ace_ros'
 
 
-def calibration_inputs(height: int, width: int) -> List[np.ndarray]:
-    """Encoder inputs (1, 1, height, width) from a procedural synthetic room, with noise and
-    lighting changes: scene-agnostic, so any map can use the quantized encoder."""
-    from ace_ros.core.buffer import to_gray
-    from ace_ros.data.synthetic import SyntheticSceneConfig, generate_frames
-    scene = SyntheticSceneConfig(seed=77, width=width, height=height, focal=525.0 * height / 480,
-                                 n_train=CALIBRATION_FRAMES, n_test=0, noise_std=2.0,
-                                 lighting_change=0.2)
-    return [image_to_network_input(torch.from_numpy(to_gray(frame.image))[None, None])
-            .float().numpy() for frame in generate_frames(scene, 'train')]
-
-
-def quantize_encoder(model: object, height: int, width: int) -> object:
-    """The OpenVINO encoder `model`, post-training quantized to int8 by NNCF."""
+def quantize_encoder(model: object, inputs: List[np.ndarray]) -> object:
+    """The OpenVINO encoder `model`, post-training quantized to int8 by NNCF on `inputs`."""
     import nncf
-    inputs = calibration_inputs(height, width)
     return nncf.quantize(model, nncf.Dataset(inputs), subset_size=len(inputs),
                          preset=nncf.QuantizationPreset.PERFORMANCE)
 
@@ -87,9 +74,15 @@ def _convert(module: torch.nn.Module, example: torch.Tensor) -> object:
         return ov.convert_model(torch.export.export(module, (example,)))
 
 
-def int8_encoder_model(encoder: Encoder, encoder_id: str) -> object:
+def int8_encoder_model(encoder: Encoder, encoder_id: str,
+                       calibration: Optional[Callable[[int, int], List[np.ndarray]]]) -> object:
     """The int8 encoder as an OpenVINO model of any input size: from the disk cache when
-    `encoder_id` (the encoder's sha256) is given and it is there, else quantized now."""
+    `encoder_id` (the encoder's sha256) is given and it is there, else quantized now on the
+    inputs `calibration(height, width)` gives (see `runtime.CalibrationSource`).
+
+    Raises:
+        ValueError: if it must be quantized and there is no `calibration`.
+    """
     import nncf
     import openvino as ov
     height, width = CALIBRATION_SIZE
@@ -103,12 +96,16 @@ def int8_encoder_model(encoder: Encoder, encoder_id: str) -> object:
         except RuntimeError as error:  # a damaged cache entry is rebuilt, not fatal
             _logger.warning('ignoring the unreadable cached encoder %s: %s', folder, error)
             shutil.rmtree(folder, ignore_errors=True)
+    if calibration is None:
+        raise ValueError('the int8 encoder is not cached for this encoder and no calibration '
+                         'images were given to quantize it (make the runtime with '
+                         'calibration=ace_ros.data.calibration.calibration_inputs)')
     _logger.info('quantizing the encoder to int8 (once per encoder; ~20 s on 2 CPU cores)')
     start = time.perf_counter()
     module = copy.deepcopy(encoder).float().cpu().eval()  # the caller's stays as it is
     model = _convert(module, torch.zeros(1, 1, height, width))
     model.reshape([1, 1, -1, -1])  # any image size; ranges are per channel, not per pixel
-    model = quantize_encoder(model, height, width)
+    model = quantize_encoder(model, calibration(height, width))
     _logger.info('quantized the encoder in %.1f s', time.perf_counter() - start)
     if encoder_id:
         _save_atomically(ov, model, folder)
@@ -124,9 +121,10 @@ def _cpu_config(mixed_precision: bool) -> dict:
 class Int8Encoder:
     """The int8 encoder for mapping: one compiled model for every augmented image size."""
 
-    def __init__(self, encoder: Encoder, encoder_id: str) -> None:
+    def __init__(self, encoder: Encoder, encoder_id: str,
+                 calibration: Optional[Callable[[int, int], List[np.ndarray]]] = None) -> None:
         import openvino as ov
-        model = int8_encoder_model(encoder, encoder_id)
+        model = int8_encoder_model(encoder, encoder_id, calibration)
         self._request = ov.Core().compile_model(
             model, 'CPU', _cpu_config(False)).create_infer_request()
 
@@ -140,9 +138,10 @@ class OpenVinoNetwork:
     """`encode` (image -> features) and `predict` (features -> points) on the CPU."""
 
     def __init__(self, encoder: Encoder, head: Head, mixed_precision: bool = True,
-                 int8_encoder: bool = False, encoder_id: str = '') -> None:
+                 int8_encoder: bool = False, encoder_id: str = '',
+                 calibration: Optional[Callable[[int, int], List[np.ndarray]]] = None) -> None:
         """`encoder_id` (the encoder's sha256) keys the disk cache of int8 encoders; without
-        it nothing is cached."""
+        it nothing is cached. `calibration` gives the images to quantize it on."""
         import openvino as ov
         self._ov = ov
         self._core = ov.Core()
@@ -151,6 +150,7 @@ class OpenVinoNetwork:
         self._head = head.float().cpu().eval()
         self._compiled: Dict[Tuple[str, tuple], object] = {}
         self.int8_encoder, self._encoder_id = int8_encoder, encoder_id
+        self._calibration = calibration
         self._int8_model = None  # read or quantized once, reshaped per image size
 
     def _request(self, name: str, module: torch.nn.Module, example: torch.Tensor) -> object:
@@ -160,7 +160,8 @@ class OpenVinoNetwork:
             int8 = name == 'encoder' and self.int8_encoder
             if int8:
                 if self._int8_model is None:
-                    self._int8_model = int8_encoder_model(self._encoder, self._encoder_id)
+                    self._int8_model = int8_encoder_model(self._encoder, self._encoder_id,
+                                                          self._calibration)
                 model = self._int8_model
                 model.reshape(list(example.shape))  # a fixed size runs ~9 % faster
             else:

@@ -10,8 +10,9 @@ from ace_ros.core import device as device_lib
 from ace_ros.core.buffer import prepare_image
 from ace_ros.core.config import LocalizationConfig, mapping_config
 from ace_ros.core.localizer import Localizer
+from ace_ros.core import runtime as runtime_lib
 from ace_ros.core.mapper import Mapper, map_frames
-from ace_ros.core.weights import build_encoder
+from ace_ros.data.calibration import calibration_inputs
 from ace_ros.data.synthetic import SyntheticSceneConfig, generate_frames
 
 HEIGHT, WIDTH = 96, 128
@@ -31,10 +32,15 @@ def small_map():
     return scene_map, list(generate_frames(scene, 'test'))
 
 
+def _runtime():
+    return runtime_lib.make_runtime('cpu', 'random:0', calibration_inputs)
+
+
 def _localizer(scene_map, backend, mixed_precision=True, head_precision='float'):
     return Localizer(scene_map, LocalizationConfig(
         device='cpu', image_height=HEIGHT, encoder='random:0', backend=backend,
-        min_inliers=4, mixed_precision=mixed_precision, head_precision=head_precision))
+        min_inliers=4, mixed_precision=mixed_precision, head_precision=head_precision),
+        _runtime())
 
 
 def test_openvino_and_torch_predict_the_same_scene_coordinates(small_map):
@@ -76,16 +82,16 @@ def test_localizer_encodes_at_the_maps_height_unless_told(small_map):
 
 def test_backend_choice():
     cpu = torch.device('cpu')
-    assert device_lib.resolve_backend('auto', cpu) == 'openvino'  # installed by setup
-    assert device_lib.resolve_backend('Torch', cpu) == 'torch'
-    assert device_lib.resolve_backend('auto', torch.device('cuda')) == 'torch'
+    assert runtime_lib.resolve_backend('auto', cpu) == 'openvino'  # installed by setup
+    assert runtime_lib.resolve_backend('Torch', cpu) == 'torch'
+    assert runtime_lib.resolve_backend('auto', torch.device('cuda')) == 'torch'
     with pytest.raises(ValueError, match='CPU only'):
-        device_lib.resolve_backend('openvino', torch.device('cuda'))
+        runtime_lib.resolve_backend('openvino', torch.device('cuda'))
     with pytest.raises(ValueError, match="auto, torch, openvino, openvino-int8; got 'onnx'"):
-        device_lib.resolve_backend('onnx', cpu)
-    assert device_lib.resolve_backend('OpenVINO-int8', cpu) == 'openvino-int8'
+        runtime_lib.resolve_backend('onnx', cpu)
+    assert runtime_lib.resolve_backend('OpenVINO-int8', cpu) == 'openvino-int8'
     with pytest.raises(ValueError, match="'openvino-int8' runs on the CPU only"):
-        device_lib.resolve_backend('openvino-int8', torch.device('cuda'))
+        runtime_lib.resolve_backend('openvino-int8', torch.device('cuda'))
 
 
 def _median_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -140,10 +146,9 @@ def test_int8_maps_localize_with_the_int8_encoder(small_map, int8_cache, caplog)
     train = list(generate_frames(SCENE, 'train'))
     cfg = mapping_config('tiny', image_height=HEIGHT, max_iterations=30, device='cpu',
                          encoder='random:0', encoder_precision='int8')
-    mapper = Mapper(cfg, build_encoder('random:0', torch.device('cpu'))[0], torch.device('cpu'),
-                    scene_map.encoder_sha256)
+    mapper = Mapper(cfg, _runtime())
     assert mapper.cfg.encoder_precision == 'int8'
-    mapped = map_frames(train, cfg)
+    mapped = map_frames(train, cfg, runtime=_runtime())
     int8_map, device = mapped.scene_map, mapped.device
     assert int8_map.mapping_config['encoder_precision'] == 'int8' and 'int8 encoder' in device
     assert scene_map.mapping_config['encoder_precision'] == 'float'  # the tiny preset's
@@ -158,7 +163,7 @@ def test_int8_maps_localize_with_the_int8_encoder(small_map, int8_cache, caplog)
     with pytest.raises(ValueError, match="encoder_precision must be 'auto', 'float' or 'int8'"):
         mapping_config('cpu', encoder_precision='fp8')
     with pytest.raises(ValueError, match="'int8' runs on the CPU only"):
-        device_lib.resolve_encoder_precision('int8', torch.device('cuda'))
+        runtime_lib.resolve_encoder_precision('int8', torch.device('cuda'))
 
 
 def test_int8_head_predicts_close_to_the_float_head(small_map):
@@ -186,7 +191,7 @@ def test_int8_head_predicts_close_to_the_float_head(small_map):
 
 def test_head_precision_choice(monkeypatch):
     from ace_ros.core import quantized_head
-    cpu, resolve = torch.device('cpu'), device_lib.resolve_head_precision
+    cpu, resolve = torch.device('cpu'), runtime_lib.resolve_head_precision
     assert LocalizationConfig().head_precision == 'float'  # int8 costs accuracy: opt in
     assert resolve(' Float', cpu) == 'float' and resolve('INT8', cpu) == 'int8'
     assert resolve('float', torch.device('cuda')) == 'float'
@@ -208,7 +213,7 @@ def _fail(*args, **kwargs):
 
 def test_encoder_precision_choice(monkeypatch):
     import importlib.util
-    cpu, resolve = torch.device('cpu'), device_lib.resolve_encoder_precision
+    cpu, resolve = torch.device('cpu'), runtime_lib.resolve_encoder_precision
     monkeypatch.setattr(device_lib, 'cpu_has_fast_bf16', lambda: False)
     assert resolve('auto', cpu) == 'int8' and resolve('auto', torch.device('cuda')) == 'float'
     assert resolve(' Float', cpu) == 'float' and resolve('int8', cpu) == 'int8'
@@ -224,8 +229,8 @@ def test_encoder_precision_choice(monkeypatch):
         resolve('int8', cpu)
     with pytest.raises(ValueError, match=r"openvino and nncf packages are not installed \(bash "
                                          r"scripts/setup.sh --extras int8;"):
-        device_lib.resolve_backend('openvino-int8', cpu)
-    assert device_lib.resolve_backend('auto', cpu, map_encoder='int8') == 'openvino'
+        runtime_lib.resolve_backend('openvino-int8', cpu)
+    assert runtime_lib.resolve_backend('auto', cpu, map_encoder='int8') == 'openvino'
 
 
 @pytest.mark.parametrize('global_context', [False, True])

@@ -20,6 +20,7 @@ from ace_ros.core import mapper as mapper_module
 from ace_ros.core.config import mapping_config
 from ace_ros.core.geometry import axis_angle_to_matrix, make_pose, matrix_to_quaternion
 from ace_ros.core.mapper import Mapper
+from ace_ros.core.runtime import Runtime
 from ace_ros.core.types import Frame
 from ace_ros.core.weights import build_encoder
 from ace_ros.data import base
@@ -195,7 +196,7 @@ def test_mapping_keeps_one_decoded_image_at_a_time():
     cfg = mapping_config('tiny', image_height=HEIGHT, device='cpu', encoder='random:0',
                          triangulate=True, max_iterations=2, max_buffer_passes=2)
     encoder, _, _ = build_encoder(cfg.encoder, torch.device('cpu'))
-    trained = Mapper(cfg, encoder, torch.device('cpu')).map(lazy)
+    trained = Mapper(cfg, Runtime(torch.device('cpu'), encoder)).map(lazy)
     assert trained.stats.buffer_images == 2 * len(stored)
     assert loads[0] > 2 * len(stored)  # two passes, and triangulation decoded them too
     assert most[0] <= torch.get_num_threads() + 1, most[0]

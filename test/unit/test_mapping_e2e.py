@@ -20,6 +20,7 @@ from ace_ros.core.mapper import Mapper, map_frames
 from ace_ros.core.map_cloud import predict_cloud
 from ace_ros.core.loss import soft_clamp_tau
 from ace_ros.core.network import Head, HeadConfig, cell_centers
+from ace_ros.core.runtime import Runtime
 from ace_ros.core.training import HeadTrainer, steps_before_annealing
 from ace_ros.core.weights import build_encoder
 from ace_ros.data.synthetic import (SyntheticSceneConfig, generate_frames,
@@ -69,7 +70,7 @@ def test_trainer_fits_training_views_with_informative_features():
     # 150 x 512 cells reach ~0.7 px here (250 x 1024: 0.4 px).
     cfg = mapping_config('tiny', image_height=HEIGHT, batch_size=512, max_iterations=150,
                          epochs=100.0)
-    run = Mapper(cfg, None, torch.device('cpu')).train(buffer, scene_mean)
+    run = Mapper(cfg, Runtime(torch.device('cpu'))).train(buffer, scene_mean)
     iterations, history, last = run.iterations, run.loss_history, run.last
     assert iterations == 150
     assert last.valid_fraction > 0.99
@@ -86,7 +87,7 @@ def test_a_failing_map_cloud_costs_the_cloud_not_the_map(caplog):
         def forward(self, *args, **kwargs):
             raise RuntimeError('boom')
     buffer, _ = _oracle_buffer(2)
-    mapper = Mapper(mapping_config('tiny'), None, torch.device('cpu'))
+    mapper = Mapper(mapping_config('tiny'), Runtime(torch.device('cpu')))
     assert mapper._cloud(Broken(HeadConfig()), buffer, []) is None
     assert 'the map gets no cloud' in caplog.text and 'boom' in caplog.text
 
@@ -102,7 +103,7 @@ def test_targets_make_the_head_converge_in_fewer_iterations():
         buffer, scene_mean = _oracle_buffer(12, targets_every=every)
         assert int((~torch.isnan(buffer.targets[:, 0])).sum()) == (
             0 if not every else len(range(0, 300, every)) * 12)
-        last = Mapper(cfg, None, torch.device('cpu')).train(buffer, scene_mean).last
+        last = Mapper(cfg, Runtime(torch.device('cpu'))).train(buffer, scene_mean).last
         errors[every] = last.median_error_px
     assert errors[4] < 0.5 * errors[0], errors
 
@@ -166,7 +167,8 @@ def test_localizer_refuses_a_map_from_another_encoder(tiny_scene, tmp_path):
                      '2', '--encoder', 'random:0']) == 0
     encoder, sha, _ = build_encoder('random:1', torch.device('cpu'))
     with pytest.raises(ValueError, match='built with encoder'):
-        Localizer(load_map(str(map_path)), LocalizationConfig(device='cpu'), encoder, sha)
+        Localizer(load_map(str(map_path)), LocalizationConfig(device='cpu'),
+                  Runtime(torch.device('cpu'), encoder, sha))
     # The CLI turns it into a clear error and exit code 2, not a traceback.
     assert cli.main(['evaluate', str(map_path), str(tiny_scene), '--split', 'test',
                      '--encoder', 'random:1']) == 2
@@ -203,7 +205,7 @@ def test_time_budget_compresses_the_schedule(monkeypatch, caplog):
     buffer, scene_mean = _oracle_buffer(2)
     cfg = mapping_config('tiny', image_height=HEIGHT, batch_size=256, max_iterations=400,
                          epochs=1000.0)
-    mapper = Mapper(cfg, None, torch.device('cpu'))
+    mapper = Mapper(cfg, Runtime(torch.device('cpu')))
     head = torch.nn.Module()
     assert mapper.budgeted_iterations(head, buffer, None) == 400  # no budget: the schedule
     monkeypatch.setattr(Mapper, '_step_seconds', lambda self, head, buffer, batch: 0.1)
@@ -217,7 +219,7 @@ def test_time_budget_is_measured_on_real_training_steps():
     buffer, scene_mean = _oracle_buffer(2)
     cfg = mapping_config('tiny', image_height=HEIGHT, batch_size=256, max_iterations=1000,
                          epochs=1000.0)
-    mapper = Mapper(cfg, None, torch.device('cpu'))
+    mapper = Mapper(cfg, Runtime(torch.device('cpu')))
     head = Head(HeadConfig()).train()
     step_s = mapper._step_seconds(head, buffer, 256)
     assert 0 < step_s < 5
@@ -237,9 +239,9 @@ def test_time_budget_stops_encoding_at_its_deadline():
     frames = [frame for frame, _ in generate_frames_with_depth(scene, 'train')]
     encoder, _, _ = build_encoder('random:0', torch.device('cpu'))
     cfg = mapping_config('tiny', image_height=HEIGHT, max_buffer_passes=3, device='cpu')
-    full = Mapper(cfg, encoder, torch.device('cpu')).fill_buffer(frames)
+    full = Mapper(cfg, Runtime(torch.device('cpu'), encoder)).fill_buffer(frames)
     assert full.n_images == 12 and not full.full  # 3 passes over 4 frames
-    cut = Mapper(cfg, encoder, torch.device('cpu')).fill_buffer(frames, deadline=0.0)
+    cut = Mapper(cfg, Runtime(torch.device('cpu'), encoder)).fill_buffer(frames, deadline=0.0)
     assert cut.n_images == 2 and 0 < cut.size < full.size  # past the deadline: 2 images
 
 
@@ -255,7 +257,7 @@ def test_time_budget_cuts_encoding_not_the_schedule(monkeypatch):
                          batch_size=256, epochs=6.0, time_budget_s=1000.0)
     monkeypatch.setattr('ace_ros.core.mapper.BUFFER_SHARE_OF_BUDGET', 0.0)  # cut at 2 images
     monkeypatch.setattr(Mapper, '_step_seconds', lambda self, head, buffer, batch: 1e-3)
-    mapper = Mapper(cfg, encoder, torch.device('cpu'))
+    mapper = Mapper(cfg, Runtime(torch.device('cpu'), encoder))
     stats = mapper.map(frames).stats
     assert stats.buffer_images == 2
     planned = 4 * 3 * cfg.samples_per_image  # 3 passes over 4 frames
@@ -272,7 +274,7 @@ def test_time_budget_shares_out_what_building_the_int8_encoder_leaves(
     built = []
 
     class SlowInt8Encoder:
-        def __init__(self, encoder, encoder_id):
+        def __init__(self, encoder, encoder_id, calibration=None):
             self.encoder = encoder
             time.sleep(1.0)
             built.append(time.perf_counter())
@@ -287,7 +289,7 @@ def test_time_budget_shares_out_what_building_the_int8_encoder_leaves(
     encoder, _, _ = build_encoder('random:0', torch.device('cpu'))
     cfg = mapping_config('tiny', image_height=HEIGHT, device='cpu', encoder_precision='int8',
                          max_iterations=2, time_budget_s=100.0)
-    Mapper(cfg, encoder, torch.device('cpu')).map(frames)
+    Mapper(cfg, Runtime(torch.device('cpu'), encoder)).map(frames)
     assert len(built) == 1
     share = mapper_module.BUFFER_SHARE_OF_BUDGET
     # Counted from the end of the build: share x (100 - 1) s; from before it: share x 100 - 1.
@@ -307,7 +309,7 @@ def test_time_budget_refits_the_count_to_the_real_rate(monkeypatch, caplog):
     caplog.set_level(logging.INFO, logger='ace_ros.core.mapper')
     cfg = mapping_config('tiny', image_height=HEIGHT, batch_size=64, max_iterations=1000,
                          epochs=1e5)
-    mapper = Mapper(cfg, None, torch.device('cpu'))
+    mapper = Mapper(cfg, Runtime(torch.device('cpu')))
     # A probe that saw a burst of speed plans the whole schedule (1000 iterations: several
     # seconds); the real steps are slower.
     monkeypatch.setattr(Mapper, '_step_seconds', lambda self, head, buffer, batch: 1e-5)
@@ -330,7 +332,7 @@ def test_a_map_records_the_resolved_encoder_precision():
                           [np.eye(3).tolist()])
     with pytest.raises(ValueError, match="not 'auto': pass Mapper.cfg"):
         scene_map_from(trained, mapping_config('cpu'), '0' * 64, 'label', 'map')
-    cfg = Mapper(mapping_config('tiny'), None, torch.device('cpu')).cfg
+    cfg = Mapper(mapping_config('tiny'), Runtime(torch.device('cpu'))).cfg
     scene_map = scene_map_from(trained, cfg, '0' * 64, 'label', 'map')
     assert scene_map.mapping_config['encoder_precision'] == 'float'
 
@@ -411,7 +413,7 @@ def test_image_context_tells_apart_surfaces_that_look_alike():
     for context in (False, True):
         cfg = mapping_config('tiny', image_height=96, batch_size=512, max_iterations=300,
                              epochs=100.0, head_channels=128, global_context=context)
-        head = Mapper(cfg, None, torch.device('cpu')).train(buffer, np.zeros(3)).head
+        head = Mapper(cfg, Runtime(torch.device('cpu'))).train(buffer, np.zeros(3)).head
         with torch.no_grad():
             points = head(buffer.features[:buffer.size],
                           buffer.context_table() if context else None,
@@ -448,7 +450,7 @@ def test_a_fresh_head_runs_the_whole_one_cycle_schedule(oracle, monkeypatch):
     buffer, scene_mean = oracle
     cfg = _training_cfg(max_iterations=20)
     steps = _recorded(monkeypatch)
-    Mapper(cfg, None, torch.device('cpu')).train(buffer, scene_mean)
+    Mapper(cfg, Runtime(torch.device('cpu'))).train(buffer, scene_mean)
     rates = [lr for lr, _, _ in steps]
     assert len(steps) == 20
     assert rates[0] == pytest.approx(cfg.learning_rate / 25)  # OneCycle's start
@@ -461,7 +463,7 @@ def test_a_fresh_head_runs_the_whole_one_cycle_schedule(oracle, monkeypatch):
 def test_after_a_warm_up_the_schedule_goes_on_from_its_peak(oracle, monkeypatch):
     buffer, scene_mean = oracle
     cfg = _training_cfg(max_iterations=20)
-    mapper = Mapper(cfg, None, torch.device('cpu'))
+    mapper = Mapper(cfg, Runtime(torch.device('cpu')))
     trainer = mapper.new_trainer(buffer.features.shape[1], scene_mean)
     steps = _recorded(monkeypatch)
     for _ in range(12):
@@ -505,7 +507,7 @@ def test_a_head_trained_without_targets_is_pulled_apart_by_late_ones(oracle):
 
 def test_a_head_short_of_the_peak_is_not_gone_on_with(oracle):
     buffer, scene_mean = oracle
-    mapper = Mapper(_training_cfg(max_iterations=20), None, torch.device('cpu'))
+    mapper = Mapper(_training_cfg(max_iterations=20), Runtime(torch.device('cpu')))
     trainer = mapper.new_trainer(buffer.features.shape[1], scene_mean)
     trainer.warm_step(buffer, warmup_steps=8)
     assert not trainer.at_peak
@@ -518,8 +520,8 @@ def test_a_head_warmed_while_collecting_fits_better_than_the_remainder_alone(ora
     fits the training views far better than a fresh head trained on them alone."""
     buffer, scene_mean = oracle
     cfg = _training_cfg(max_iterations=30)
-    fresh = Mapper(cfg, None, torch.device('cpu')).train(buffer, scene_mean).last
-    mapper = Mapper(cfg, None, torch.device('cpu'))
+    fresh = Mapper(cfg, Runtime(torch.device('cpu'))).train(buffer, scene_mean).last
+    mapper = Mapper(cfg, Runtime(torch.device('cpu')))
     trainer = mapper.new_trainer(buffer.features.shape[1], scene_mean)
     for _ in range(120):
         trainer.warm_step(buffer, warmup_steps=30)
