@@ -8,39 +8,35 @@ kept in memory and queued; the worker of online_worker.py encodes them into the 
 buffer while collection goes on (and, with `train_while_collecting`, trains the head when
 it idles). `finish` waits for that queue to drain, then runs the remaining augmentation
 passes and training with the offline mapper's code (`Mapper.map`).
-`finish_at_max_keyframes` restores the old policy: keyframes stop at max_keyframes (the
-mapping node then trains).
 
-This module is the session's facade: its settings, its results and its public API.
-Stamps are integer nanoseconds (see pose_track.py).
+This module is the session's facade: its settings, its results and its public API; the
+input checks and stamp matching are online_input.py's. Stamps are integer nanoseconds (see
+pose_track.py).
 """
 
 from __future__ import annotations
 
-import collections
 import logging
 import math
-import re
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Deque, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 import numpy as np
 import numpy.typing as npt
 
 from ace_ros.core import device as device_lib
-from ace_ros.core import geometry
 from ace_ros.core.buffer import TrainingBuffer
 from ace_ros.core.config import _f, MappingConfig
 from ace_ros.core.keyframes import KeyframePolicy
 from ace_ros.core.mapfile import save_map
 from ace_ros.core.mapper import (Mapper, MappingCancelled, MappingStats, Progress,
                                  ProgressCallback, scene_map_from)
+from ace_ros.core.online_input import PoseMatcher, Tally
 from ace_ros.core.online_worker import KeyframeEncoder, WARM_AFTER_KEYFRAMES
-from ace_ros.core.pose_track import (PoseLookup, PoseSource, PoseTrack, check_rigid_pose,
-                                     ms_text, stamp_name)
+from ace_ros.core.pose_track import PoseSource, PoseTrack
 from ace_ros.core.types import Frame
 from ace_ros.core.weights import build_encoder
 
@@ -55,7 +51,6 @@ COUNTERS = ('images', 'poses', 'keyframes', 'skipped_small_motion', 'skipped_spa
             'image_duplicate_stamp', 'image_invalid',
             'pose_out_of_order', 'pose_duplicate_stamp', 'pose_invalid', 'pose_wrong_frame',
             'after_finish', 'encode_failed')
-_WARN_EVERY_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -179,20 +174,20 @@ class OnlineMappingSession:
                      self._encoder_label, cfg.preset)
         self._mapper = Mapper(cfg, encoder, self.device, self._encoder_sha256)
         self._track = PoseTrack(int(round(online.stamp_tolerance_s * 1e9)))
-        self._pose_source: PoseSource = pose_source if pose_source is not None else self._track
-        self.world_frame_id = world_frame_id
-        self._pending: Deque[Tuple[int, Frame]] = collections.deque()
+        self._tally = Tally(COUNTERS)
+        self.counts: Dict[str, int] = self._tally.counts
+        self._input = PoseMatcher(self._track,
+                                  pose_source if pose_source is not None else self._track,
+                                  world_frame_id, online.max_pose_wait_s, self._tally,
+                                  self._consider_keyframe)
         self._policy = KeyframePolicy(online.min_translation_m, online.min_rotation_deg,
-                                      online.max_keyframes)
-        self._last_image_ns: Optional[int] = None
-        self._last_pose_ns: Optional[int] = None
-        self.counts: Dict[str, int] = {name: 0 for name in COUNTERS}
+                                      online.max_keyframes, online.finish_at_max_keyframes,
+                                      self.counts)
         self._lock = threading.RLock()
         self._state = 'collecting'
         self._progress: Optional[Progress] = None
         self._keyframes_dir: Optional[str] = None
         self._error = ''
-        self._last_warned: Dict[str, Tuple[float, int]] = {}
         self._worker = KeyframeEncoder(self._mapper, online.max_keyframes,
                                        online.train_while_collecting, self._lock,
                                        lambda: self._state, lambda: self._policy.keyframes,
@@ -209,28 +204,9 @@ class OnlineMappingSession:
         """
         with self._lock:
             if self._state != 'collecting':
-                return self._reject('after_finish', 'pose ignored: mapping is no longer '
-                                    f'collecting (state {self._state})')
-            self.counts['poses'] += 1
-            try:
-                world_from_cam = check_rigid_pose(world_from_cam)
-            except ValueError as error:
-                return self._reject('pose_invalid', f'pose at {stamp_name(stamp_ns)} refused: '
-                                    f'{error}')
-            if frame_id and self.world_frame_id and frame_id != self.world_frame_id:
-                return self._reject('pose_wrong_frame', f'pose at {stamp_name(stamp_ns)} '
-                                    f"refused: it is in frame '{frame_id}', mapping uses "
-                                    f"'{self.world_frame_id}' (the configured fixed frame, or "
-                                    'the frame of the first pose)')
-            refused = self._check_order('pose', stamp_ns, self._last_pose_ns)
-            if refused:
-                return refused
-            if frame_id and not self.world_frame_id:
-                self.world_frame_id = frame_id
-            self._last_pose_ns = stamp_ns
-            self._track.add(stamp_ns, world_from_cam)
-            self._resolve_pending()
-            return 'ok'
+                return self._tally.reject('after_finish', 'pose ignored: mapping is no '
+                                          f'longer collecting (state {self._state})')
+            return self._input.add_pose(stamp_ns, world_from_cam, frame_id)
 
     def refuse(self, reason: str, message: str, kind: Optional[str] = 'image') -> str:
         """Count and log an input refused before it reached the session.
@@ -241,7 +217,7 @@ class OnlineMappingSession:
         with self._lock:
             if kind:
                 self.counts[kind + 's'] += 1
-            return self._reject(reason, message)
+            return self._tally.reject(reason, message)
 
     def add_image(self, image: npt.NDArray[np.uint8], K: npt.NDArray[np.float64],
                   stamp_ns: int) -> str:
@@ -254,37 +230,26 @@ class OnlineMappingSession:
         """
         with self._lock:
             if self._state != 'collecting':
-                return self._reject('after_finish', 'image ignored: mapping is no longer '
-                                    f'collecting (state {self._state})')
-            self.counts['images'] += 1
-            if stamp_ns <= 0:
-                return self._reject('image_invalid', f'image refused: its stamp is {stamp_ns} '
-                                    '(unset); images need their capture time')
-            refused = self._check_order('image', stamp_ns, self._last_image_ns)
-            if refused:
-                return refused
-            try:
-                # A copy: a keyframe must not alias a message buffer the caller reuses.
-                frame = Frame(stamp_name(stamp_ns), np.array(image), _checked_K(K),
-                              stamp=stamp_ns / 1e9)
-            except ValueError as error:
-                return self._reject('image_invalid', f'image at {stamp_name(stamp_ns)} '
-                                    f'refused: {error}')
-            self._last_image_ns = stamp_ns
-            self._pending.append((stamp_ns, frame))
-            return self._resolve_pending(stamp_ns) or 'pending'
+                return self._tally.reject('after_finish', 'image ignored: mapping is no '
+                                          f'longer collecting (state {self._state})')
+            return self._input.add_image(image, K, stamp_ns)
 
     def poll(self) -> None:
         """Re-check waiting images (for pose sources that fill up by themselves, e.g. TF)."""
         with self._lock:
             if self._state == 'collecting':
-                self._resolve_pending()
+                self._input.resolve()
 
     # -- state ---------------------------------------------------------------------------
 
     @property
     def state(self) -> str:
         return self._state
+
+    @property
+    def world_frame_id(self) -> str:
+        """The frame the poses are in (the first pose's frame, unless one was given)."""
+        return self._input.world_frame_id
 
     @property
     def full(self) -> bool:
@@ -323,7 +288,7 @@ class OnlineMappingSession:
             last = trainer.last if trainer is not None else None
             buffer = self._worker.buffer
             return SessionStatus(self._state, dict(self.counts), len(self._keyframes),
-                                 len(self._pending), self.queued_count, self._worker.encoded,
+                                 self._input.pending, self.queued_count, self._worker.encoded,
                                  buffer.size if buffer else 0,
                                  self._progress, self._keyframes_dir, self._error,
                                  trainer.warm_steps if trainer is not None else 0,
@@ -389,7 +354,7 @@ class OnlineMappingSession:
         with self._lock:
             if self._state != 'collecting':
                 raise RuntimeError(f'finish: mapping has already started (state {self._state})')
-            self._resolve_pending(final=True)
+            self._input.resolve(final=True)
             if len(self._keyframes) < 2:
                 raise ValueError(
                     f'mapping needs at least 2 keyframes, got {len(self._keyframes)} '
@@ -448,96 +413,20 @@ class OnlineMappingSession:
 
     # -- internals -----------------------------------------------------------------------
 
-    def _check_order(self, kind: str, stamp_ns: int, last_ns: Optional[int]) -> str:
-        if last_ns is None or stamp_ns > last_ns:
-            return ''
-        if stamp_ns == last_ns:
-            return self._reject(f'{kind}_duplicate_stamp', f'{kind} refused: stamp '
-                                f'{stamp_name(stamp_ns)} repeats the previous {kind} stamp')
-        return self._reject(f'{kind}_out_of_order', f'{kind} refused: stamp '
-                            f'{stamp_name(stamp_ns)} is {ms_text(last_ns - stamp_ns)} older '
-                            f'than the previous {kind} ({stamp_name(last_ns)}); {kind}s must '
-                            'arrive in stamp order (a looping bag or a clock jump?)')
-
-    def _resolve_pending(self, newest_ns: Optional[int] = None, final: bool = False) -> str:
-        """Decide waiting images in order; returns the outcome of the image at `newest_ns`."""
-        outcome = ''
-        max_wait_ns = int(round(self.online.max_pose_wait_s * 1e9))
-        while self._pending:
-            stamp_ns, frame = self._pending[0]
-            found = self._pose_source.lookup(stamp_ns)
-            if found.status == 'wait':
-                if final:
-                    found = PoseLookup('none', reason='no pose at or after its stamp arrived '
-                                       'before mapping finished')
-                elif self._last_image_ns - stamp_ns > max_wait_ns:
-                    found = PoseLookup('none', reason='no pose at or after its stamp arrived '
-                                       f'within max_pose_wait_s ({self.online.max_pose_wait_s}'
-                                       ' s of newer images)')
-                else:
-                    break
-            self._pending.popleft()
-            if found.status == 'ok':
-                frame.world_from_cam = found.world_from_cam
-                result = self._consider_keyframe(frame)
-            else:
-                result = self._reject('no_pose', f'image {frame.name} has no pose: '
-                                      f'{found.reason}')
-            if stamp_ns == newest_ns:
-                outcome = result
-        self._track.forget_before(self._pending[0][0] if self._pending
-                                  else self._last_image_ns or 0)
-        return outcome
-
     def _consider_keyframe(self, frame: Frame) -> str:
-        """Put a posed frame to the keyframe policy; count and queue what it decides."""
-        if self.online.finish_at_max_keyframes and self.full:
-            self.counts['keyframe_limit'] += 1
-            return 'keyframe_limit'
-        index = self._policy.candidate(frame)
-        if index is None:
-            self.counts['skipped_small_motion'] += 1
-            return 'skipped_small_motion'
-        if self._policy.must_thin(index):
-            before = len(self._keyframes)
-            kept = self._policy.thin()
-            self.counts['keyframes'] -= before - len(kept)
-            self.counts['keyframes_thinned'] += before - len(kept)
+        """A posed frame (lock held): the policy decides, the worker encodes keyframes."""
+        outcome, kept = self._policy.consider(frame)
+        if kept is not None:  # thinned: a fresh buffer, the kept keyframes re-encoded first
             self._worker.restart(kept)
-        if not self._policy.accept(frame, index):
-            self.counts['skipped_spacing'] += 1
-            return 'skipped_spacing'
-        self.counts['keyframes'] += 1
-        self._worker.enqueue(frame)
-        if self.online.finish_at_max_keyframes and self.full:
-            _logger.info('keyframe limit reached (%d); collection is complete',
-                         self.online.max_keyframes)
-        return 'keyframe'
+        if outcome == 'keyframe':
+            self._worker.enqueue(frame)
+        return outcome
 
     def _drop_unencodable(self, frame: Frame, error: BaseException) -> None:
         """The worker could not encode keyframe `frame` (lock held): it is no keyframe."""
         self._policy.drop(frame)
-        self.counts['keyframes'] -= 1
-        self._reject('encode_failed', f'keyframe {frame.name} dropped: encoding '
-                     f'failed: {type(error).__name__}: {error}')
-
-    def _reject(self, reason: str, message: str) -> str:
-        """Count `reason` and log `message`, throttled per kind of problem.
-
-        Each kind is logged the first time, then at most every 5 s; messages that differ
-        only in numbers are the same kind.
-        """
-        self.counts[reason] = self.counts.get(reason, 0) + 1
-        key = re.sub(r'\d+', '#', message)
-        now = time.monotonic()
-        last, suppressed = self._last_warned.get(key, (-math.inf, 0))
-        if now - last >= _WARN_EVERY_S:
-            more = f' ({suppressed} more like this since the last report)' if suppressed else ''
-            _logger.warning('%s%s', message, more)
-            self._last_warned[key] = (now, 0)
-        else:
-            self._last_warned[key] = (last, suppressed + 1)
-        return reason
+        self._tally.reject('encode_failed', f'keyframe {frame.name} dropped: encoding '
+                           f'failed: {type(error).__name__}: {error}')
 
     def next_keyframes_folder(self) -> Path:
         """keyframes_dir (default: next to map_path), or the first free '.N' variant of it."""
@@ -550,21 +439,8 @@ class OnlineMappingSession:
         return candidate
 
 
-def _checked_K(K: npt.ArrayLike) -> npt.NDArray[np.float64]:
-    K = np.asarray(K, dtype=np.float64)
-    geometry.check_shape(K, (3, 3), 'K')
-    if not (np.all(np.isfinite(K)) and K[0, 0] > 0 and K[1, 1] > 0
-            and np.allclose(K[2], [0.0, 0.0, 1.0])):
-        raise ValueError(f'K must be finite with fx, fy > 0 and last row [0, 0, 1], got '
-                         f'{K.tolist()} (is camera_info filled in?)')
-    return K
-
-
 def _write_scene(folder: Path, keyframes: List[Frame]) -> Path:
-    """Save keyframes before training (finish), in ACE layout.
-
-    The session's one remaining use of ace_ros.data, imported here only when it runs:
-    finish's callers (the mapping node, the tests) rely on it saving the keyframes itself.
-    """
+    """finish saves the keyframes itself (its callers rely on it): the session's one
+    remaining use of ace_ros.data, imported only when it runs."""
     from ace_ros.data.ace_layout import write_ace_scene
     return write_ace_scene(folder, keyframes)
