@@ -28,6 +28,7 @@ from ace_ros.core.mapper import Progress as _Progress
 from ace_ros.core.types import Frame, LocalizationResult
 
 if TYPE_CHECKING:
+    from ace_ros.core.runtime import Runtime
     from ace_ros.data.base import FrameSource
     from ace_ros.report import FrameEvaluation
 
@@ -96,6 +97,13 @@ def _load_all(source: Iterable[Frame]) -> List[Frame]:
                             disable=None, mininterval=1.0)]
 
 
+def _runtime(cfg: MappingConfig | LocalizationConfig) -> 'Runtime':
+    """The job's runtime (`cfg`'s device and encoder), able to quantize an int8 encoder."""
+    from ace_ros.core.runtime import make_runtime
+    from ace_ros.data.calibration import calibration_inputs
+    return make_runtime(cfg.device, cfg.encoder, calibration_inputs)
+
+
 def run_map(frames: Sequence[Frame], cfg: MappingConfig, output: str,
             world_frame_id: str = 'map') -> Dict[str, Any]:
     """Map `frames`, save atomically to `output`; returns the report dict."""
@@ -104,7 +112,7 @@ def run_map(frames: Sequence[Frame], cfg: MappingConfig, output: str,
     start = time.perf_counter()
     progress = _MappingProgress()
     try:
-        result = map_frames(frames, cfg, world_frame_id, progress)
+        result = map_frames(frames, cfg, world_frame_id, progress, runtime=_runtime(cfg))
         scene_map, stats, device = result.scene_map, result.stats, result.device
     finally:
         progress.close()
@@ -133,7 +141,7 @@ def run_localize(map_path: str, frames: Iterable[Frame], cfg: LocalizationConfig
     """
     from ace_ros.core.localizer import Localizer
     from tqdm import tqdm
-    localizer = Localizer.from_file(map_path, cfg)
+    localizer = Localizer.from_file(map_path, cfg, _runtime(cfg))
     total = len(frames) if hasattr(frames, '__len__') else None
     frames = iter(frames)
     first = next(frames, None)

@@ -33,7 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ace_ros.cli import run_evaluate  # noqa: E402
 from ace_ros.core.config import LocalizationConfig, mapping_config  # noqa: E402
 from ace_ros.core.online_mapping import OnlineMappingConfig, OnlineMappingSession  # noqa: E402
+from ace_ros.core.runtime import make_runtime  # noqa: E402
+from ace_ros.data.ace_layout import write_ace_scene  # noqa: E402
 from ace_ros.data.base import Subset, block_split  # noqa: E402
+from ace_ros.data.calibration import calibration_inputs  # noqa: E402
 from ace_ros.data.sources import open_source  # noqa: E402
 
 
@@ -72,7 +75,10 @@ def main() -> int:
                                  min_rotation_deg=0.0,
                                  train_while_collecting=args.train_while_collecting)
     overrides = {} if args.time_budget_s is None else {'time_budget_s': args.time_budget_s}
-    session = OnlineMappingSession(mapping_config(args.preset, **overrides), online, 'map')
+    cfg = mapping_config(args.preset, **overrides)
+    runtime = make_runtime(cfg.device, cfg.encoder, calibration_inputs)
+    session = OnlineMappingSession(cfg, online, 'map', runtime=runtime,
+                                   write_scene=write_ace_scene)
     period_s = args.drive_s / len(frames)
     start = time.perf_counter()
     next_report = start + 30.0

@@ -22,12 +22,11 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import numpy.typing as npt
 
-from ace_ros.core import device as device_lib
 from ace_ros.core.buffer import TrainingBuffer
 from ace_ros.core.config import _f, MappingConfig
 from ace_ros.core.keyframes import KeyframePolicy
@@ -37,13 +36,16 @@ from ace_ros.core.mapper import (Mapper, MappingCancelled, MappingStats, Progres
 from ace_ros.core.online_input import PoseMatcher, Tally
 from ace_ros.core.online_worker import KeyframeEncoder, WARM_AFTER_KEYFRAMES
 from ace_ros.core.pose_track import PoseSource, PoseTrack
+from ace_ros.core.runtime import make_runtime, Runtime
 from ace_ros.core.types import Frame
-from ace_ros.core.weights import build_encoder
 
 __all__ = ['COUNTERS', 'MappingResult', 'OnlineMappingConfig', 'OnlineMappingSession',
            'SessionStatus', 'WARM_AFTER_KEYFRAMES']
 
 _logger = logging.getLogger(__name__)
+
+#: (folder, frames) -> the folder: writes frames as a scene `ace-ros map` reads.
+SceneWriter = Callable[[Path, List[Frame]], Path]
 
 #: Rejection and outcome counters, in report order.
 COUNTERS = ('images', 'poses', 'keyframes', 'skipped_small_motion', 'skipped_spacing',
@@ -159,20 +161,26 @@ class OnlineMappingSession:
     """
 
     def __init__(self, cfg: MappingConfig, online: OnlineMappingConfig,
-                 world_frame_id: str = '', pose_source: Optional[PoseSource] = None) -> None:
+                 world_frame_id: str = '', pose_source: Optional[PoseSource] = None,
+                 runtime: Optional[Runtime] = None,
+                 write_scene: Optional[SceneWriter] = None) -> None:
+        """`runtime` by default is made from `cfg` (without calibration images);
+        `write_scene` saves keyframes before training (`data.ace_layout.write_ace_scene`)."""
         self.cfg = cfg
         self.online = online
         # Checked now, not after minutes of training.
         map_dir = Path(online.map_path).resolve().parent
         if not map_dir.is_dir():
             raise ValueError(f'map_path {online.map_path}: directory {map_dir} does not exist')
-        self.device = device_lib.resolve_device(cfg.device)
-        encoder, self._encoder_sha256, self._encoder_label = build_encoder(
-            cfg.encoder, self.device)
+        if online.save_keyframes_before_training and write_scene is None:
+            raise ValueError('save_keyframes_before_training needs a write_scene function '
+                             '(ace_ros.data.ace_layout.write_ace_scene)')
+        self._write_scene = write_scene
+        self._runtime = runtime = runtime or make_runtime(cfg.device, cfg.encoder)
+        self.device = runtime.device
         _logger.info('online mapping on %s with encoder %s, preset %s',
-                     device_lib.describe(self.device, cfg.encoder_precision),
-                     self._encoder_label, cfg.preset)
-        self._mapper = Mapper(cfg, encoder, self.device, self._encoder_sha256)
+                     runtime.describe(cfg.encoder_precision), runtime.encoder_label, cfg.preset)
+        self._mapper = Mapper(cfg, runtime)
         self._track = PoseTrack(int(round(online.stamp_tolerance_s * 1e9)))
         self._tally = Tally(COUNTERS)
         self.counts: Dict[str, int] = self._tally.counts
@@ -375,7 +383,8 @@ class OnlineMappingSession:
                                      f"{len(keyframes)} ({self.counts['encode_failed']} could "
                                      'not be encoded)')
             if self.online.save_keyframes_before_training:
-                self._keyframes_dir = str(_write_scene(self.next_keyframes_folder(), keyframes))
+                folder = self._write_scene(self.next_keyframes_folder(), keyframes)
+                self._keyframes_dir = str(folder)
                 _logger.info('saved %d keyframes to %s (map them offline with: ace-ros map %s '
                              '-o MAP)', len(keyframes), self._keyframes_dir,
                              self._keyframes_dir)
@@ -387,8 +396,8 @@ class OnlineMappingSession:
 
             trained = self._mapper.map(keyframes, report, self._worker.buffer, passes_done=1,
                                        budget_start=budget_start, trainer=trainer)
-            scene_map = scene_map_from(trained, self._mapper.cfg, self._encoder_sha256,
-                                       self._encoder_label, self.world_frame_id or 'map')
+            scene_map = scene_map_from(trained, self._mapper.cfg, self._runtime.encoder_sha256,
+                                       self._runtime.encoder_label, self.world_frame_id or 'map')
             save_map(self.online.map_path, scene_map)
         except BaseException as error:  # noqa: B902 - Ctrl-C too: record it, then re-raise
             self._state = 'failed'
@@ -437,10 +446,3 @@ class OnlineMappingSession:
             n += 1
             candidate = base.with_name(f'{base.name}.{n}')
         return candidate
-
-
-def _write_scene(folder: Path, keyframes: List[Frame]) -> Path:
-    """finish saves the keyframes itself (its callers rely on it): the session's one
-    remaining use of ace_ros.data, imported only when it runs."""
-    from ace_ros.data.ace_layout import write_ace_scene
-    return write_ace_scene(folder, keyframes)

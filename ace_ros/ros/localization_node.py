@@ -51,14 +51,14 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
-from ace_ros.core import device as device_lib
 from ace_ros.core.config import LocalizationConfig
 from ace_ros.core.localizer import Localizer
 from ace_ros.core.mapfile import load_map
+from ace_ros.core.runtime import make_runtime, Runtime
 from ace_ros.core.types import Frame
-from ace_ros.core.weights import build_encoder
+from ace_ros.data.calibration import calibration_inputs
 from ace_ros.ros import conversions, diagnostics, params
 from ace_ros.ros.control_services import ControlServices
 from ace_ros.ros.controls import Controls, PoseGate
@@ -145,7 +145,7 @@ class LocalizationNode(Node):
         self._p = params.read_parameters(self, NODE_PARAMS)
         self._localizer: Optional[Localizer] = None
         self._map_path = ''
-        self._encoder_cache: Dict[tuple, tuple] = {}
+        self._runtimes: Dict[Tuple[str, str], Runtime] = {}
         self._camera_info: Optional[CameraInfo] = None
         self._rectifier: Optional[conversions.Rectifier] = None
         self._slot = LatestSlot()
@@ -197,7 +197,7 @@ class LocalizationNode(Node):
 
     # -- map ---------------------------------------------------------------------------
 
-    def _load_map(self) -> tuple:
+    def _load_map(self) -> Tuple[bool, str]:
         """(success, message); on failure the previous map (if any) stays in use."""
         try:
             self._p = params.read_parameters(self, NODE_PARAMS)
@@ -207,12 +207,10 @@ class LocalizationNode(Node):
                 raise ValueError('the map_path parameter is empty; set it to a map file '
                                  '(.ace) made by mapping_node or `ace-ros map`')
             scene_map = load_map(path)
-            device = device_lib.resolve_device(cfg.device)
-            key = (cfg.encoder, str(device))
-            if key not in self._encoder_cache:
-                self._encoder_cache = {key: build_encoder(cfg.encoder, device)[:2]}
-            encoder, encoder_sha256 = self._encoder_cache[key]
-            localizer = Localizer(scene_map, cfg, encoder=encoder, encoder_sha256=encoder_sha256)
+            key = (cfg.encoder, cfg.device)
+            if key not in self._runtimes:  # a reload keeps the encoder when it can
+                self._runtimes = {key: make_runtime(cfg.device, cfg.encoder, calibration_inputs)}
+            localizer = Localizer(scene_map, cfg, self._runtimes[key])
         except Exception as e:  # noqa: BLE001 - any bad map or setting must leave us running
             what = 'keeping the previous map' if self._localizer else \
                 'not localizing until ~/reload_map succeeds'
@@ -229,7 +227,7 @@ class LocalizationNode(Node):
             cloud.colors if cloud else np.zeros((0, 3), np.uint8),
             self.get_clock().now().to_msg(), map_frame))
         message = (f"loaded map {path} (frame '{map_frame}', {len(scene_map.frame_names)} "
-                   f'mapping frames) on {device_lib.describe(localizer.device)}, backend '
+                   f'mapping frames) on {localizer.runtime.describe()}, backend '
                    f'{localizer.backend}, {localizer.head_precision} head')
         self.get_logger().info(message)
         return True, message

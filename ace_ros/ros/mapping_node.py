@@ -39,7 +39,9 @@ from ace_ros.core.config import MappingConfig
 from ace_ros.core.mapper import MappingCancelled, Progress, eta_text
 from ace_ros.core.online_mapping import OnlineMappingConfig, OnlineMappingSession
 from ace_ros.core.pose_track import PoseLookup
+from ace_ros.core.runtime import make_runtime
 from ace_ros.data.ace_layout import write_ace_scene
+from ace_ros.data.calibration import calibration_inputs
 from ace_ros.ros import conversions, diagnostics, params
 from ace_ros.ros.tf import ExtrapolationError, TfInterface, TransformError
 from geometry_msgs.msg import PoseStamped
@@ -154,7 +156,9 @@ class MappingNode(Node):
         if self.p['pose_source'] == 'tf':
             self._tf_source = TfPoseSource(TfInterface(self), self.p['fixed_frame'],
                                            self.p['camera_frame'])
-        self.session = OnlineMappingSession(cfg, online, self.p['fixed_frame'], self._tf_source)
+        self.session = OnlineMappingSession(
+            cfg, online, self.p['fixed_frame'], self._tf_source,
+            make_runtime(cfg.device, cfg.encoder, calibration_inputs), write_ace_scene)
         self._cancel = threading.Event()
         self._done = threading.Event()
         self._worker: Optional[threading.Thread] = None

@@ -60,7 +60,8 @@ def _session(tmp_path, cfg=None, **online):
     values = dict(map_path=str(tmp_path / 'room.ace'), min_translation_m=0.05,
                   min_rotation_deg=5.0, max_keyframes=50, train_while_collecting=False)
     values.update(online)
-    session = OnlineMappingSession(cfg or _cfg(), OnlineMappingConfig(**values))
+    session = OnlineMappingSession(cfg or _cfg(), OnlineMappingConfig(**values),
+                                   write_scene=write_ace_scene)
     _SESSIONS.append(session)
     return session
 
@@ -282,7 +283,8 @@ def _policy_session(tmp_path, **online):
     """A session with the default keyframe settings (unless overridden) whose encoder does
     nothing: these tests are about which frames are kept, not about the buffer."""
     session = OnlineMappingSession(_cfg(), OnlineMappingConfig(
-        map_path=str(tmp_path / 'room.ace'), **{'train_while_collecting': False, **online}))
+        map_path=str(tmp_path / 'room.ace'), **{'train_while_collecting': False, **online}),
+        write_scene=write_ace_scene)
     _SESSIONS.append(session)
     session._mapper.add_to_buffer = lambda buffer, frame: 0
     return session
