@@ -38,7 +38,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -47,76 +47,20 @@ import torch
 import torch.nn.functional as F
 
 from ace_ros.core import device as device_lib
+from ace_ros.core.atomic_file import write_atomically
 from ace_ros.core.config import MappingConfig
 from ace_ros.core.network import (
     ENCODER_STRIDE, Encoder, Head, HeadConfig, image_to_network_input)
 from ace_ros.core.weights import load_encoder_state, random_encoder_state
 from ace_ros.pretrain_data import (
-    VALIDATION_SEED, Pair, RoomViews, load_photographs, photo_pair, photometric, render_room,
-    room_pair, validation_pairs)
+    VALIDATION_SEED, Pair, PretrainConfig, RoomViews, load_photographs, photo_pair, photometric,
+    render_room, room_pair, validation_pairs)
+
+#: What callers import from here (the data half lives in pretrain_data.py).
+__all__ = ['Pretrainer', 'PretrainConfig', 'VALIDATION_SEED', 'correspondence_loss',
+           'load_photographs', 'photo_pair', 'pretrain', 'render_room', 'room_pair']
 
 _logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class PretrainConfig:
-    """Settings of an encoder pretraining run; a checkpoint only resumes with the same."""
-
-    steps: int = field(default=8000, metadata={'help': 'optimisation steps in total'})
-    width: int = field(default=320, metadata={'help': 'training view width (px)'})
-    height: int = field(default=240, metadata={'help': 'training view height (px)'})
-    rooms: int = field(default=12, metadata={'help': 'synthetic rooms held in the pool'})
-    frames_per_room: int = field(default=48, metadata={'help': 'rendered views per room lap'})
-    refresh_every: int = field(
-        default=40, metadata={'help': 'steps between replacing the oldest room by a new one'})
-    first_seed: int = field(default=1000, metadata={'help': 'seed of the first room'})
-    real_scenes: str = field(
-        default='', metadata={'help': 'comma-separated folders of real photographs (ACE '
-                                      'scene folders or plain image folders) for '
-                                      'homography pairs; empty: synthetic only'})
-    real_fraction: float = field(
-        default=0.5, metadata={'help': 'fraction of pairs drawn from real photographs'})
-    pairs_per_step: int = field(default=2, metadata={'help': 'view pairs per step'})
-    cells_per_pair: int = field(default=512, metadata={'help': 'sampled cells per pair'})
-    temperature: float = field(default=0.07, metadata={'help': 'InfoNCE temperature'})
-    scale_weight: float = field(default=0.01,
-                                metadata={'help': 'weight of the feature scale penalty'})
-    learning_rate: float = field(default=3e-4, metadata={'help': 'peak AdamW learning rate'})
-    weight_decay: float = field(default=1e-4, metadata={'help': 'AdamW weight decay'})
-    warmup: int = field(default=200, metadata={'help': 'linear warm-up steps'})
-    checkpoint_every: int = field(default=100, metadata={'help': 'steps between checkpoints'})
-    validate_every: int = field(default=250, metadata={'help': 'steps between validations'})
-    device: str = field(default='auto', metadata={'help': "'auto', 'cpu' or 'cuda'"})
-    seed: int = field(default=0, metadata={'help': 'initialisation and sampling seed'})
-    init_encoder: str = field(
-        default='', metadata={'help': "encoder weights to start from; '' = random"})
-    head_weight: float = field(
-        default=0.0, metadata={'help': 'weight of the per-room scene-coordinate head loss '
-                                       '(0: correspondence loss only)'})
-    head_lr: float = field(default=1e-3, metadata={'help': 'AdamW learning rate of the heads'})
-    head_steps: int = field(
-        default=2, metadata={'help': 'extra head-only steps per step on the same features'})
-
-    def __post_init__(self) -> None:
-        for name in ('steps', 'rooms', 'frames_per_room', 'refresh_every', 'pairs_per_step',
-                     'cells_per_pair', 'checkpoint_every', 'validate_every'):
-            if getattr(self, name) < 1:
-                raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
-        if self.width % 8 or self.height % 8 or self.width < 64 or self.height < 64:
-            raise ValueError(f'width and height must be multiples of 8 and >= 64, got '
-                             f'{self.width} x {self.height}')
-        if not 0 <= self.real_fraction <= 1:
-            raise ValueError(f'real_fraction must be in [0, 1], got {self.real_fraction}')
-        if self.head_weight < 0 or self.head_steps < 0 or self.head_lr <= 0:
-            raise ValueError('head_weight and head_steps must be >= 0, head_lr > 0')
-        if self.temperature <= 0 or self.learning_rate <= 0:
-            raise ValueError('temperature and learning_rate must be > 0')
-        if self.first_seed + self.steps // self.refresh_every + self.rooms > VALIDATION_SEED:
-            raise ValueError(f'training rooms would reach the validation seeds (>= '
-                             f'{VALIDATION_SEED}); lower first_seed')
-
-    def real_folders(self) -> List[Path]:
-        return [Path(p.strip()) for p in self.real_scenes.split(',') if p.strip()]
 
 
 # --------------------------------------------------------------------------- loss
@@ -358,10 +302,9 @@ def match_accuracy(encode: Callable[[torch.Tensor], torch.Tensor], pairs: Sequen
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    """Atomic torch.save; our own checkpoint holds tensors and plain Python values only."""
-    tmp = path.with_suffix('.tmp')
-    torch.save(state, tmp)
-    tmp.replace(path)
+    """Atomic torch.save (Ctrl-C leaves the last checkpoint whole, and no temporary file);
+    our own checkpoint holds tensors and plain Python values only."""
+    write_atomically(path, lambda tmp: torch.save(state, tmp))
 
 
 def export_encoder(encoder: Encoder, path: Path, metadata: Optional[Dict[str, str]] = None
@@ -370,10 +313,8 @@ def export_encoder(encoder: Encoder, path: Path, metadata: Optional[Dict[str, st
     from safetensors.torch import save_file
     state = {k: v.detach().to('cpu', torch.float16).contiguous()
              for k, v in encoder.state_dict().items()}
-    tmp = path.with_suffix('.tmp')
-    save_file(state, str(tmp), metadata={'format': 'ace_ros.encoder', 'producer': 'ace_ros',
-                                         **(metadata or {})})
-    tmp.replace(path)
+    metadata = {'format': 'ace_ros.encoder', 'producer': 'ace_ros', **(metadata or {})}
+    write_atomically(path, lambda tmp: save_file(state, str(tmp), metadata=metadata))
 
 
 ProgressFn = Callable[[Dict[str, float], int], None]

@@ -1,5 +1,5 @@
-"""Encoder pretraining data: the views `ace_ros.pretrain` trains on, with exact
-correspondences between cells of view A and positions in view B.
+"""Encoder pretraining data: its settings (`PretrainConfig`) and the views `ace_ros.pretrain`
+trains on, with exact correspondences between cells of view A and positions in view B.
 
 Two kinds of pair: two overlapping views of a synthetic room rendered with exact depth and
 poses (`render_room`, `room_pair`: occlusion-checked reprojection), and two random homography
@@ -11,9 +11,9 @@ are never trained on (`validation_pairs`).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple, TYPE_CHECKING
+from typing import List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -22,12 +22,70 @@ import torch.nn.functional as F
 
 from ace_ros.core.network import ENCODER_STRIDE, cell_centers
 
-if TYPE_CHECKING:
-    from ace_ros.pretrain import PretrainConfig
-
 #: Room seeds at or above this are never used for training: validation rooms.
 VALIDATION_SEED = 900_000
 _IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.ppm', '.bmp')
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Settings of an encoder pretraining run; a checkpoint only resumes with the same."""
+
+    steps: int = field(default=8000, metadata={'help': 'optimisation steps in total'})
+    width: int = field(default=320, metadata={'help': 'training view width (px)'})
+    height: int = field(default=240, metadata={'help': 'training view height (px)'})
+    rooms: int = field(default=12, metadata={'help': 'synthetic rooms held in the pool'})
+    frames_per_room: int = field(default=48, metadata={'help': 'rendered views per room lap'})
+    refresh_every: int = field(
+        default=40, metadata={'help': 'steps between replacing the oldest room by a new one'})
+    first_seed: int = field(default=1000, metadata={'help': 'seed of the first room'})
+    real_scenes: str = field(
+        default='', metadata={'help': 'comma-separated folders of real photographs (ACE '
+                                      'scene folders or plain image folders) for '
+                                      'homography pairs; empty: synthetic only'})
+    real_fraction: float = field(
+        default=0.5, metadata={'help': 'fraction of pairs drawn from real photographs'})
+    pairs_per_step: int = field(default=2, metadata={'help': 'view pairs per step'})
+    cells_per_pair: int = field(default=512, metadata={'help': 'sampled cells per pair'})
+    temperature: float = field(default=0.07, metadata={'help': 'InfoNCE temperature'})
+    scale_weight: float = field(default=0.01,
+                                metadata={'help': 'weight of the feature scale penalty'})
+    learning_rate: float = field(default=3e-4, metadata={'help': 'peak AdamW learning rate'})
+    weight_decay: float = field(default=1e-4, metadata={'help': 'AdamW weight decay'})
+    warmup: int = field(default=200, metadata={'help': 'linear warm-up steps'})
+    checkpoint_every: int = field(default=100, metadata={'help': 'steps between checkpoints'})
+    validate_every: int = field(default=250, metadata={'help': 'steps between validations'})
+    device: str = field(default='auto', metadata={'help': "'auto', 'cpu' or 'cuda'"})
+    seed: int = field(default=0, metadata={'help': 'initialisation and sampling seed'})
+    init_encoder: str = field(
+        default='', metadata={'help': "encoder weights to start from; '' = random"})
+    head_weight: float = field(
+        default=0.0, metadata={'help': 'weight of the per-room scene-coordinate head loss '
+                                       '(0: correspondence loss only)'})
+    head_lr: float = field(default=1e-3, metadata={'help': 'AdamW learning rate of the heads'})
+    head_steps: int = field(
+        default=2, metadata={'help': 'extra head-only steps per step on the same features'})
+
+    def __post_init__(self) -> None:
+        for name in ('steps', 'rooms', 'frames_per_room', 'refresh_every', 'pairs_per_step',
+                     'cells_per_pair', 'checkpoint_every', 'validate_every'):
+            if getattr(self, name) < 1:
+                raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
+        if self.width % 8 or self.height % 8 or self.width < 64 or self.height < 64:
+            raise ValueError(f'width and height must be multiples of 8 and >= 64, got '
+                             f'{self.width} x {self.height}')
+        if not 0 <= self.real_fraction <= 1:
+            raise ValueError(f'real_fraction must be in [0, 1], got {self.real_fraction}')
+        if self.head_weight < 0 or self.head_steps < 0 or self.head_lr <= 0:
+            raise ValueError('head_weight and head_steps must be >= 0, head_lr > 0')
+        if self.temperature <= 0 or self.learning_rate <= 0:
+            raise ValueError('temperature and learning_rate must be > 0')
+        if self.first_seed + self.steps // self.refresh_every + self.rooms > VALIDATION_SEED:
+            raise ValueError(f'training rooms would reach the validation seeds (>= '
+                             f'{VALIDATION_SEED}); lower first_seed')
+
+    def real_folders(self) -> List[Path]:
+        return [Path(p.strip()) for p in self.real_scenes.split(',') if p.strip()]
 
 
 # --------------------------------------------------------------------------- view pairs
