@@ -8,10 +8,10 @@ import logging
 import os
 from pathlib import Path
 import sys
-import tempfile
 import time
-from typing import Any, Callable, Dict, FrozenSet, Optional, Tuple, Union
+from typing import Any, Dict, FrozenSet, Optional, Tuple, Union
 
+from ace_ros.core.atomic_file import write_atomically
 from ace_ros.core.mapper import Progress, eta_text
 
 _logger = logging.getLogger('ace_ros')
@@ -151,24 +151,3 @@ def write_json(path: Optional[str], data: Dict[str, Any]) -> None:
     if path:
         write_atomically(Path(path), lambda tmp: tmp.write_text(
             json.dumps(data, indent=2, sort_keys=True) + '\n'))
-
-
-def write_atomically(path: Path, write: Callable[[Path], Any]) -> None:
-    """`write(tmp)` a temporary file beside `path`, then move it there: an interruption
-    leaves the old file (or none), never half of one, and no temporary file. A new file
-    gets mode 0644, an existing one keeps its mode (as map files)."""
-    try:
-        mode = path.stat().st_mode & 0o7777
-    except FileNotFoundError:
-        mode = 0o644
-    fd, name = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp',
-                                dir=path.absolute().parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        write(tmp)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

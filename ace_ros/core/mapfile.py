@@ -18,7 +18,6 @@ The format's versions and the checks of a file's header are `ace_ros.core.mapfil
 
 from __future__ import annotations
 
-from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 import hashlib
@@ -27,11 +26,10 @@ import logging
 import math
 import os
 import re
-import stat
-import tempfile
 from typing import Any, Dict, List, Mapping, Optional
 
 from ace_ros import __version__
+from ace_ros.core.atomic_file import write_atomically
 from ace_ros.core.mapfile_header import (
     FORMAT, FORMAT_VERSION, header_length, JSON_KEYS, MAX_MAP_BYTES, MapFileError,
     OLDEST_FORMAT_VERSION, parse_header, stat_map)
@@ -214,10 +212,8 @@ class SceneMap:
 def save_map(path: str, scene_map: SceneMap) -> None:
     """Write `scene_map` to `path` atomically.
 
-    The bytes go to a temporary file in the same directory, are flushed and fsynced, then
-    ``os.replace`` puts them at `path` and the directory is fsynced. On any error the file
-    previously at `path` (if any) is untouched and the temporary file is removed. A new file
-    gets mode 0644; an existing file keeps its mode.
+    See `atomic_file.write_atomically`: on any error the file previously at `path` (if any)
+    is untouched and no temporary file is left.
 
     Raises:
         FileNotFoundError: if the directory of `path` does not exist.
@@ -243,24 +239,7 @@ def save_map(path: str, scene_map: SceneMap) -> None:
         'payload_sha256': _payload_sha256(tensors)}
     blob = safetensors.torch.save(tensors, metadata={
         k: json.dumps(v, allow_nan=False) if k in JSON_KEYS else v for k, v in metadata.items()})
-    try:
-        mode = stat.S_IMODE(os.stat(path).st_mode)
-    except FileNotFoundError:
-        mode = 0o644
-    fd, tmp = tempfile.mkstemp(prefix=f'.{os.path.basename(path)}.', suffix='.tmp',
-                               dir=directory)
-    try:
-        with os.fdopen(fd, 'wb') as fh:
-            fh.write(blob)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_directory(directory)
+    write_atomically(path, lambda tmp: tmp.write_bytes(blob))
     _logger.info('saved map %s (%d head tensors, %.1f MB)', path, len(scene_map.head_state),
                  len(blob) / 1e6)
 
@@ -387,15 +366,3 @@ def _json_copy(value: Any, name: str) -> Any:
         return json.loads(json.dumps(value, allow_nan=False))
     except (TypeError, ValueError) as e:
         raise ValueError(f'{name} must be JSON-serialisable: {e}') from e
-
-
-def _fsync_directory(directory: str) -> None:
-    """Make the rename durable; best effort, as not every platform can fsync a directory."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError as e:
-        _logger.debug('fsync of directory %s failed: %s', directory, e)

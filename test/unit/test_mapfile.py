@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import pathlib
 from typing import Callable, Dict, Optional
 
 from ace_ros import __version__
@@ -313,8 +314,10 @@ def test_failed_save_keeps_previous_file(tmp_path, map_path, monkeypatch, failur
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
-    if failure == 'write':
-        monkeypatch.setattr(mapfile.os, 'fdopen', lambda *a, **k: _DiskFull(real_fdopen(*a, **k)))
+    if failure == 'write':  # the map's bytes go out through Path.write_bytes (atomic_file)
+        monkeypatch.setattr(pathlib.Path, 'write_bytes',
+                            lambda path, data: _DiskFull(real_fdopen(
+                                os.open(path, os.O_WRONLY), 'wb')).write(data))
     else:
         monkeypatch.setattr(mapfile.os, 'fsync' if failure != 'replace' else 'replace',
                             interrupt if failure == 'interrupt' else boom)
