@@ -7,8 +7,7 @@ import logging
 import math
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -17,8 +16,11 @@ from ace_ros.core import device as device_lib
 from ace_ros.core.buffer import TrainingBuffer, prepare_image
 from ace_ros.core.config import MappingConfig, config_to_dict
 from ace_ros.core.map_cloud import predict_cloud
+from ace_ros.core.mapping_results import (  # noqa: F401 - re-exported: callers import them here
+    MappingCancelled, MappingResult, MappingStats, Progress, ProgressCallback, TrainedHead,
+    TrainingRun, eta_text, rate_eta)
 from ace_ros.core.mapfile import MapCloud, SceneMap
-from ace_ros.core.loss import LossOutput, soft_clamp_tau
+from ace_ros.core.loss import soft_clamp_tau
 from ace_ros.core.network import Head
 from ace_ros.core.runtime import make_runtime, Runtime
 from ace_ros.core.training import (MAX_WARMUP_STEPS, PEAK_AT, HeadTrainer,
@@ -38,83 +40,6 @@ BUFFER_SHARE_OF_BUDGET = 0.25
 STEP_OVERHEAD = 1.15
 #: Under a budget too tight for them, this many iterations run anyway (with a warning).
 MIN_BUDGETED_ITERATIONS = 100
-
-
-@dataclass(frozen=True)
-class Progress:
-    """One progress report: stage is 'buffer' (images) or 'train' (iterations).
-
-    `rate` is items per second since the stage began and `eta_s` the seconds left at that
-    rate (nan until measurable).
-    """
-
-    stage: str
-    done: int
-    total: int
-    loss: float = math.nan
-    valid_fraction: float = math.nan
-    median_error_px: float = math.nan
-    rate: float = math.nan
-    eta_s: float = math.nan
-
-
-def _rate_eta(done: int, total: int, start: float) -> Dict[str, float]:
-    elapsed = time.perf_counter() - start
-    rate = done / elapsed if elapsed > 0 else math.nan
-    return {'rate': rate, 'eta_s': (total - done) / rate if rate > 0 else math.nan}
-
-
-def eta_text(eta_s: float) -> str:
-    """'ETA 43 s' for progress lines; 'ETA unknown' before a rate is measurable."""
-    return f'ETA {eta_s:.0f} s' if math.isfinite(eta_s) else 'ETA unknown'
-
-
-ProgressCallback = Callable[[Progress], None]
-
-
-class MappingCancelled(RuntimeError):
-    """Mapping stopped because `Mapper.cancel` was set (e.g. Ctrl-C in the mapping node)."""
-
-
-@dataclass
-class MappingStats:
-    buffer_s: float = 0.0
-    train_s: float = 0.0
-    iterations: int = 0
-    buffer_size: int = 0
-    buffer_images: int = 0
-    frames_used: int = 0
-    frames_without_pose: int = 0
-    final_loss: float = math.nan
-    final_median_error_px: float = math.nan
-    #: seconds spent predicting the map cloud, and its points (0: none)
-    cloud_s: float = 0.0
-    cloud_points: int = 0
-    #: iterations (and their seconds) trained while keyframes arrived (online mapping),
-    #: before the `iterations` of the schedule's remainder
-    warm_iterations: int = 0
-    warm_s: float = 0.0
-    loss_history: List[float] = field(default_factory=list)
-
-
-@dataclass
-class TrainingRun:
-    """What `Mapper.train` gives back."""
-    head: Head
-    iterations: int
-    loss_history: List[float]
-    #: the loss terms of the last iteration (loss, valid fraction, median error in px)
-    last: LossOutput
-
-
-@dataclass
-class TrainedHead:
-    head: Head
-    stats: MappingStats
-    frame_names: List[str]
-    intrinsics: List[List[float]]
-    #: the scene points for display (see `map_cloud`), None where none were predicted
-    cloud: Optional[MapCloud] = None
 
 
 class Mapper:
@@ -216,7 +141,7 @@ class Mapper:
                 if progress:
                     # Frames with invalid cells give fewer samples: the total may grow.
                     total = max(total, done)
-                    progress(Progress('buffer', done, total, **_rate_eta(done, total, start)))
+                    progress(Progress('buffer', done, total, **rate_eta(done, total, start)))
                 if buffer.full:
                     return buffer
         return buffer
@@ -364,7 +289,7 @@ class Mapper:
                 if progress:
                     progress(Progress('train', iteration + 1, iterations, history[-1],
                                       out.valid_fraction, out.median_error_px,
-                                      **_rate_eta(iteration + 1, iterations, start)))
+                                      **rate_eta(iteration + 1, iterations, start)))
             iteration += 1
         head.eval()
         return TrainingRun(head, iterations, history, out)
@@ -457,15 +382,6 @@ def _distinct_intrinsics(frames: Sequence[Frame], limit: int = 16) -> List[list]
         if len(seen) >= limit:
             break
     return list(seen.values())
-
-
-@dataclass
-class MappingResult:
-    """What `map_frames` gives back."""
-    scene_map: SceneMap
-    stats: MappingStats
-    #: where it ran and at which precision, e.g. 'cpu (2 threads, fp32, int8 encoder)'
-    device: str
 
 
 def map_frames(frames: Sequence[Frame], cfg: MappingConfig, world_frame_id: str = 'map',
