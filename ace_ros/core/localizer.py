@@ -59,11 +59,7 @@ class Localizer:
             scene_map.mapping_config.get('encoder_precision', 'float'), cfg.mixed_precision)
         self.backend, self.head_precision = chosen.backend, chosen.head_precision
         self._network, self._predict = chosen.network, chosen.predict
-        self.ransac = RansacSettings(
-            hypotheses=cfg.ransac_hypotheses, inlier_threshold_px=cfg.inlier_threshold_px,
-            max_reprojection_px=cfg.max_reprojection_px,
-            max_refinement_iterations=cfg.refinement_iterations, min_inliers=cfg.min_inliers,
-            max_hypothesis_tries=cfg.ransac_max_tries)
+        self.ransac = RansacSettings.from_config(cfg)
         self._rng = np.random.default_rng(cfg.seed)
 
     @classmethod

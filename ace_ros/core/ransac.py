@@ -13,7 +13,7 @@ OpenCV (`cv2.solvePnP`, SOLVEPNP_ITERATIVE), so K must not have skew, which Open
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Optional, Tuple
 
 import cv2
@@ -30,19 +30,21 @@ BoolArray = npt.NDArray[np.bool_]
 
 @dataclass(frozen=True)
 class RansacSettings:
-    """Test-time RANSAC settings; the first five defaults are ACE's (ACE_NOTES.md).
+    """Test-time RANSAC settings; the first five defaults are ACE's (ACE_NOTES.md). Fields
+    that `LocalizationConfig` also has carry its names, so a localizer takes them from its
+    settings (`from_config`).
 
     Attributes:
-        hypotheses: number of valid pose hypotheses to score.
+        ransac_hypotheses: number of valid pose hypotheses to score.
         inlier_threshold_px: reprojection error below which a correspondence is an inlier.
         max_reprojection_px: errors are clamped here when scoring, so that far outliers and
             points behind the camera all cost the same.
         soft_inlier_sharpness: beta * inlier_threshold_px of the soft inlier score
             sum(1 - sigmoid(beta * (err - threshold))); 5 gives 0.99 at zero error and 0.007 at
             twice the threshold, independent of the threshold's scale.
-        max_refinement_iterations: at most this many PnP refinements of the best hypothesis.
-        max_hypothesis_tries: at most this many random 4-tuples in total; if fewer than
-            `hypotheses` are valid by then, the valid ones found are scored.
+        refinement_iterations: at most this many PnP refinements of the best hypothesis.
+        ransac_max_tries: at most this many random 4-tuples in total; if fewer than
+            `ransac_hypotheses` are valid by then, the valid ones found are scored.
         min_inliers: a pose with fewer inliers after refinement is a failure; random
             correspondences reach ~10-20 inliers of 4800 by chance.
         min_depth: metres; a point closer to (or behind) the camera is never an inlier.
@@ -50,25 +52,31 @@ class RansacSettings:
         confidence_inliers: inlier count at which `RansacResult.confidence` reaches 1 - 1/e.
     """
 
-    hypotheses: int = 64
+    ransac_hypotheses: int = 64
     inlier_threshold_px: float = 10.0
     max_reprojection_px: float = 100.0
     soft_inlier_sharpness: float = 5.0
-    max_refinement_iterations: int = 100
-    max_hypothesis_tries: int = 100_000
+    refinement_iterations: int = 100
+    ransac_max_tries: int = 100_000
     min_inliers: int = 50
     min_depth: float = 0.1
     max_depth: float = 1000.0
     confidence_inliers: float = 500.0
 
+    @classmethod
+    def from_config(cls, cfg: object) -> 'RansacSettings':
+        """The settings a localization config (`LocalizationConfig`) gives: each field it
+        has by the same name; ACE's defaults for the rest."""
+        return cls(**{f.name: getattr(cfg, f.name) for f in fields(cls) if hasattr(cfg, f.name)})
+
     def __post_init__(self) -> None:
-        for name in ('hypotheses', 'max_hypothesis_tries', 'inlier_threshold_px',
+        for name in ('ransac_hypotheses', 'ransac_max_tries', 'inlier_threshold_px',
                      'soft_inlier_sharpness', 'min_depth', 'confidence_inliers'):
             if not getattr(self, name) > 0:
                 raise ValueError(f'{name} must be > 0, got {getattr(self, name)}')
-        if self.max_refinement_iterations < 0:
-            raise ValueError('max_refinement_iterations must be >= 0, got '
-                             f'{self.max_refinement_iterations}')
+        if self.refinement_iterations < 0:
+            raise ValueError('refinement_iterations must be >= 0, got '
+                             f'{self.refinement_iterations}')
         if self.min_inliers < 4:
             raise ValueError(f'min_inliers must be >= 4 (PnP needs 4), got {self.min_inliers}')
         if not self.max_reprojection_px > self.inlier_threshold_px:
@@ -289,12 +297,12 @@ def _sample_hypotheses(rays: FloatArray, points_world: FloatArray, pixels: Float
         rotation (H, 3, 3), translation (H, 3) `cam_from_world` hypotheses (H may be 0), and
         the number of 4-tuples drawn.
     """
-    n, wanted = len(points_world), settings.hypotheses
+    n, wanted = len(points_world), settings.ransac_hypotheses
     rotations, translations = [], []
     found = tries = 0
     batch = 4 * wanted
-    while found < wanted and tries < settings.max_hypothesis_tries:
-        batch = min(batch, settings.max_hypothesis_tries - tries)
+    while found < wanted and tries < settings.ransac_max_tries:
+        batch = min(batch, settings.ransac_max_tries - tries)
         idx = rng.integers(0, n, size=(batch, 4))
         tries += batch
         idx = idx[(idx[:, [0, 0, 0, 1, 1, 2]] != idx[:, [1, 2, 3, 2, 3, 3]]).all(axis=1)]
@@ -330,7 +338,7 @@ def _refine(cam_from_world: FloatArray, points_world: FloatArray, pixels: FloatA
         return error[0] < settings.inlier_threshold_px
 
     mask = inliers(cam_from_world)
-    for _ in range(settings.max_refinement_iterations):
+    for _ in range(settings.refinement_iterations):
         if mask.sum() < 4:
             break
         rvec = cv2.Rodrigues(cam_from_world[:3, :3])[0]

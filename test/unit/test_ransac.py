@@ -92,7 +92,7 @@ def test_garbage_fails(seed: int) -> None:
     rng = np.random.default_rng(seed)
     pixels = rng.uniform([0, 0], [640, 480], size=(1000, 2))
     points = rng.uniform(-5, 5, size=(1000, 3))
-    settings = RansacSettings(max_hypothesis_tries=20_000)
+    settings = RansacSettings(ransac_max_tries=20_000)
     result = ransac_pnp(pixels, points, K, settings, rng)
     _check_failed(result, 1000, 'too few inliers')
     assert result.inlier_count < settings.min_inliers
@@ -130,7 +130,7 @@ def test_degenerate_points_fail(layout: str) -> None:
         points = np.tile([0.5, -1.0, 3.0], (100, 1))
     else:
         points = np.outer(rng.uniform(1, 5, 100), [0.2, 0.1, 1.0])
-    settings = RansacSettings(max_hypothesis_tries=2000)
+    settings = RansacSettings(ransac_max_tries=2000)
     result = ransac_pnp(pixels, points, K, settings, rng)
     _check_failed(result, 100, 'no valid hypothesis')
 
@@ -148,7 +148,7 @@ def test_deterministic_given_seed() -> None:
 
 def test_without_refinement_hypothesis_is_close() -> None:
     pixels, points, world_from_cam, _ = _scene(2, 500, 0.5, noise_px=1.0)
-    settings = RansacSettings(max_refinement_iterations=0)
+    settings = RansacSettings(refinement_iterations=0)
     result = ransac_pnp(pixels, points, K, settings, np.random.default_rng(0))
     assert result.success
     t_err, r_err = geometry.pose_error(result.world_from_cam, world_from_cam)
@@ -179,15 +179,15 @@ def test_p3p_matches_opencv() -> None:
 
 
 @pytest.mark.parametrize('field, value', [
-    ('hypotheses', 0), ('inlier_threshold_px', 0.0), ('max_reprojection_px', 5.0),
-    ('soft_inlier_sharpness', -1.0), ('max_refinement_iterations', -1),
-    ('max_hypothesis_tries', 0), ('min_inliers', 3), ('min_depth', 0.0), ('max_depth', 0.05),
+    ('ransac_hypotheses', 0), ('inlier_threshold_px', 0.0), ('max_reprojection_px', 5.0),
+    ('soft_inlier_sharpness', -1.0), ('refinement_iterations', -1),
+    ('ransac_max_tries', 0), ('min_inliers', 3), ('min_depth', 0.0), ('max_depth', 0.05),
     ('confidence_inliers', 0.0)])
 def test_settings_validation(field: str, value: float) -> None:
     with pytest.raises(ValueError, match=field):
         RansacSettings(**{field: value})
     with pytest.raises(dataclasses.FrozenInstanceError):
-        RansacSettings().hypotheses = 1  # type: ignore[misc]
+        RansacSettings().ransac_hypotheses = 1  # type: ignore[misc]
 
 
 def test_bad_inputs_raise() -> None:
@@ -234,7 +234,7 @@ def test_coherent_cells_skip_non_finite_and_validate() -> None:
 
 def test_sample_mask_limits_sampling_not_scoring() -> None:
     pixels, points, world_from_cam, inlier = _scene(7, 1000, 0.5, noise_px=0.5)
-    settings = RansacSettings(max_hypothesis_tries=5_000)
+    settings = RansacSettings(ransac_max_tries=5_000)
     # Minimal sets from 20 inliers only: the pose is found and scored on all 1000.
     few = np.flatnonzero(inlier)[:20]
     mask = np.zeros(1000, dtype=bool)
