@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Tuple
 
 import cv2
 import numpy as np
@@ -112,7 +112,7 @@ def encode(encoder: Encoder, gray: np.ndarray, device: torch.device,
 
 
 def target_cells(encoded: EncoderInput, world_points: np.ndarray,
-                 valid: np.ndarray) -> tuple:
+                 valid: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """Cells of `encoded` that triangulated `world_points` project into, and the target of
     each: the point moved onto the cell centre's ray at its own depth (so a target has no
     reprojection error of its own). Returns ((M,) flat cell indices, (M, 3) float32)."""
@@ -240,7 +240,7 @@ class TrainingBuffer:
             points[list(which)]).to(self.device)
         return len(hit)
 
-    def geometry_tables(self) -> tuple:
+    def geometry_tables(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(M, 3, 4) cam_from_world, (M, 3, 3) K, (M, 3, 3) K^-1 as float32 on the device."""
         cam_from_world = torch.tensor(np.stack(self._cam_from_world), dtype=torch.float32)
         K = np.stack(self._K)

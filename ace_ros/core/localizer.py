@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Optional
+from typing import Dict, NamedTuple, Optional, Tuple
 
 import numpy as np
 import torch
@@ -28,6 +28,18 @@ def head_from_map(scene_map: SceneMap, device: torch.device) -> Head:
     state['scene_mean'] = scene_map.scene_mean.float()
     head.load_state_dict(state)
     return head.eval().requires_grad_(False).to(device)
+
+
+class SceneCoordinates(NamedTuple):
+    """What `Localizer.predict_scene_coordinates` gives (a tuple: it unpacks as one)."""
+    #: (H, W, 2) pixel centres of the cells, at network scale
+    pixels: np.ndarray
+    #: (H, W, 3) float64 world points the head predicts for them
+    points: np.ndarray
+    #: (3, 3) K at network scale
+    K: np.ndarray
+    #: seconds per stage: 'prepare', 'encoder', 'head'
+    timings: Dict[str, float]
 
 
 class Localizer:
@@ -77,9 +89,8 @@ class Localizer:
         self.predict_scene_coordinates(frame)
         return time.perf_counter() - start
 
-    def predict_scene_coordinates(self, frame: Frame) -> tuple:
-        """Frame -> ((H, W, 2) pixels, (H, W, 3) world points of the cell grid, K at network
-        scale, timings)."""
+    def predict_scene_coordinates(self, frame: Frame) -> 'SceneCoordinates':
+        """The head's scene coordinates for the cell grid of `frame`."""
         timings = {}
         start = time.perf_counter()
         prepared = prepare_image(frame, self.image_height)
@@ -95,7 +106,7 @@ class Localizer:
         timings['head'] = time.perf_counter() - start
         pixels = cell_centers(prepared.gray.shape[0], prepared.gray.shape[1])
         pixels_np = pixels.permute(1, 2, 0).numpy().astype(np.float64)
-        return pixels_np, points_np.reshape(h, w, 3), prepared.K, timings
+        return SceneCoordinates(pixels_np, points_np.reshape(h, w, 3), prepared.K, timings)
 
     def localize(self, frame: Frame) -> LocalizationResult:
         """Estimate `frame`'s camera-to-world pose; never raises for a failed estimate."""
@@ -116,7 +127,8 @@ class Localizer:
             reason=estimate.reason)
 
 
-def pose_errors(result: LocalizationResult, world_from_cam_gt: np.ndarray) -> tuple:
+def pose_errors(result: LocalizationResult, world_from_cam_gt: np.ndarray
+                ) -> Tuple[float, float]:
     """(translation error m, rotation error deg); infinite for a failed result."""
     if not result.success:
         return float('inf'), float('inf')

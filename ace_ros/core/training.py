@@ -176,7 +176,8 @@ class HeadTrainer:
         self._cursor += batch
         return index
 
-    def _geometry(self, buffer: TrainingBuffer) -> tuple:
+    def _geometry(self, buffer: TrainingBuffer
+                  ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The buffer's per-image tables, rebuilt when it holds more images (or is another
         buffer: online mapping replaces its buffer when it thins the keyframes)."""
         of, n_images = self._tables_of

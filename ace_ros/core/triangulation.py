@@ -16,7 +16,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -71,7 +71,7 @@ class TriangulationResult:
         return sum(len(p.world) for p in self.points)
 
 
-def _camera_centres_and_axes(frames: Sequence[Frame]) -> tuple:
+def _camera_centres_and_axes(frames: Sequence[Frame]) -> Tuple[np.ndarray, np.ndarray]:
     poses = np.stack([f.world_from_cam for f in frames])
     return poses[:, :3, 3], poses[:, :3, 2]
 
@@ -126,7 +126,7 @@ def choose_pairs(frames: Sequence[Frame], settings: TriangulationSettings) -> Li
     return sorted(pairs)
 
 
-def _detect(frame: Frame, sift: cv2.SIFT, height: int) -> tuple:
+def _detect(frame: Frame, sift: cv2.SIFT, height: int) -> Tuple[np.ndarray, np.ndarray]:
     scale = height / frame.height
     width = int(round(frame.width * scale))
     gray = cv2.cvtColor(cv2.resize(frame.image, (width, height), interpolation=cv2.INTER_AREA),
@@ -164,7 +164,7 @@ def _fundamental(fa: Frame, fb: Frame) -> FloatArray:
 
 
 def _triangulate_pair(fa: Frame, fb: Frame, pa: np.ndarray, pb: np.ndarray,
-                      settings: TriangulationSettings) -> tuple:
+                      settings: TriangulationSettings) -> Tuple[np.ndarray, np.ndarray]:
     """Keeps matches that pass the epipolar, depth, reprojection and parallax checks;
     returns (mask over the matches, (N, 3) world points of the kept ones)."""
     keep = _sampson(_fundamental(fa, fb), pa.astype(np.float64),

@@ -26,7 +26,7 @@ Decisions:
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -287,7 +287,7 @@ def camera_info_to_K(msg: Any, image_is_rectified: bool = False) -> FloatArray:
     return K
 
 
-def camera_info_key(msg: Any, image_is_rectified: bool = False) -> tuple:
+def camera_info_key(msg: Any, image_is_rectified: bool = False) -> Tuple[Any, ...]:
     """What a `Rectifier` depends on: equal keys give the same K and undistortion."""
     roi = getattr(msg, 'roi', None)
     roi_key = () if roi is None else (roi.x_offset, roi.y_offset, roi.width, roi.height)
