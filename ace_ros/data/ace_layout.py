@@ -164,16 +164,8 @@ def file_id(path: Path) -> str:
 def _rgb_files(folder: Path) -> dict[str, Path]:
     files = sorted(p for p in folder.iterdir()
                    if p.is_file() and p.suffix.lower() in RGB_EXTENSIONS)
-    by_id: dict[str, Path] = {}
-    for path in files:
-        if path.stem.endswith('.depth'):
-            # Depth maps share the colour image's id; a colour-only reader skips them.
-            continue
-        key = file_id(path)
-        if key in by_id:
-            raise ValueError(f'{folder}: two images with id {key!r}: '
-                             f'{by_id[key].name} and {path.name}')
-        by_id[key] = path
+    # Depth maps share the colour image's id; a colour-only reader skips them.
+    by_id = _by_id(folder, (p for p in files if not p.stem.endswith('.depth')), 'images')
     if not by_id:
         raise ValueError(f'{folder}: no images; expected files ending in {RGB_EXTENSIONS}')
     return dict(sorted(by_id.items()))
@@ -182,13 +174,16 @@ def _rgb_files(folder: Path) -> dict[str, Path]:
 def _text_files(folder: Path) -> dict[str, Path]:
     if not folder.is_dir():
         raise ValueError(f'{folder}: folder missing')
+    return _by_id(folder, (p for p in sorted(folder.glob('*.txt')) if p.is_file()), 'files')
+
+
+def _by_id(folder: Path, paths: Iterable[Path], what: str) -> dict[str, Path]:
+    """`paths` by their id (`file_id`); two with one id are an error naming both."""
     by_id: dict[str, Path] = {}
-    for path in sorted(folder.glob('*.txt')):
-        if not path.is_file():
-            continue
+    for path in paths:
         key = file_id(path)
         if key in by_id:
-            raise ValueError(f'{folder}: two files with id {key!r}: '
+            raise ValueError(f'{folder}: two {what} with id {key!r}: '
                              f'{by_id[key].name} and {path.name}')
         by_id[key] = path
     return by_id
