@@ -49,6 +49,7 @@ covariance_from_confidence`) is moved to the base with `conversions.offset_pose_
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from typing import Any, Dict, Optional, Tuple
@@ -59,7 +60,7 @@ from ace_ros.core.mapfile import load_map
 from ace_ros.core.runtime import make_runtime, Runtime
 from ace_ros.core.types import Frame
 from ace_ros.data.calibration import calibration_inputs
-from ace_ros.ros import conversions, diagnostics, params
+from ace_ros.ros import conversions, diagnostics, node_base, params
 from ace_ros.ros.control_services import ControlServices
 from ace_ros.ros.controls import Controls, PoseGate
 from ace_ros.ros.diagnostics import Report
@@ -69,15 +70,10 @@ from ace_ros.ros.tf import TfInterface
 from ace_ros.ros.timing import Counters, LatestSlot, TimeJumpGuard
 from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
 import numpy as np
-import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import JumpThreshold, TimeJump
 from rclpy.duration import Duration
-from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
-import rclpy.logging
-from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, qos_profile_sensor_data, QoSProfile, ReliabilityPolicy
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_srvs.srv import Trigger
 
@@ -135,11 +131,14 @@ COUNTERS = ('received', 'processed', 'rejected', 'failed', 'bad_input', 'no_came
             'skipped_paused', 'skipped_untriggered', 'gated')
 
 
-class LocalizationNode(Node):
+class LocalizationNode(node_base.AceNode):
     """Thin adapter: messages -> `Localizer` -> pose, covariance and TF messages."""
 
+    NODE_NAME = 'localization_node'
+    EXECUTOR_THREADS = 2  # ~/reload_map (loading a map) must not hold up the images
+
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__('localization_node', **kwargs)
+        super().__init__(**kwargs)
         params.declare_config(self, LocalizationConfig)
         params.declare_parameters(self, NODE_PARAMS)
         self._p = params.read_parameters(self, NODE_PARAMS)
@@ -186,7 +185,7 @@ class LocalizationNode(Node):
                             callback_group=MutuallyExclusiveCallbackGroup())
         self._control_services = ControlServices(self, self._controls, self._gate,
                                                  self._slot, self._output)
-        qos = self._image_qos(self._p['image_qos'])
+        qos = node_base.image_qos(self._p['image_qos'], depth=1)  # only the newest is used
         image_type, image_topic = conversions.image_subscription(self,
                                                                  self._p['image_transport'])
         self._image_sub = self.create_subscription(image_type, image_topic, self._on_image, qos)
@@ -237,16 +236,6 @@ class LocalizationNode(Node):
         return response
 
     # -- input -------------------------------------------------------------------------
-
-    @staticmethod
-    def _image_qos(name: str) -> QoSProfile:
-        if name == 'sensor_data':
-            return QoSProfile(depth=1, reliability=qos_profile_sensor_data.reliability,
-                              durability=qos_profile_sensor_data.durability)
-        if name == 'reliable':
-            return QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
-        raise ValueError(f"parameter image_qos must be 'sensor_data' or 'reliable', got "
-                         f"'{name}'")
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         self._camera_info = msg
@@ -389,32 +378,10 @@ class LocalizationNode(Node):
         self._worker.join(timeout=10.0)
 
 
-def main(args: Optional[list] = None) -> None:
-    """Entry point (`ros2 run ace_ros localization_node --ros-args ...`)."""
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = LocalizationNode()
-        executor = MultiThreadedExecutor(num_threads=2)
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except (ValueError, ParameterException) as e:
-        # A bad parameter at start: say which, without a traceback.
-        rclpy.logging.get_logger('localization_node').fatal(f'invalid parameters: {e}')
-        raise SystemExit(2)
-    except Exception:
-        # A signal can shut the context down while the executor builds its wait set
-        # (RCLError 'context is not valid'): that is a normal shutdown, anything else is not.
-        if rclpy.ok():
-            raise
-    finally:
-        if node is not None:
-            node.shutdown()
-            node.destroy_node()
-        rclpy.try_shutdown()
+def main(args: Optional[list] = None) -> int:
+    """Entry point (`ros2 run ace_ros localization_node --ros-args ...`); the exit code."""
+    return node_base.run(LocalizationNode, args)
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())
