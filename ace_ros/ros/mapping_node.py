@@ -28,30 +28,24 @@ dataset (`ace-ros map FOLDER -o MAP` redoes mapping offline).
 from __future__ import annotations
 
 import collections
-import logging
-import signal
 import sys
-import threading
 import time
 from typing import Any, Callable, Deque, Dict, Optional
 
 from ace_ros.core.config import MappingConfig
-from ace_ros.core.mapper import MappingCancelled, Progress, eta_text
 from ace_ros.core.online_mapping import OnlineMappingConfig, OnlineMappingSession
 from ace_ros.core.pose_track import PoseLookup
 from ace_ros.core.runtime import make_runtime
 from ace_ros.data.ace_layout import write_ace_scene
 from ace_ros.data.calibration import calibration_inputs
-from ace_ros.ros import conversions, diagnostics, params
+from ace_ros.ros import conversions, diagnostics, node_base, params
+from ace_ros.ros.mapping_diagnostics import mapping_report
+from ace_ros.ros.mapping_training import Training
 from ace_ros.ros.tf import ExtrapolationError, TfInterface, TransformError
 from geometry_msgs.msg import PoseStamped
 from nav_msgs.msg import Odometry
-import rclpy
 from rclpy.clock import Clock, ClockType
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
-from rclpy.qos import QoSProfile, qos_profile_sensor_data, ReliabilityPolicy
-from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, Image
 from std_srvs.srv import Trigger
 
@@ -90,7 +84,6 @@ NODE_PARAMETERS: Dict[str, params.ParamSpec] = {
 CONFIG_CLASSES = (OnlineMappingConfig, MappingConfig)
 POSE_SOURCES = ('pose', 'odom', 'tf')
 _CAMERA_INFO_WAIT = 30  # images kept while waiting for the first camera_info
-_PROGRESS_LOG_S = 5.0
 
 
 class TfPoseSource:
@@ -120,38 +113,22 @@ class TfPoseSource:
             return PoseLookup('wait')
 
 
-class _RosLogHandler(logging.Handler):
-    """Core's Python logging -> the node's ROS logger (so it reaches /rosout and the screen)."""
-
-    def __init__(self, node: Node) -> None:
-        super().__init__()
-        self._logger = node.get_logger()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        message = self.format(record)
-        if record.levelno >= logging.ERROR:
-            self._logger.error(message)
-        elif record.levelno >= logging.WARNING:
-            self._logger.warning(message)
-        elif record.levelno >= logging.INFO:
-            self._logger.info(message)
-        else:
-            self._logger.debug(message)
-
-
-class MappingNode(Node):
+class MappingNode(node_base.AceNode):
     """Collects keyframes and trains a map; see the module docstring."""
 
+    NODE_NAME = 'mapping_node'
+
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__('mapping_node', **kwargs)
-        self._log_handler = _RosLogHandler(self)
-        logging.getLogger('ace_ros').addHandler(self._log_handler)
-        logging.getLogger('ace_ros').setLevel(logging.INFO)
+        super().__init__(**kwargs)
         declare_parameters(self)
         self.p = params.read_parameters(self, NODE_PARAMETERS)
         online = params.read_config(self, OnlineMappingConfig)
         cfg = params.read_config(self, MappingConfig)
         self._check_parameters()
+        qos_name = self.p['image_qos']
+        image_qos = node_base.image_qos(qos_name, self.p['image_queue_depth'])
+        camera_info_qos = node_base.image_qos(qos_name)
+        pose_qos = node_base.image_qos(qos_name, 100)
         self._tf_source: Optional[TfPoseSource] = None
         if self.p['pose_source'] == 'tf':
             self._tf_source = TfPoseSource(TfInterface(self), self.p['fixed_frame'],
@@ -159,26 +136,16 @@ class MappingNode(Node):
         self.session = OnlineMappingSession(
             cfg, online, self.p['fixed_frame'], self._tf_source,
             make_runtime(cfg.device, cfg.encoder, calibration_inputs), write_ace_scene)
-        self._cancel = threading.Event()
-        self._done = threading.Event()
-        self._worker: Optional[threading.Thread] = None
-        self.exit_code = 0
         self._rectifier: Optional[conversions.Rectifier] = None
         self._waiting_for_info: Deque[Image] = collections.deque()
         self._waiting_since = 0.0
         self._last_image_time: Optional[float] = None
         self._camera_frame_checked = ''
-        self._last_progress_log = 0.0
 
-        qos = qos_profile_sensor_data
-        if self.p['image_qos'] == 'reliable':
-            qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        image_qos = QoSProfile(depth=self.p['image_queue_depth'], reliability=qos.reliability,
-                               durability=qos.durability)
-        pose_qos = QoSProfile(depth=100, reliability=qos.reliability)
         image_type, image_topic = conversions.image_subscription(self, self.p['image_transport'])
         self.create_subscription(image_type, image_topic, self._on_image, image_qos)
-        self.create_subscription(CameraInfo, 'camera_info', self._on_camera_info, qos)
+        self.create_subscription(CameraInfo, 'camera_info', self._on_camera_info,
+                                 camera_info_qos)
         if self.p['pose_source'] == 'pose':
             self.create_subscription(PoseStamped, 'pose', self._on_pose, pose_qos)
         elif self.p['pose_source'] == 'odom':
@@ -189,7 +156,8 @@ class MappingNode(Node):
         # check and the training progress must go on.
         steady = Clock(clock_type=ClockType.STEADY_TIME)
         self._diagnostics = diagnostics.Diagnostics(self, str(self.session.device), period_s=0)
-        self._diagnostics.add_task('mapping', self._report)
+        self._diagnostics.add_task('mapping', lambda: mapping_report(self.session))
+        self._training = Training(self, self.session, self._diagnostics)
         self.create_timer(self.p['diagnostics_period'], self._diagnostics.publish,
                           clock=steady)
         self.create_timer(0.05, self._on_tick, clock=steady)
@@ -249,13 +217,15 @@ class MappingNode(Node):
                                     f'{type(error).__name__}: {error}',
                                     throttle_duration_sec=5.0)
             return
-        if self._limit_reached():
-            self._start_training(f'{self.session.keyframe_count} keyframes collected '
-                                 '(max_keyframes, finish_at_max_keyframes)')
+        self._train_at_limit()
 
-    def _limit_reached(self) -> bool:
-        """finish_at_max_keyframes and max_keyframes collected (else the session thins)."""
-        return self.session.online.finish_at_max_keyframes and self.session.full
+    def _train_at_limit(self) -> bool:
+        """finish_at_max_keyframes and max_keyframes collected (else the session thins): train."""
+        if not (self.session.online.finish_at_max_keyframes and self.session.full):
+            return False
+        self._training.start(f'{self.session.keyframe_count} keyframes collected '
+                             '(max_keyframes, finish_at_max_keyframes)')
+        return True
 
     def _on_pose(self, msg: PoseStamped) -> None:
         self._add_pose(msg, conversions.pose_stamped_to_matrix, 'pose')
@@ -323,16 +293,14 @@ class MappingNode(Node):
             except Exception as error:  # noqa: BLE001 - logged; the next tick tries again
                 self.get_logger().error(f'TF pose lookup failed: {type(error).__name__}: '
                                         f'{error}', throttle_duration_sec=5.0)
-        if self._limit_reached():  # a pose can complete the last keyframe after its image
-            self._start_training(f'{self.session.keyframe_count} keyframes collected '
-                                 '(max_keyframes, finish_at_max_keyframes)')
+        if self._train_at_limit():  # a pose can complete the last keyframe after its image
             return
         idle = self.p['idle_timeout_s']
         if idle > 0 and self._last_image_time is not None:
             quiet = time.monotonic() - self._last_image_time
             if quiet >= idle:
                 if self.session.keyframe_count >= 2:
-                    self._start_training(f'no images for {quiet:.0f} s (idle_timeout_s)')
+                    self._training.start(f'no images for {quiet:.0f} s (idle_timeout_s)')
                 else:
                     self.get_logger().warning(
                         f'no images for {quiet:.0f} s but only {self.session.keyframe_count} '
@@ -340,63 +308,12 @@ class MappingNode(Node):
                         throttle_duration_sec=30.0)
 
     def _on_finish(self, request: Trigger.Request, response: Trigger.Response):
-        response.success, response.message = self._start_training('~/finish called')
+        response.success, response.message = self._training.start('~/finish called')
         return response
-
-    def _start_training(self, why: str) -> tuple:
-        if self._worker is not None:
-            return False, f'mapping already {self.session.state}'
-        if self.session.keyframe_count < 2:
-            message = (f'cannot train yet: {self.session.keyframe_count} keyframe(s), '
-                       'mapping needs 2')
-            self.get_logger().warning(message)
-            return False, message
-        counts = self.session.status().counts
-        self.get_logger().info(f'{why}: training the map; inputs: ' + ', '.join(
-            f'{name} {n}' for name, n in counts.items() if n or name in ('images', 'poses')))
-        self._worker = threading.Thread(target=self._train, name='ace_ros_training',
-                                        daemon=True)
-        self._worker.start()
-        queued = self.session.queued_count
-        return True, (f'training started on {self.session.keyframe_count} keyframes'
-                      + (f' ({queued} still being encoded)' if queued else ''))
-
-    def _train(self) -> None:
-        try:  # the session logs the outcome
-            self.session.finish(progress=self._on_progress, cancel=self._cancel)
-        except MappingCancelled:
-            self.exit_code = 130
-        except ValueError as error:  # e.g. too few keyframes after the last check
-            self.get_logger().error(f'mapping failed: {error}')
-            self.exit_code = 1
-        except Exception as error:  # noqa: BLE001 - reported, and the node keeps answering
-            self.get_logger().error(f'mapping failed: {type(error).__name__}: {error}')
-            self.exit_code = 1
-        finally:
-            if self.context.ok():  # not after Ctrl-C: the context is shut down then
-                self._diagnostics.publish()  # the final state, before the node exits
-            self._done.set()
-
-    def _on_progress(self, p: Progress) -> None:
-        now = time.monotonic()
-        if now - self._last_progress_log < _PROGRESS_LOG_S and p.done != p.total:
-            return
-        self._last_progress_log = now
-        if p.stage == 'keyframes':
-            self.get_logger().info(f'encoding queued keyframes: {p.done}/{p.total}, '
-                                   f'{p.rate:.1f} img/s, {eta_text(p.eta_s)}')
-        elif p.stage == 'train':
-            self.get_logger().info(
-                f'training: iteration {p.done}/{p.total}, loss {p.loss:.3f}, '
-                f'{p.rate:.1f} it/s, {eta_text(p.eta_s)}')
-        else:
-            self.get_logger().info(f'encoding augmented passes: image {p.done}/{p.total}, '
-                                   f'{p.rate:.1f} img/s, {eta_text(p.eta_s)}')
 
     def _on_save_keyframes(self, request: Trigger.Request, response: Trigger.Response):
         try:
-            folder = write_ace_scene(self.session.next_keyframes_folder(),
-                                     self.session.keyframes())
+            folder = self._save_keyframes()
         except (ValueError, OSError) as error:
             response.success, response.message = False, str(error)
             return response
@@ -405,54 +322,32 @@ class MappingNode(Node):
         self.get_logger().info(response.message)
         return response
 
-    def _report(self) -> diagnostics.Report:
-        status = self.session.status()
-        values: Dict[str, object] = {'state': status.state, 'keyframes': status.keyframes,
-                                     'pending_images': status.pending,
-                                     'keyframes_queued': status.queued,
-                                     'keyframes_encoded': status.encoded,
-                                     'buffer_cells': status.buffer_cells}
-        if self.session.online.train_while_collecting:
-            values.update({'iterations_while_collecting': status.warm_iterations,
-                           'median_error_px_while_collecting': status.warm_median_error_px})
-        values.update({k: v for k, v in status.counts.items() if v or k in ('images', 'poses')})
-        p = status.progress
-        if p is not None:
-            values.update({'stage': p.stage, 'done': p.done, 'total': p.total,
-                           'loss': p.loss, 'rate': p.rate, 'eta_s': p.eta_s})
-        if status.keyframes_dir:
-            values['keyframes_dir'] = status.keyframes_dir
-        if status.state == 'failed':
-            return diagnostics.Report(diagnostics.ERROR, f'mapping failed: {status.error}',
-                                      values)
-        if status.state == 'training':
-            return diagnostics.Report(diagnostics.OK, 'training', values)
-        if status.state == 'done':
-            return diagnostics.Report(diagnostics.OK, 'map written', values)
-        images = status.counts['images']
-        if images and status.counts['no_pose'] > images / 2:
-            return diagnostics.Report(diagnostics.WARN, 'most images have no pose', values)
-        return diagnostics.Report(diagnostics.OK, 'collecting keyframes', values)
+    def _save_keyframes(self) -> str:
+        """Every keyframe so far (those queued for the encoder too), as an ACE-layout folder."""
+        return str(write_ace_scene(self.session.next_keyframes_folder(),
+                                   self.session.keyframes()))
 
     # -- life cycle ----------------------------------------------------------------------
 
     @property
     def finished(self) -> bool:
         """The map is written (or mapping failed) and the node should exit."""
-        return self._done.is_set() and self.p['exit_when_done']
+        return self._training.done and self.p['exit_when_done']
+
+    @property
+    def exit_code(self) -> int:
+        return self._training.exit_code
 
     def interrupt(self) -> None:
         """Ctrl-C: stop training (keyframes were saved before it began) or save them now.
 
         Saved now: every keyframe collected, those still queued for the encoder included.
         """
-        if self._worker is not None:
-            self._cancel.set()  # the session logs where the keyframes are
-            self._worker.join(timeout=60.0)
+        if self._training.started:
+            self._training.cancel()
         elif self.session.keyframe_count:
             try:
-                folder = write_ace_scene(self.session.next_keyframes_folder(),
-                                         self.session.keyframes())
+                folder = self._save_keyframes()
             except (ValueError, OSError) as error:
                 self.get_logger().error(f'interrupted while collecting; saving the keyframes '
                                         f'failed: {error}')
@@ -467,9 +362,6 @@ class MappingNode(Node):
         if self.p['pose_source'] == 'tf' and not self.p['fixed_frame']:
             raise ValueError("pose_source 'tf' needs fixed_frame (the world frame to look the "
                              "camera up in), got ''")
-        if self.p['image_qos'] not in ('sensor_data', 'reliable'):
-            raise ValueError("parameter image_qos must be 'sensor_data' or 'reliable', got "
-                             f"'{self.p['image_qos']}'")
         if self.p['image_transport'] not in conversions.IMAGE_TRANSPORTS:
             raise ValueError('parameter image_transport must be one of '
                              f"{list(conversions.IMAGE_TRANSPORTS)}, got "
@@ -482,7 +374,6 @@ class MappingNode(Node):
 
     def destroy_node(self) -> None:
         self.session.close(timeout_s=2.0)  # the keyframe encoder thread
-        logging.getLogger('ace_ros').removeHandler(self._log_handler)
         super().destroy_node()
 
 
@@ -506,36 +397,8 @@ def parameter_defaults() -> Dict[str, Any]:
 
 
 def main(args: Optional[list] = None) -> int:
-    # Ctrl-C and SIGTERM are handled here rather than by rclpy (which would shut the context
-    # down first), so that stopping training and saving keyframes can still log to /rosout.
-    # The handlers only set a flag: an exception raised asynchronously inside the executor
-    # can leave rclpy's handles marked in use, and destroying the node then blocks.
-    stop = threading.Event()
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-    node: Optional[MappingNode] = None
-    code = 0
-    try:
-        node = MappingNode()
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        while rclpy.ok() and not node.finished and not stop.is_set():
-            executor.spin_once(timeout_sec=0.1)
-        if stop.is_set():
-            node.interrupt()
-        code = node.exit_code
-    except (KeyboardInterrupt, ExternalShutdownException):
-        if node is not None:
-            node.interrupt()
-    except ValueError as error:  # parameters the settings refuse
-        print(f'[mapping_node] error: {error}', file=sys.stderr)
-        code = 2
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return code
+    """Entry point (`ros2 run ace_ros mapping_node --ros-args ...`); the exit code."""
+    return node_base.run(MappingNode, args)
 
 
 if __name__ == '__main__':
