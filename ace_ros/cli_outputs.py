@@ -58,6 +58,7 @@ class MappingProgress:
         if bar is None:
             bar = self._bars[p.stage] = tqdm(total=p.total, desc=_STAGE_NAMES[p.stage],
                                              unit='it', dynamic_ncols=True, file=sys.stderr)
+        bar.total = p.total  # a time budget, or regions trained one by one, revise it
         bar.update(p.done - bar.n)
         if p.stage == 'train':
             bar.set_postfix(loss=f'{p.loss:.2f}', valid=f'{p.valid_fraction:.2f}',

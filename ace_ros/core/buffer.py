@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -174,7 +174,8 @@ class TrainingBuffer:
         """Sample up to `max_samples` valid cells of one encoded image; returns the count.
 
         With `world_points` ((N, 3) triangulated points the image sees), the cells they fall
-        in are sampled first (up to half the samples) and carry their point as a target.
+        in are sampled first (up to half the samples, more when too few cells have none) and
+        carry their point as a target.
         """
         valid = valid_cells(encoded.valid)
         cells = torch.from_numpy(valid).to(self.device).flatten()
@@ -189,13 +190,16 @@ class TrainingBuffer:
             targets[torch.from_numpy(cell_ids).to(self.device)] = \
                 torch.from_numpy(cell_points).to(self.device)
         has_target = ~torch.isnan(targets[candidates, 0])
-        first = candidates[has_target]
-        first = first[torch.randperm(first.numel(), generator=generator)[:n // 2]
-                      .to(self.device)]
+        with_target = candidates[has_target]
+        order = torch.randperm(with_target.numel(), generator=generator).to(self.device)
+        first = with_target[order[:n // 2]]
         rest = candidates[~has_target]
         rest = rest[torch.randperm(rest.numel(), generator=generator)[:n - first.numel()]
                     .to(self.device)]
-        chosen = torch.cat([first, rest])
+        # Dense targets (depth) leave too few cells without one: the rest of the samples
+        # come from the other cells with a target.
+        short = n - first.numel() - rest.numel()
+        chosen = torch.cat([first, rest, with_target[order[n // 2:n // 2 + short]]])
         n = chosen.numel()
         centers = cell_centers(encoded.gray.shape[0], encoded.gray.shape[1], self.device)
         sl = slice(self.size, self.size + n)
@@ -239,6 +243,28 @@ class TrainingBuffer:
         self.targets[torch.tensor(index, device=self.device)] = torch.from_numpy(
             points[list(which)]).to(self.device)
         return len(hit)
+
+    def subset(self, images: Sequence[int]) -> 'TrainingBuffer':
+        """A new buffer with the cells (and per-image tables) of encoded `images` only,
+        renumbered in the order given: one region's share of the buffer (`regions.py`)."""
+        images = list(images)
+        wanted = torch.as_tensor(images, dtype=torch.long, device=self.device)
+        index = self.image_index[:self.size].long()
+        rows = torch.nonzero(torch.isin(index, wanted)).squeeze(1)
+        part = TrainingBuffer(max(1, rows.numel()), self.device, self.features.shape[1])
+        renumber = torch.full((self.n_images,), -1, dtype=torch.long, device=self.device)
+        renumber[wanted] = torch.arange(len(images), device=self.device)
+        n = rows.numel()
+        part.features[:n] = self.features[rows]
+        part.pixels[:n] = self.pixels[rows]
+        part.targets[:n] = self.targets[rows]
+        part.image_index[:n] = renumber[index[rows]].to(torch.int32)
+        part._cam_from_world = [self._cam_from_world[i] for i in images]
+        part._K = [self._K[i] for i in images]
+        part._context = [self._context[i] for i in images]
+        part.sources = [self.sources[i] for i in images]
+        part.size = n
+        return part
 
     def geometry_tables(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(M, 3, 4) cam_from_world, (M, 3, 3) K, (M, 3, 3) K^-1 as float32 on the device."""

@@ -51,6 +51,12 @@ class MappingConfig:
     target_weight: float = _f(1.0, 'weight of the triangulated targets\' loss at the start')
     target_until: float = _f(0.7, 'share of training after which the targets are not used '
                              '(their weight fades out over the second half of it)')
+    # regions: one head per part of the scene (ESAC-style experts)
+    regions: int = _f(1, 'split the scene into this many regions (k-means of the points the '
+                      'mapping frames look at) and train one head per region, the iterations '
+                      "shared out by the regions' cells: more capacity for the same "
+                      'arithmetic; localization tries the regions in the order the image '
+                      "context ranks them (see LocalizationConfig.regions_tried)")
     # image context (GLACE-style): which part of the scene an image sees
     global_context: bool = _f(False, "give the head each image's mean feature as context: "
                               'surfaces that look alike locally (a room seen from all sides) '
@@ -109,6 +115,8 @@ class MappingConfig:
             raise ValueError(f'head_channels must be in 1..512, got {self.head_channels}')
         if self.context_noise < 0:
             raise ValueError(f'context_noise must be >= 0, got {self.context_noise}')
+        if self.regions < 1:
+            raise ValueError(f'regions must be >= 1, got {self.regions}')
         if self.max_iterations < 0 or self.head_blocks < 0 or self.time_budget_s < 0:
             raise ValueError('max_iterations, head_blocks and time_budget_s must be >= 0')
 
@@ -141,11 +149,17 @@ class LocalizationConfig:
     refinement_iterations: int = _f(100, 'iterative refinement steps at most')
     min_inliers: int = _f(50, 'fewer inliers than this is a failure (random '
                           'correspondences reach ~15 of 4800 by chance)')
+    regions_tried: int = _f(2, 'a map with several regions: at most this many region heads '
+                            'per frame, in the order its image context ranks them')
+    region_accept_inliers: int = _f(300, 'a region whose pose has this many inliers is '
+                                    'taken without trying the next (a wrong region reaches '
+                                    '~150 of 4800 cells; a right one ~1000)')
     seed: int = _f(0, 'RANSAC random seed')
 
     def __post_init__(self) -> None:
         _positive(self, 'ransac_hypotheses', 'ransac_max_tries', 'inlier_threshold_px',
-                  'max_reprojection_px', 'min_inliers')
+                  'max_reprojection_px', 'min_inliers', 'regions_tried',
+                  'region_accept_inliers')
         if self.image_height < 0 or self.image_height % 8:
             raise ValueError(f'image_height must be a multiple of 8, got {self.image_height} '
                              '(0: the height the map was made at)')

@@ -13,19 +13,22 @@ from ace_ros.core import geometry
 from ace_ros.core.buffer import prepare_image
 from ace_ros.core.config import LocalizationConfig
 from ace_ros.core.mapfile import SceneMap, load_map
-from ace_ros.core.network import Head, HeadConfig, cell_centers
+from ace_ros.core.network import Head, HeadConfig, cell_centers, global_context
 from ace_ros.core.ransac import RansacSettings, coherent_cells, ransac_pnp
+from ace_ros.core.regions import rank_regions
 from ace_ros.core.runtime import make_runtime, Runtime
 from ace_ros.core.types import Frame, LocalizationResult
 
 _logger = logging.getLogger(__name__)
 
 
-def head_from_map(scene_map: SceneMap, device: torch.device) -> Head:
-    """Rebuild the trained head stored in a map, in eval mode on `device`."""
+def head_from_map(scene_map: SceneMap, device: torch.device, region: int = 0) -> Head:
+    """Rebuild the trained head of `region` (0: a one-region map's only head) stored in a
+    map, in eval mode on `device`."""
     head = Head(HeadConfig(**scene_map.head_config))
-    state = {k: v.float() for k, v in scene_map.head_state.items()}
-    state['scene_mean'] = scene_map.scene_mean.float()
+    stored = scene_map.region(region)
+    state = {k: v.float() for k, v in stored.head_state.items()}
+    state['scene_mean'] = stored.scene_mean.float()
     head.load_state_dict(state)
     return head.eval().requires_grad_(False).to(device)
 
@@ -60,17 +63,23 @@ class Localizer:
                 'was built with (--encoder / encoder parameter) or map the scene again')
         self.runtime = runtime
         self.device = runtime.device
-        self.head = head_from_map(scene_map, self.device)
+        #: One head per region of the map (most maps have one); `head` is region 0's.
+        self.heads = [head_from_map(scene_map, self.device, r)
+                      for r in range(scene_map.n_regions)]
+        self.head = self.heads[0]
         self.scene_map = scene_map
         #: Images are encoded at the height the map was made at unless the settings say.
         self.image_height = cfg.image_height or int(
             scene_map.mapping_config.get('image_height', 480))
         # Maps from before encoder_precision existed were all built from float features.
-        chosen = runtime.localization_network(
-            self.head, cfg.backend, cfg.head_precision,
+        # A network per region; only region 0's encodes (the backends compile lazily).
+        chosen = [runtime.localization_network(
+            head, cfg.backend, cfg.head_precision,
             scene_map.mapping_config.get('encoder_precision', 'float'), cfg.mixed_precision)
-        self.backend, self.head_precision = chosen.backend, chosen.head_precision
-        self._network, self._predict = chosen.network, chosen.predict
+            for head in self.heads]
+        self.backend, self.head_precision = chosen[0].backend, chosen[0].head_precision
+        self._network = chosen[0].network
+        self._predicts = [network.predict for network in chosen]
         self.ransac = RansacSettings.from_config(cfg)
         self._rng = np.random.default_rng(cfg.seed)
 
@@ -89,8 +98,24 @@ class Localizer:
         self.predict_scene_coordinates(frame)
         return time.perf_counter() - start
 
-    def predict_scene_coordinates(self, frame: Frame) -> 'SceneCoordinates':
-        """The head's scene coordinates for the cell grid of `frame`."""
+    def predict_scene_coordinates(self, frame: Frame, region: Optional[int] = None
+                                  ) -> 'SceneCoordinates':
+        """The head's scene coordinates for the cell grid of `frame`: those of `region`'s
+        head, by default the region the image's context ranks first."""
+        encoded = self._encode(frame)
+        if region is None:
+            region = self.rank_regions(encoded.features)[0]
+        return self._predict(encoded, region)
+
+    def rank_regions(self, features: torch.Tensor) -> list:
+        """The map's regions in the order an image with (C, H, W) `features` tries them."""
+        if self.scene_map.n_regions == 1:
+            return [0]
+        return rank_regions(global_context(features.float()[None])[0],
+                            self.scene_map.region_contexts, self.scene_map.region_labels,
+                            self.scene_map.n_regions)
+
+    def _encode(self, frame: Frame) -> '_Encoded':
         timings = {}
         start = time.perf_counter()
         prepared = prepare_image(frame, self.image_height)
@@ -98,33 +123,60 @@ class Localizer:
         start = time.perf_counter()
         features = self._network.encode(prepared.gray)
         timings['encoder'] = time.perf_counter() - start
+        return _Encoded(prepared.gray.shape, prepared.K, features, timings)
+
+    def _predict(self, encoded: '_Encoded', region: int) -> 'SceneCoordinates':
         start = time.perf_counter()
-        _, h, w = features.shape
-        points = self._predict(features)
+        _, h, w = encoded.features.shape
+        points = self._predicts[region](encoded.features)
         # The one GPU -> CPU step: RANSAC and OpenCV's PnP run on the CPU.
         points_np = points.float().cpu().numpy().astype(np.float64)
-        timings['head'] = time.perf_counter() - start
-        pixels = cell_centers(prepared.gray.shape[0], prepared.gray.shape[1])
+        timings = dict(encoded.timings, head=time.perf_counter() - start)
+        pixels = cell_centers(encoded.shape[0], encoded.shape[1])
         pixels_np = pixels.permute(1, 2, 0).numpy().astype(np.float64)
-        return SceneCoordinates(pixels_np, points_np.reshape(h, w, 3), prepared.K, timings)
+        return SceneCoordinates(pixels_np, points_np.reshape(h, w, 3), encoded.K, timings)
 
     def localize(self, frame: Frame) -> LocalizationResult:
-        """Estimate `frame`'s camera-to-world pose; never raises for a failed estimate."""
+        """Estimate `frame`'s camera-to-world pose; never raises for a failed estimate.
+
+        A map of several regions: the regions are tried in the order the image's context
+        ranks them, at most `regions_tried`, until one gives `region_accept_inliers`
+        inliers; the pose with the most inliers wins.
+        """
         start = time.perf_counter()
-        pixels, points, K, timings = self.predict_scene_coordinates(frame)
-        ransac_start = time.perf_counter()
-        pool = coherent_cells(points, self.cfg.ransac_sample_fraction)
-        estimate = ransac_pnp(pixels.reshape(-1, 2), points.reshape(-1, 3), K, self.ransac,
-                              self._rng, sample_mask=pool)
-        timings['ransac'] = time.perf_counter() - ransac_start
+        encoded = self._encode(frame)
+        timings = dict(encoded.timings, head=0.0, ransac=0.0)
+        best, best_region = None, 0
+        for region in self.rank_regions(encoded.features)[:self.cfg.regions_tried]:
+            pixels, points, K, predicted = self._predict(encoded, region)
+            timings['head'] += predicted['head']
+            ransac_start = time.perf_counter()
+            pool = coherent_cells(points, self.cfg.ransac_sample_fraction)
+            estimate = ransac_pnp(pixels.reshape(-1, 2), points.reshape(-1, 3), K, self.ransac,
+                                  self._rng, sample_mask=pool)
+            timings['ransac'] += time.perf_counter() - ransac_start
+            if best is None or (estimate.success, estimate.inlier_count) > (
+                    best.success, best.inlier_count):
+                best, best_region = estimate, region
+            if estimate.success and estimate.inlier_count >= self.cfg.region_accept_inliers:
+                break
         timings['total'] = time.perf_counter() - start
         timings_ms = {k: v * 1000.0 for k, v in timings.items()}
-        world_from_cam = estimate.world_from_cam if estimate.success else np.eye(4)
+        world_from_cam = best.world_from_cam if best.success else np.eye(4)
         return LocalizationResult(
-            success=bool(estimate.success), world_from_cam=world_from_cam,
-            inlier_count=int(estimate.inlier_count), n_cells=estimate.n_correspondences,
-            confidence=float(estimate.confidence), timings_ms=timings_ms,
-            reason=estimate.reason)
+            success=bool(best.success), world_from_cam=world_from_cam,
+            inlier_count=int(best.inlier_count), n_cells=best.n_correspondences,
+            confidence=float(best.confidence), timings_ms=timings_ms,
+            reason=best.reason, region=best_region)
+
+
+class _Encoded(NamedTuple):
+    """A frame as the encoder left it: its (H, W) at the map's height, its K there, its
+    (C, H/8, W/8) features and the seconds of 'prepare' and 'encoder'."""
+    shape: Tuple[int, int]
+    K: np.ndarray
+    features: torch.Tensor
+    timings: Dict[str, float]
 
 
 def pose_errors(result: LocalizationResult, world_from_cam_gt: np.ndarray

@@ -1,12 +1,16 @@
 """The map file: one trained scene head in a self-describing, versioned safetensors file.
 
-Layout (format 'ace_ros.map', versions 1 and 2; '.ace' by convention). A plain safetensors
+Layout (format 'ace_ros.map', versions 1 to 3; '.ace' by convention). A plain safetensors
 file, so it is never unpickled and any safetensors reader can open it:
 
 - tensors ``head.<name>``: the head's state dict (``Head.weights()``), float tensors as fp16;
 - tensor ``scene_mean``: (3,) fp32, the world-frame offset the head predicts around;
 - version 2 only, optional: tensors ``cloud.points`` (N, 3) fp32 and ``cloud.colors`` (N, 3)
   uint8 RGB, a point cloud of the scene for display (`MapCloud`);
+- version 3 only (a map of several regions, `ace_ros.core.regions`): the tensors above are
+  region 0's; region r >= 1 has ``region<r>.head.<name>`` and ``region<r>.scene_mean``;
+  ``regions.contexts`` (M, 512) fp16 and ``regions.labels`` (M,) int64 are each mapping
+  image's context and region, which rank the regions for a query;
 - string metadata: ``format``, ``ace_ros_version``, ``encoder_sha256`` (see
   `encoder_identity`), ``world_frame_id``, ``created_utc`` (ISO 8601), ``payload_sha256``
   (see `_payload_sha256`) as plain strings; ``format_version`` (int), ``head_config``,
@@ -31,8 +35,8 @@ from typing import Any, Dict, List, Mapping, Optional
 from ace_ros import __version__
 from ace_ros.core.atomic_file import write_atomically
 from ace_ros.core.mapfile_header import (
-    FORMAT, FORMAT_VERSION, header_length, JSON_KEYS, MAX_MAP_BYTES, MapFileError,
-    OLDEST_FORMAT_VERSION, parse_header, stat_map)
+    CLOUD_FORMAT_VERSION, FORMAT, FORMAT_VERSION, header_length, JSON_KEYS, MAX_MAP_BYTES,
+    MapFileError, OLDEST_FORMAT_VERSION, parse_header, stat_map)
 import numpy as np
 from safetensors import SafetensorError
 import safetensors.torch
@@ -42,6 +46,8 @@ _logger = logging.getLogger(__name__)
 
 _HEAD_PREFIX = 'head.'
 _CLOUD_KEYS = ('cloud.points', 'cloud.colors')
+_REGION_KEYS = ('regions.contexts', 'regions.labels')
+_REGION_RE = re.compile(r'region([1-9][0-9]*)\.(scene_mean|head\.(.+))')
 _SHA256_RE = re.compile(r'[0-9a-f]{64}')
 
 
@@ -120,6 +126,22 @@ class MapCloud:
 
 
 @dataclass(frozen=True, eq=False)
+class RegionHead:
+    """The head of one region of a map with several (region 0's is the map's own).
+
+    Attributes:
+        head_state: as `SceneMap.head_state`; scene_mean: as `SceneMap.scene_mean`.
+    """
+
+    head_state: Dict[str, torch.Tensor]
+    scene_mean: torch.Tensor
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, 'head_state', _checked_head(self.head_state))
+        object.__setattr__(self, 'scene_mean', _checked_mean(self.scene_mean))
+
+
+@dataclass(frozen=True, eq=False)
 class SceneMap:
     """A trained scene: the head's weights plus everything needed to use them safely.
 
@@ -140,6 +162,9 @@ class SceneMap:
         created_utc: ISO 8601 time the map was first saved; '' until then.
         ace_ros_version: version of ace_ros that wrote the file; '' for a new map.
         cloud: scene points for display, or None (maps of version 1, or none predicted).
+        more_regions: the heads of regions 1.. of a map with several regions (else empty).
+        region_contexts: (M, C) each mapping image's context (needed with more_regions).
+        region_labels: (M,) int64 each mapping image's region in 0..len(more_regions).
     """
 
     head_state: Dict[str, torch.Tensor]
@@ -154,30 +179,14 @@ class SceneMap:
     created_utc: str = ''
     ace_ros_version: str = ''
     cloud: Optional[MapCloud] = None
+    more_regions: List[RegionHead] = field(default_factory=list)
+    region_contexts: Optional[torch.Tensor] = None
+    region_labels: Optional[torch.Tensor] = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.head_state, Mapping) or not self.head_state:
-            raise ValueError(f'head_state must be a non-empty dict of tensors, got '
-                             f'{self.head_state!r:.80}')
-        head = {}
-        for name, tensor in self.head_state.items():
-            if not isinstance(name, str) or not name or name == 'scene_mean':
-                raise ValueError(f'head_state key {name!r} is not allowed: expected tensor names '
-                                 f'from Head.weights() (scene_mean is passed separately)')
-            if not isinstance(tensor, torch.Tensor):
-                raise ValueError(f'head_state[{name!r}] is a {type(tensor).__name__}, '
-                                 f'expected a torch.Tensor')
-            tensor = tensor.detach().cpu()
-            if tensor.is_floating_point():
-                tensor = tensor.to(torch.float16)
-                if not bool(torch.isfinite(tensor).all()):
-                    raise ValueError(f'head_state[{name!r}] has values that are non-finite or '
-                                     f'outside the fp16 range (|x| <= 65504)')
-            head[name] = tensor.contiguous()
-        mean = torch.as_tensor(self.scene_mean).detach().cpu().to(torch.float32)
-        if tuple(mean.shape) != (3,) or not bool(torch.isfinite(mean).all()):
-            raise ValueError(f'scene_mean must be (3,) finite, got shape {tuple(mean.shape)} '
-                             f'values {mean.flatten()[:6].tolist()}')
+        head = _checked_head(self.head_state)
+        mean = _checked_mean(self.scene_mean)
+        self._check_regions()
         if not isinstance(self.encoder_sha256, str) or not _SHA256_RE.fullmatch(
                 self.encoder_sha256):
             raise ValueError(f'encoder_sha256 must be 64 lowercase hex characters, got '
@@ -201,12 +210,80 @@ class SceneMap:
                 raise ValueError(f'{name} must be a dict, got {type(value).__name__}')
             object.__setattr__(self, name, _json_copy(dict(value), name))
         object.__setattr__(self, 'head_state', head)
-        object.__setattr__(self, 'scene_mean', mean.contiguous())
+        object.__setattr__(self, 'scene_mean', mean)
         object.__setattr__(self, 'intrinsics', intrinsics)
         object.__setattr__(self, 'frame_names', list(self.frame_names))
         if self.cloud is not None and not isinstance(self.cloud, MapCloud):
             raise ValueError(f'cloud must be a MapCloud or None, got '
                              f'{type(self.cloud).__name__}')
+
+    @property
+    def n_regions(self) -> int:
+        return 1 + len(self.more_regions)
+
+    def region(self, index: int) -> RegionHead:
+        """Region `index`'s head (0: the map's own head_state and scene_mean)."""
+        if index == 0:
+            return RegionHead(self.head_state, self.scene_mean)
+        return self.more_regions[index - 1]
+
+    def _check_regions(self) -> None:
+        regions = list(self.more_regions)
+        if not all(isinstance(r, RegionHead) for r in regions):
+            raise ValueError('more_regions must be a list of RegionHead')
+        object.__setattr__(self, 'more_regions', regions)
+        if not regions:
+            if self.region_contexts is not None or self.region_labels is not None:
+                raise ValueError('region_contexts and region_labels belong to a map with '
+                                 'several regions (more_regions is empty)')
+            return
+        if self.region_contexts is None or self.region_labels is None:
+            raise ValueError('a map with several regions needs region_contexts and '
+                             'region_labels (which rank the regions for a query)')
+        contexts = torch.as_tensor(self.region_contexts).detach().cpu().to(torch.float16)
+        labels = torch.as_tensor(self.region_labels).detach().cpu().to(torch.int64)
+        if contexts.dim() != 2 or labels.shape != contexts.shape[:1] or not len(labels):
+            raise ValueError(f'region_contexts must be (M, C) and region_labels (M,), got '
+                             f'{tuple(contexts.shape)} and {tuple(labels.shape)}')
+        if not bool(torch.isfinite(contexts).all()):
+            raise ValueError('region_contexts must be finite')
+        if int(labels.min()) < 0 or int(labels.max()) > len(regions):
+            raise ValueError(f'region_labels must be in 0..{len(regions)}, got '
+                             f'{int(labels.min())}..{int(labels.max())}')
+        object.__setattr__(self, 'region_contexts', contexts.contiguous())
+        object.__setattr__(self, 'region_labels', labels.contiguous())
+
+
+def _checked_head(head_state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """`head_state` with float tensors as contiguous fp16 on the CPU; ValueError if it is
+    not a non-empty dict of finite tensors."""
+    if not isinstance(head_state, Mapping) or not head_state:
+        raise ValueError(f'head_state must be a non-empty dict of tensors, got '
+                         f'{head_state!r:.80}')
+    head = {}
+    for name, tensor in head_state.items():
+        if not isinstance(name, str) or not name or name == 'scene_mean':
+            raise ValueError(f'head_state key {name!r} is not allowed: expected tensor names '
+                             f'from Head.weights() (scene_mean is passed separately)')
+        if not isinstance(tensor, torch.Tensor):
+            raise ValueError(f'head_state[{name!r}] is a {type(tensor).__name__}, '
+                             f'expected a torch.Tensor')
+        tensor = tensor.detach().cpu()
+        if tensor.is_floating_point():
+            tensor = tensor.to(torch.float16)
+            if not bool(torch.isfinite(tensor).all()):
+                raise ValueError(f'head_state[{name!r}] has values that are non-finite or '
+                                 f'outside the fp16 range (|x| <= 65504)')
+        head[name] = tensor.contiguous()
+    return head
+
+
+def _checked_mean(scene_mean: torch.Tensor) -> torch.Tensor:
+    mean = torch.as_tensor(scene_mean).detach().cpu().to(torch.float32)
+    if tuple(mean.shape) != (3,) or not bool(torch.isfinite(mean).all()):
+        raise ValueError(f'scene_mean must be (3,) finite, got shape {tuple(mean.shape)} '
+                         f'values {mean.flatten()[:6].tolist()}')
+    return mean.contiguous()
 
 
 def save_map(path: str, scene_map: SceneMap) -> None:
@@ -228,7 +305,16 @@ def save_map(path: str, scene_map: SceneMap) -> None:
     if scene_map.cloud is not None:
         tensors['cloud.points'] = torch.from_numpy(scene_map.cloud.points)
         tensors['cloud.colors'] = torch.from_numpy(scene_map.cloud.colors)
-    version = FORMAT_VERSION if scene_map.cloud is not None else OLDEST_FORMAT_VERSION
+    for r, region in enumerate(scene_map.more_regions, start=1):
+        tensors.update({f'region{r}.{_HEAD_PREFIX}{k}': v for k, v in region.head_state.items()})
+        tensors[f'region{r}.scene_mean'] = region.scene_mean
+    if scene_map.more_regions:
+        tensors['regions.contexts'] = scene_map.region_contexts
+        tensors['regions.labels'] = scene_map.region_labels
+        version = FORMAT_VERSION
+    else:
+        version = (CLOUD_FORMAT_VERSION if scene_map.cloud is not None
+                   else OLDEST_FORMAT_VERSION)
     created = scene_map.created_utc or datetime.now(timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')
     metadata = {
         'format': FORMAT, 'format_version': version, 'ace_ros_version': __version__,
@@ -276,8 +362,11 @@ def load_map(path: str, expected_encoder_sha256: Optional[str] = None, *,
     if _payload_sha256(tensors) != metadata['payload_sha256']:
         raise MapFileError(f'{path}: tensor data is corrupt: its SHA-256 does not match the '
                            f'payload_sha256 {metadata["payload_sha256"][:12]} in the header')
-    allowed = ('scene_mean',) + (_CLOUD_KEYS if metadata['format_version'] >= 2 else ())
-    unknown = sorted(k for k in tensors if k not in allowed and not k.startswith(_HEAD_PREFIX))
+    version = metadata['format_version']
+    allowed = ('scene_mean',) + (_CLOUD_KEYS if version >= CLOUD_FORMAT_VERSION else ()) + (
+        _REGION_KEYS if version >= FORMAT_VERSION else ())
+    unknown = sorted(k for k in tensors if k not in allowed and not k.startswith(_HEAD_PREFIX)
+                     and not (version >= FORMAT_VERSION and _REGION_RE.fullmatch(k)))
     if 'scene_mean' not in tensors or unknown:
         raise MapFileError(f'{path}: expected tensors scene_mean and head.*, got scene_mean '
                            f'{"present" if "scene_mean" in tensors else "missing"}, '
@@ -294,7 +383,9 @@ def load_map(path: str, expected_encoder_sha256: Optional[str] = None, *,
             mapping_config=metadata['mapping_config'], intrinsics=metadata['intrinsics'],
             frame_names=metadata['frame_names'], extras=metadata.get('extras', {}),
             created_utc=metadata['created_utc'], ace_ros_version=metadata['ace_ros_version'],
-            cloud=_cloud_from(tensors))
+            cloud=_cloud_from(tensors), more_regions=_regions_from(tensors),
+            region_contexts=tensors.get('regions.contexts'),
+            region_labels=tensors.get('regions.labels'))
     except (ValueError, TypeError) as e:
         raise MapFileError(f'{path}: invalid map contents: {e}') from e
     if expected_encoder_sha256 is not None and (
@@ -311,7 +402,7 @@ def map_info(path: str, max_bytes: int = MAX_MAP_BYTES) -> Dict[str, Any]:
 
     The format, version, required keys and file length are checked; the tensor data is
     neither read nor hashed. Returns the decoded metadata plus ``file_bytes`` and
-    ``num_parameters`` (head elements, scene mean excluded).
+    ``num_parameters`` (head elements of every region, scene means excluded) and ``regions``.
 
     Raises:
         MapFileError: as `load_map`, except for corrupt tensor data.
@@ -323,8 +414,10 @@ def map_info(path: str, max_bytes: int = MAX_MAP_BYTES) -> Dict[str, Any]:
         header = prefix + fh.read(header_length(path, prefix, size))
     metadata, entries = parse_header(path, header, size)
     metadata['file_bytes'] = size
-    metadata['num_parameters'] = sum(math.prod(e['shape']) for k, e in entries.items()
-                                     if k.startswith(_HEAD_PREFIX))
+    region_heads = [k for k in entries if _REGION_RE.fullmatch(k) and '.head.' in k]
+    metadata['num_parameters'] = sum(math.prod(entries[k]['shape']) for k in entries
+                                     if k.startswith(_HEAD_PREFIX) or k in region_heads)
+    metadata['regions'] = 1 + len({k.split('.')[0] for k in region_heads})
     metadata['cloud_points'] = (entries['cloud.points']['shape'][0]
                                 if 'cloud.points' in entries else 0)
     return metadata
@@ -343,6 +436,26 @@ def _cloud_from(tensors: Mapping[str, torch.Tensor]) -> Optional[MapCloud]:
     if points.dtype != torch.float32:
         raise ValueError(f'cloud.points must be float32, got {points.dtype}')
     return MapCloud(points.numpy(), tensors['cloud.colors'].numpy())
+
+
+def _regions_from(tensors: Mapping[str, torch.Tensor]) -> List[RegionHead]:
+    """The RegionHeads of regions 1.. in a loaded file's ``region<r>.*`` tensors; ValueError
+    for a gap in their numbers or a region without its scene mean or head."""
+    heads: Dict[int, Dict[str, torch.Tensor]] = {}
+    means: Dict[int, torch.Tensor] = {}
+    for key, tensor in tensors.items():
+        match = _REGION_RE.fullmatch(key)
+        if match:
+            r = int(match.group(1))
+            if match.group(2) == 'scene_mean':
+                means[r] = tensor
+            else:
+                heads.setdefault(r, {})[match.group(3)] = tensor
+    numbers = sorted(set(heads) | set(means))
+    if numbers != list(range(1, len(numbers) + 1)) or set(heads) != set(means):
+        raise ValueError(f'region tensors must number regions 1..N, each with a head and a '
+                         f'scene_mean; got heads {sorted(heads)}, scene means {sorted(means)}')
+    return [RegionHead(heads[r], means[r]) for r in numbers]
 
 
 def _payload_sha256(tensors: Mapping[str, torch.Tensor]) -> str:

@@ -15,10 +15,12 @@ from typing import Any, Dict, Tuple
 from ace_ros import __version__
 
 FORMAT = 'ace_ros.map'
-#: The version this ace_ros writes when the map has a cloud, and the newest it reads.
-FORMAT_VERSION = 2
-#: A map without a cloud is written as version 1, so that older ace_ros still read it; an older
-#: ace_ros refuses a version 2 file by its version ("upgrade ace_ros"), not as corrupt.
+#: The newest version this ace_ros reads, and the one it writes for a map of several regions.
+FORMAT_VERSION = 3
+#: A one-region map with a cloud is written as version 2, and one without a cloud as version
+#: 1, so that older ace_ros still read them; an older ace_ros refuses a newer file by its
+#: version ("upgrade ace_ros"), not as corrupt.
+CLOUD_FORMAT_VERSION = 2
 OLDEST_FORMAT_VERSION = 1
 #: load_map refuses bigger files before reading them (a default head is ~4.2 MB).
 MAX_MAP_BYTES = 64 * 1024 * 1024

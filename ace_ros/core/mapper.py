@@ -15,13 +15,14 @@ import torch
 from ace_ros.core import device as device_lib
 from ace_ros.core.buffer import TrainingBuffer, prepare_image
 from ace_ros.core.config import MappingConfig, config_to_dict
-from ace_ros.core.map_cloud import predict_cloud
+from ace_ros.core.map_cloud import MAX_CLOUD_POINTS, predict_cloud
 from ace_ros.core.mapping_results import (  # noqa: F401 - re-exported: callers import them here
-    MappingCancelled, MappingResult, MappingStats, Progress, ProgressCallback, TrainedHead,
-    TrainingRun, eta_text, rate_eta)
-from ace_ros.core.mapfile import MapCloud, SceneMap
+    MappingCancelled, MappingResult, MappingStats, Progress, ProgressCallback, RegionSplit,
+    TrainedHead, TrainingRun, eta_text, rate_eta)
+from ace_ros.core.mapfile import MapCloud, RegionHead, SceneMap
 from ace_ros.core.loss import soft_clamp_tau
 from ace_ros.core.network import Head
+from ace_ros.core.regions import assign_regions
 from ace_ros.core.runtime import make_runtime, Runtime
 from ace_ros.core.training import (MAX_WARMUP_STEPS, PEAK_AT, HeadTrainer,
                                    steps_before_annealing, target_weight)
@@ -146,10 +147,14 @@ class Mapper:
                     return buffer
         return buffer
 
-    def iterations_for(self, buffer_size: int) -> int:
+    def iterations_for(self, buffer_size: int, share: float = 1.0) -> int:
+        """The schedule's iterations for a buffer of `buffer_size` cells: `cfg.epochs` over
+        it, capped at `share` of `cfg.max_iterations` (a region's share of the cells)."""
         cfg = self.cfg
         iterations = max(1, int(math.ceil(cfg.epochs * buffer_size / cfg.batch_size)))
-        return min(iterations, cfg.max_iterations) if cfg.max_iterations else iterations
+        if not cfg.max_iterations:
+            return iterations
+        return min(iterations, max(1, int(round(cfg.max_iterations * share))))
 
     def _step_seconds(self, head: Head, buffer: TrainingBuffer, batch: int) -> float:
         """Measured cost of one training iteration (forward and backward of a batch)."""
@@ -167,13 +172,15 @@ class Mapper:
         return min(times[1:])
 
     def budgeted_iterations(self, head: Head, buffer: TrainingBuffer,
-                            time_left_s: Optional[float], planned_size: int = 0) -> int:
+                            time_left_s: Optional[float], planned_size: int = 0,
+                            share: float = 1.0) -> int:
         """The schedule's iterations, or fewer where they would not fit in `time_left_s`.
 
         `planned_size` is the buffer size the schedule is for when a budget cut encoding
         short: the cut saves time for training, so it must not shorten the schedule too.
+        `share`: see `iterations_for`.
         """
-        iterations = self.iterations_for(max(buffer.size, planned_size))
+        iterations = self.iterations_for(max(buffer.size, planned_size), share)
         if time_left_s is None:
             return iterations
         step_s = self._step_seconds(head, buffer, min(self.cfg.batch_size, buffer.size))
@@ -220,7 +227,7 @@ class Mapper:
     def train(self, buffer: TrainingBuffer, scene_mean: np.ndarray,
               progress: Optional[ProgressCallback] = None,
               time_left_s: Optional[float] = None, planned_size: int = 0,
-              trainer: Optional[HeadTrainer] = None) -> TrainingRun:
+              trainer: Optional[HeadTrainer] = None, share: float = 1.0) -> TrainingRun:
         """Train a fresh head on `buffer`, or go on with `trainer`'s (see below).
 
         With `time_left_s` the schedule (for `planned_size` cells, see `budgeted_iterations`)
@@ -228,6 +235,8 @@ class Mapper:
         OneCycle schedule keeps its shape. A `trainer` warmed to the peak while keyframes
         arrived (`HeadTrainer.warm_step`, `at_peak`) goes on with the schedule's annealing
         only: the iterations that fit run from the peak down, without triangulated targets.
+        `share` is the part of the scene's cells `buffer` holds (a region's; see
+        `iterations_for`).
 
         Raises:
             ValueError: `trainer` has not reached the peak.
@@ -241,11 +250,11 @@ class Mapper:
             raise ValueError(f'the trainer took {trainer.warm_steps} of its '
                              f'{trainer.warmup_steps} warm-up steps: train a fresh head')
         head = trainer.head
-        iterations = self.budgeted_iterations(head, buffer, time_left_s, planned_size)
+        iterations = self.budgeted_iterations(head, buffer, time_left_s, planned_size, share)
         # Under a budget the count is checked against the real rate of the first iterations:
         # the probe's two batches can catch another process's burst.
         recheck_at = max(10, min(50, iterations // 5)) if time_left_s is not None else 0
-        schedule_iterations = self.iterations_for(max(buffer.size, planned_size))
+        schedule_iterations = self.iterations_for(max(buffer.size, planned_size), share)
         # Virtual steps of the whole schedule before this run's first (0 for a fresh head).
         skipped = steps_before_annealing(iterations) if warm else 0
         if warm:
@@ -346,32 +355,104 @@ class Mapper:
         time_left = budget - (start - begin) if budget else None
         # Under a budget, the schedule of the buffer that encoding would have filled.
         planned = self.planned_cells(len(posed)) if time_left is not None else 0
-        run = self.train(buffer, scene_mean, progress, time_left, planned, trainer)
-        head, stats.iterations, stats.loss_history, last = (
-            run.head, run.iterations, run.loss_history, run.last)
+        if self.cfg.regions > 1 and trainer is None:
+            split = self.train_regions(buffer, posed, progress, time_left, planned)
+        else:
+            if self.cfg.regions > 1:
+                _logger.info('the head trained while keyframes arrived goes on alone: one '
+                             'region, not %d', self.cfg.regions)
+            run = self.train(buffer, scene_mean, progress, time_left, planned, trainer)
+            split = RegionSplit([run], [buffer], None)
+        stats.iterations = sum(run.iterations for run in split.runs)
+        stats.loss_history = [loss for run in split.runs for loss in run.loss_history]
         stats.train_s = time.perf_counter() - start
         if trainer is not None:
             stats.warm_iterations, stats.warm_s = trainer.warm_steps, trainer.warm_s
-        stats.final_loss = float(last.loss.detach())
-        stats.final_median_error_px = last.median_error_px
+        # Over the regions: weighted by their cells.
+        weights = np.array([part.size for part in split.buffers], np.float64)
+        stats.final_loss = float(np.average(
+            [float(run.last.loss.detach()) for run in split.runs], weights=weights))
+        stats.final_median_error_px = float(np.average(
+            [run.last.median_error_px for run in split.runs], weights=weights))
         intrinsics = _distinct_intrinsics(posed)
         start = time.perf_counter()
-        cloud = self._cloud(head, buffer, posed)
+        heads = [run.head for run in split.runs]
+        cloud = self._cloud(heads, split.buffers, posed)
         stats.cloud_s = time.perf_counter() - start
         stats.cloud_points = len(cloud) if cloud is not None else 0
-        return TrainedHead(head, stats, [f.name for f in posed], intrinsics, cloud)
+        trained = TrainedHead(heads[0], stats, [f.name for f in posed], intrinsics, cloud)
+        if len(heads) > 1:
+            trained.more_heads = heads[1:]
+            trained.region_contexts = buffer.context_table().cpu()
+            trained.region_labels = torch.as_tensor(split.image_regions)
+        return trained
 
-    def _cloud(self, head: Head, buffer: TrainingBuffer,
+    def train_regions(self, buffer: TrainingBuffer, frames: Sequence[Frame],
+                      progress: Optional[ProgressCallback] = None,
+                      time_left_s: Optional[float] = None,
+                      planned_size: int = 0) -> RegionSplit:
+        """One head per region of `frames` (`regions.assign_regions`, `cfg.regions` of them),
+        each trained on its images' cells of `buffer` with the part of the iterations, the
+        time budget and the planned cells that its cells are of the buffer's. A region none
+        of whose frames was encoded (a budget cut encoding short) is left out."""
+        labels = assign_regions(frames, self.cfg.regions, self.cfg.seed)
+        region_of = {f.name: int(k) for f, k in zip(frames, labels)}
+        image_region = np.array([region_of[name] for name in buffer.sources], np.int64)
+        present = sorted(set(image_region.tolist()))
+        image_region = np.searchsorted(present, image_region)  # renumbered 0..len(present)-1
+        parts = [buffer.subset(np.flatnonzero(image_region == k).tolist())
+                 for k in range(len(present))]
+        shares = [part.size / buffer.size for part in parts]
+        planned = [self.iterations_for(max(part.size, int(planned_size * share)), share)
+                   for part, share in zip(parts, shares)]
+        by_name = {f.name: f for f in frames}
+        runs: List[TrainingRun] = []
+        begin = time.perf_counter()
+        for k, (part, share) in enumerate(zip(parts, shares)):
+            centres = [by_name[name].world_from_cam[:3, 3] for name in part.sources]
+            time_k = None
+            if time_left_s is not None:  # what is left, shared by the cells still to train
+                time_k = (time_left_s - (time.perf_counter() - begin)) * share / sum(shares[k:])
+            _logger.info('region %d of %d: %d images, %d cells', k + 1, len(parts),
+                         part.n_images, part.size)
+            report = _overall_progress(progress, sum(run.iterations for run in runs),
+                                       sum(planned[k + 1:]))
+            runs.append(self.train(part, np.mean(centres, axis=0), report, time_k,
+                                   int(planned_size * share), share=share))
+        return RegionSplit(runs, parts, image_region)
+
+    def _cloud(self, heads: Sequence[Head], buffers: Sequence[TrainingBuffer],
                frames: Sequence[Frame]) -> Optional[MapCloud]:
-        """The map cloud, or None if predicting it fails: it is only for display, and a
-        failure here must not throw away the minutes of training before it."""
+        """The map cloud (each region's head on its cells, sharing the points out), or None
+        if predicting it fails: it is only for display, and a failure here must not throw
+        away the minutes of training before it."""
         try:
-            return predict_cloud(head, buffer, frames, self.cfg.depth_min, self.cfg.depth_max,
-                                 self.cfg.mixed_precision, seed=self.cfg.seed)
+            clouds = [predict_cloud(head, part, frames, self.cfg.depth_min,
+                                    self.cfg.depth_max, self.cfg.mixed_precision,
+                                    max_points=MAX_CLOUD_POINTS // len(heads),
+                                    seed=self.cfg.seed)
+                      for head, part in zip(heads, buffers)]
         except Exception as error:  # noqa: B902 - see the docstring
             _logger.warning('the map gets no cloud: predicting it failed: %s: %s',
                             type(error).__name__, error, exc_info=True)
             return None
+        clouds = [cloud for cloud in clouds if cloud is not None]
+        if not clouds:
+            return None
+        return MapCloud(np.concatenate([c.points for c in clouds]),
+                        np.concatenate([c.colors for c in clouds]))
+
+
+def _overall_progress(progress: Optional[ProgressCallback], done: int, rest: int
+                      ) -> Optional[ProgressCallback]:
+    """A region's training progress as the whole training's: `done` iterations of the
+    regions before it, about `rest` in the regions after it."""
+    if progress is None:
+        return None
+
+    def report(p: Progress) -> None:
+        progress(dataclasses.replace(p, done=done + p.done, total=done + p.total + rest))
+    return report
 
 
 def _distinct_intrinsics(frames: Sequence[Frame], limit: int = 16) -> List[list]:
@@ -411,6 +492,8 @@ def scene_map_from(trained: TrainedHead, cfg: MappingConfig, encoder_sha256: str
                          f"'{cfg.encoder_precision}': pass Mapper.cfg")
     stats = trained.stats
     return SceneMap(
+        more_regions=[RegionHead(head.weights(), head.scene_mean) for head in trained.more_heads],
+        region_contexts=trained.region_contexts, region_labels=trained.region_labels,
         head_state=trained.head.weights(), scene_mean=trained.head.scene_mean,
         encoder_sha256=encoder_sha256, head_config=trained.head.config.to_dict(),
         world_frame_id=world_frame_id, mapping_config=config_to_dict(cfg),

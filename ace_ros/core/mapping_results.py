@@ -8,6 +8,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
+import numpy as np
+import torch
+
+from ace_ros.core.buffer import TrainingBuffer
 from ace_ros.core.loss import LossOutput
 from ace_ros.core.mapfile import MapCloud, SceneMap
 from ace_ros.core.network import Head
@@ -82,6 +86,15 @@ class TrainingRun:
 
 
 @dataclass
+class RegionSplit:
+    """What `Mapper.train_regions` gives back: a training run and the buffer part of each
+    region, and each buffer image's region (None for a single head on the whole buffer)."""
+    runs: List[TrainingRun]
+    buffers: List[TrainingBuffer]
+    image_regions: Optional[np.ndarray]
+
+
+@dataclass
 class TrainedHead:
     head: Head
     stats: MappingStats
@@ -89,6 +102,11 @@ class TrainedHead:
     intrinsics: List[List[float]]
     #: the scene points for display (see `map_cloud`), None where none were predicted
     cloud: Optional[MapCloud] = None
+    #: a map of several regions (`regions.py`): the heads of regions 1.. (`head` is region
+    #: 0's), and each buffer image's context (M, C) and region (M,), which rank the regions
+    more_heads: List[Head] = field(default_factory=list)
+    region_contexts: Optional[torch.Tensor] = None
+    region_labels: Optional[torch.Tensor] = None
 
 
 @dataclass

@@ -80,6 +80,7 @@ class LocalizationResult:
         confidence: in [0, 1]; see ransac.py for its definition.
         timings_ms: per-stage wall time: 'prepare', 'encoder', 'head', 'ransac', 'total'.
         reason: why it failed ('' on success).
+        region: the map region whose head gave the pose (0 for a map of one region).
     """
 
     success: bool
@@ -89,3 +90,4 @@ class LocalizationResult:
     confidence: float
     timings_ms: dict
     reason: str = ''
+    region: int = 0

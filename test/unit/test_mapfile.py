@@ -216,7 +216,7 @@ def test_refuses_foreign_safetensors(tmp_path):
 
 
 @pytest.mark.parametrize('version, words', [
-    ('3', ('version 3 is newer than version 2', 'newest', 'upgrade')),
+    ('4', ('version 4 is newer than version 3', 'newest', 'upgrade')),
     ('0', ('version 0 is older than version 1', 'oldest', 're-map'))])
 def test_refuses_other_format_versions(map_path, version, words):
     _rewrite(map_path, map_path, edit_metadata=lambda m: m.update(format_version=version))

@@ -88,7 +88,7 @@ def test_a_failing_map_cloud_costs_the_cloud_not_the_map(caplog):
             raise RuntimeError('boom')
     buffer, _ = _oracle_buffer(2)
     mapper = Mapper(mapping_config('tiny'), Runtime(torch.device('cpu')))
-    assert mapper._cloud(Broken(HeadConfig()), buffer, []) is None
+    assert mapper._cloud([Broken(HeadConfig())], [buffer], []) is None
     assert 'the map gets no cloud' in caplog.text and 'boom' in caplog.text
 
 
