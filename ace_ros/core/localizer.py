@@ -91,11 +91,14 @@ class Localizer:
     def warm_up(self, frame: Frame) -> float:
         """Run the network once on `frame` (its size, not its pose, matters); seconds taken.
 
-        The first frame of each image size pays for OpenVINO's compile (~3 s) and oneDNN's
-        kernel choice; warming up keeps that out of per-frame timings.
+        The first frame of each image size pays for OpenVINO's compile (~3 s, and ~2 s more
+        for each further region's head) and oneDNN's kernel choice; warming up keeps that out
+        of per-frame timings.
         """
         start = time.perf_counter()
-        self.predict_scene_coordinates(frame)
+        encoded = self._encode(frame)
+        for region in range(self.scene_map.n_regions):  # each region's head compiles once
+            self._predict(encoded, region)
         return time.perf_counter() - start
 
     def predict_scene_coordinates(self, frame: Frame, region: Optional[int] = None

@@ -204,3 +204,14 @@ def test_the_localizer_takes_the_region_whose_head_explains_the_image(
         assert result.region == 1
         t_err, r_err = pose_errors(result, frame.world_from_cam)
         assert t_err < 0.01 and r_err < 0.5
+
+
+def test_warming_up_runs_every_regions_head(query):
+    """So that no region's first frame pays for compiling its head (OpenVINO: ~2 s)."""
+    frame, truth = query
+    scene_map, runtime = _two_region_map([0, 1])
+    localizer = Localizer(scene_map, LocalizationConfig(device='cpu', backend='torch'), runtime)
+    calls = []
+    localizer._predicts = [lambda f, r=r: calls.append(r) or truth for r in range(2)]
+    localizer.warm_up(frame)
+    assert calls == [0, 1]
