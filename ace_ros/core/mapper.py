@@ -22,7 +22,7 @@ from ace_ros.core.mapping_results import (  # noqa: F401 - re-exported: callers 
 from ace_ros.core.mapfile import MapCloud, RegionHead, SceneMap
 from ace_ros.core.loss import soft_clamp_tau
 from ace_ros.core.network import Head
-from ace_ros.core.regions import assign_regions
+from ace_ros.core.regions import regions_for
 from ace_ros.core.runtime import make_runtime, Runtime
 from ace_ros.core.training import (MAX_WARMUP_STEPS, PEAK_AT, HeadTrainer,
                                    steps_before_annealing, target_weight)
@@ -355,10 +355,11 @@ class Mapper:
         time_left = budget - (start - begin) if budget else None
         # Under a budget, the schedule of the buffer that encoding would have filled.
         planned = self.planned_cells(len(posed)) if time_left is not None else 0
+        split = None
         if self.cfg.regions > 1 and trainer is None:
             split = self.train_regions(buffer, posed, progress, time_left, planned)
-        else:
-            if self.cfg.regions > 1:
+        if split is None:
+            if self.cfg.regions > 1 and trainer is not None:
                 _logger.info('the head trained while keyframes arrived goes on alone: one '
                              'region, not %d', self.cfg.regions)
             run = self.train(buffer, scene_mean, progress, time_left, planned, trainer)
@@ -390,15 +391,19 @@ class Mapper:
     def train_regions(self, buffer: TrainingBuffer, frames: Sequence[Frame],
                       progress: Optional[ProgressCallback] = None,
                       time_left_s: Optional[float] = None,
-                      planned_size: int = 0) -> RegionSplit:
-        """One head per region of `frames` (`regions.assign_regions`, `cfg.regions` of them),
+                      planned_size: int = 0) -> Optional[RegionSplit]:
+        """One head per region of `frames` (`regions.regions_for`, at most `cfg.regions`),
         each trained on its images' cells of `buffer` with the part of the iterations, the
-        time budget and the planned cells that its cells are of the buffer's. A region none
-        of whose frames was encoded (a budget cut encoding short) is left out."""
-        labels = assign_regions(frames, self.cfg.regions, self.cfg.seed)
+        time budget and the planned cells that its cells are of the buffer's; None when the
+        scene needs one region (`regions.regions_for`). A region none of whose frames was
+        encoded (a budget cut encoding short) is left out."""
+        labels = regions_for(frames, self.cfg.regions, self.cfg.region_radius_m, self.cfg.seed)
         region_of = {f.name: int(k) for f, k in zip(frames, labels)}
         image_region = np.array([region_of[name] for name in buffer.sources], np.int64)
         present = sorted(set(image_region.tolist()))
+        if len(present) == 1:
+            _logger.info('one region covers the scene (radius %.2f m)', self.cfg.region_radius_m)
+            return None
         image_region = np.searchsorted(present, image_region)  # renumbered 0..len(present)-1
         parts = [buffer.subset(np.flatnonzero(image_region == k).tolist())
                  for k in range(len(present))]

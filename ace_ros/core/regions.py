@@ -37,6 +37,23 @@ def view_points(frames: Sequence[Frame], look_ahead_m: float = LOOK_AHEAD_M
     return poses[:, :3, 3] + look_ahead_m * poses[:, :3, 2]
 
 
+def regions_for(frames: Sequence[Frame], max_regions: int, radius_m: float,
+                seed: int = 0) -> npt.NDArray[np.int64]:
+    """`assign_regions` with as few regions as make the points each region's frames look at
+    lie within `radius_m` of their centre on average (in every region), at most
+    `max_regions`: a scene whose
+    views one head covers (TUM fr1/rpy: a camera turning in place, 0.46 m) keeps one head; a
+    room seen from all sides (the room proxy: 2.5 m) gets several."""
+    points = view_points(frames)
+    for regions in range(1, min(max_regions, len(frames)) + 1):
+        labels = assign_regions(frames, regions, seed)
+        spread = max(np.linalg.norm(points[labels == k] - points[labels == k].mean(0),
+                                    axis=1).mean() for k in range(regions))
+        if spread <= radius_m:
+            break
+    return labels
+
+
 def assign_regions(frames: Sequence[Frame], regions: int, seed: int = 0
                    ) -> npt.NDArray[np.int64]:
     """(N,) region of each posed frame in 0..regions-1: k-means (OpenCV, k-means++ seeds,

@@ -14,7 +14,7 @@ from ace_ros.core.localizer import Localizer, pose_errors
 from ace_ros.core.mapfile import RegionHead, SceneMap, load_map, map_info, save_map
 from ace_ros.core.mapper import Mapper
 from ace_ros.core.network import Head, HeadConfig, cell_centers
-from ace_ros.core.regions import assign_regions, rank_regions
+from ace_ros.core.regions import assign_regions, rank_regions, regions_for
 from ace_ros.core.runtime import Runtime
 from ace_ros.core.types import Frame
 from ace_ros.core.weights import build_encoder
@@ -43,6 +43,17 @@ def test_frames_looking_four_ways_make_four_regions():
         assert len(set(labels[side == k].tolist())) == 1
     assert sorted(set(labels.tolist())) == [0, 1, 2, 3]
     assert np.array_equal(labels, assign_regions(frames, 4, seed=0))
+
+
+def test_a_scene_gets_as_few_regions_as_cover_its_views():
+    rng = np.random.default_rng(0)
+    four_ways = [_frame(f'f{k}', 90.0 * (k % 4) + rng.uniform(-10, 10),
+                        rng.uniform(-0.2, 0.2, 3)) for k in range(40)]
+    one_way = [_frame(f'f{k}', rng.uniform(-10, 10), rng.uniform(-0.2, 0.2, 3))
+               for k in range(40)]
+    assert len(set(regions_for(four_ways, 8, 0.5).tolist())) == 4
+    assert len(set(regions_for(four_ways, 3, 0.5).tolist())) == 3  # at most 3
+    assert len(set(regions_for(one_way, 8, 0.5).tolist())) == 1
 
 
 def test_every_region_gets_a_frame_even_when_all_frames_look_alike():
@@ -116,7 +127,7 @@ def test_regions_share_out_the_iterations_and_each_head_fits_its_own_cells():
         buffer.add_image(prepared, features, 300, generator, source=frame.name)
         frames.append(frame)
     cfg = mapping_config('tiny', image_height=120, batch_size=512, max_iterations=300,
-                         epochs=100.0, regions=2)
+                         epochs=100.0, regions=2, region_radius_m=0.01)
     split = Mapper(cfg, Runtime(torch.device('cpu'))).train_regions(buffer, frames)
     assert len(split.runs) == 2
     assert sum(part.size for part in split.buffers) == buffer.size
