@@ -399,6 +399,11 @@ class Mapper:
         encoded (a budget cut encoding short) is left out."""
         labels = regions_for(frames, self.cfg.regions, self.cfg.region_radius_m, self.cfg.seed)
         region_of = {f.name: int(k) for f, k in zip(frames, labels)}
+        unknown = sorted(set(buffer.sources) - set(region_of))
+        if unknown:  # a buffer not filled from these frames: no region to put its images in
+            _logger.warning('%d buffer images come from none of the frames (e.g. %r): one '
+                            'head, no regions', len(unknown), unknown[0])
+            return None
         image_region = np.array([region_of[name] for name in buffer.sources], np.int64)
         present = sorted(set(image_region.tolist()))
         if len(present) == 1:

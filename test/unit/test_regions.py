@@ -226,3 +226,12 @@ def test_warming_up_runs_every_regions_head(query):
     localizer._predicts = [lambda f, r=r: calls.append(r) or truth for r in range(2)]
     localizer.warm_up(frame)
     assert calls == [0, 1]
+
+
+def test_a_buffer_from_other_frames_gets_one_head_not_regions(caplog):
+    frames = [_frame(f'f{k}', 90.0 * (k % 4)) for k in range(8)]
+    buffer = _buffer_of(frames[:4])
+    buffer.sources[0] = 'elsewhere'
+    cfg = mapping_config('tiny', regions=4, max_iterations=5)
+    assert Mapper(cfg, Runtime(torch.device('cpu'))).train_regions(buffer, frames) is None
+    assert 'come from none of the frames' in caplog.text
