@@ -174,8 +174,7 @@ class TrainingBuffer:
         """Sample up to `max_samples` valid cells of one encoded image; returns the count.
 
         With `world_points` ((N, 3) triangulated points the image sees), the cells they fall
-        in are sampled first (up to half the samples, more when too few cells have none) and
-        carry their point as a target.
+        in are sampled first (up to half the samples) and carry their point as a target.
         """
         valid = valid_cells(encoded.valid)
         cells = torch.from_numpy(valid).to(self.device).flatten()
@@ -190,16 +189,13 @@ class TrainingBuffer:
             targets[torch.from_numpy(cell_ids).to(self.device)] = \
                 torch.from_numpy(cell_points).to(self.device)
         has_target = ~torch.isnan(targets[candidates, 0])
-        with_target = candidates[has_target]
-        order = torch.randperm(with_target.numel(), generator=generator).to(self.device)
-        first = with_target[order[:n // 2]]
+        first = candidates[has_target]
+        first = first[torch.randperm(first.numel(), generator=generator)[:n // 2]
+                      .to(self.device)]
         rest = candidates[~has_target]
         rest = rest[torch.randperm(rest.numel(), generator=generator)[:n - first.numel()]
                     .to(self.device)]
-        # Dense targets (depth) leave too few cells without one: the rest of the samples
-        # come from the other cells with a target.
-        short = n - first.numel() - rest.numel()
-        chosen = torch.cat([first, rest, with_target[order[n // 2:n // 2 + short]]])
+        chosen = torch.cat([first, rest])
         n = chosen.numel()
         centers = cell_centers(encoded.gray.shape[0], encoded.gray.shape[1], self.device)
         sl = slice(self.size, self.size + n)

@@ -68,6 +68,9 @@ class Localizer:
                       for r in range(scene_map.n_regions)]
         self.head = self.heads[0]
         self.scene_map = scene_map
+        # Converted once: they are compared with every frame's context.
+        self._region_contexts = (scene_map.region_contexts.float()
+                                 if scene_map.region_contexts is not None else None)
         #: Images are encoded at the height the map was made at unless the settings say.
         self.image_height = cfg.image_height or int(
             scene_map.mapping_config.get('image_height', 480))
@@ -115,7 +118,7 @@ class Localizer:
         if self.scene_map.n_regions == 1:
             return [0]
         return rank_regions(global_context(features.float()[None])[0],
-                            self.scene_map.region_contexts, self.scene_map.region_labels,
+                            self._region_contexts, self.scene_map.region_labels,
                             self.scene_map.n_regions)
 
     def _encode(self, frame: Frame) -> '_Encoded':

@@ -5,9 +5,9 @@ file, so it is never unpickled and any safetensors reader can open it:
 
 - tensors ``head.<name>``: the head's state dict (``Head.weights()``), float tensors as fp16;
 - tensor ``scene_mean``: (3,) fp32, the world-frame offset the head predicts around;
-- version 2 only, optional: tensors ``cloud.points`` (N, 3) fp32 and ``cloud.colors`` (N, 3)
+- since version 2, optional: tensors ``cloud.points`` (N, 3) fp32 and ``cloud.colors`` (N, 3)
   uint8 RGB, a point cloud of the scene for display (`MapCloud`);
-- version 3 only (a map of several regions, `ace_ros.core.regions`): the tensors above are
+- since version 3 (a map of several regions, `ace_ros.core.regions`): the tensors above are
   region 0's; region r >= 1 has ``region<r>.head.<name>`` and ``region<r>.scene_mean``;
   ``regions.contexts`` (M, 512) fp16 and ``regions.labels`` (M,) int64 are each mapping
   image's context and region, which rank the regions for a query;

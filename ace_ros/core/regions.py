@@ -2,14 +2,14 @@
 a query image is likely to see.
 
 Why: a 2-core CPU affords one small head a few thousand steps, too few for it to fit a whole
-room (training median reprojection error ~90 px on the 360-degree room proxy, even when
-every cell has its true 3D point as a target). K heads of the same size, each trained on the
+room (training median reprojection error ~90 px on the 360-degree room proxy, 41-44 px even
+with every cell's true 3D point as a target). K heads of the same size, each trained on the
 frames looking at one part of the room with 1/K of the iterations, cost the same arithmetic
-and have K times the capacity per cell: the room proxy went from 65 to 74 % within 5cm/5deg
-(benchmarks/RESULTS.md, session 20). This is ESAC's expert split (Brachmann and Rother, ICCV
-2019), with retrieval on the image context instead of a gating network: the context is
-already computed for the head, and ranks the right region first for ~94 % of the proxy's
-queries.
+and have K times the capacity per cell: with 8 the room proxy went from 65 to 76 % within
+5cm/5deg (benchmarks/RESULTS.md, session 20). This is ESAC's expert split (Brachmann and
+Rother, ICCV 2019), with retrieval on the image context instead of a gating network: the
+context is already computed for the head, and ranks the right region first for 94 % of the
+proxy's queries with 4 regions, 80 % with 8 (the localizer then tries a second one).
 """
 
 from __future__ import annotations
@@ -41,9 +41,9 @@ def regions_for(frames: Sequence[Frame], max_regions: int, radius_m: float,
                 seed: int = 0) -> npt.NDArray[np.int64]:
     """`assign_regions` with as few regions as make the points each region's frames look at
     lie within `radius_m` of their centre on average (in every region), at most
-    `max_regions`: a scene whose
-    views one head covers (TUM fr1/rpy: a camera turning in place, 0.46 m) keeps one head; a
-    room seen from all sides (the room proxy: 2.5 m) gets several."""
+    `max_regions`: a scene whose views one head covers (TUM fr1/rpy: a camera turning in
+    place, 0.46 m) keeps one head; a room seen from all sides (the room proxy: 2.5 m) gets
+    several."""
     points = view_points(frames)
     for regions in range(1, min(max_regions, len(frames)) + 1):
         labels = assign_regions(frames, regions, seed)
@@ -93,11 +93,12 @@ def rank_regions(context: torch.Tensor, image_contexts: torch.Tensor,
 
     Args:
         context: (C,) the query image's `global_context`.
-        image_contexts: (M, C) the mapping images' contexts.
+        image_contexts: (M, C) the mapping images' contexts (float; a localizer converts
+            the map's fp16 ones once).
         image_regions: (M,) the region of each mapping image.
         regions: how many regions the map has.
     """
-    similarity = torch.nn.functional.normalize(image_contexts.float(), dim=1) @ \
+    similarity = torch.nn.functional.normalize(image_contexts, dim=1) @ \
         torch.nn.functional.normalize(context.float().reshape(-1), dim=0)
     labels = image_regions.long()
     top = similarity.topk(min(voters, len(similarity))).indices
