@@ -118,16 +118,20 @@ class RansacResult:
     reason: str = ''
 
 
-def _polymul(a: FloatArray, b: FloatArray) -> FloatArray:
-    """Batched product of (M, n) and (M, m) ascending coefficient arrays."""
-    out = np.zeros((len(a), a.shape[1] + b.shape[1] - 1))
-    for i in range(a.shape[1]):
-        out[:, i:i + b.shape[1]] += a[:, i:i + 1] * b
-    return out
+def _polymul(a: FloatArray, b: FloatArray, xp=np) -> FloatArray:
+    """Batched product of (M, n) and (M, m) ascending coefficient arrays (numpy or torch:
+    `xp` is the array module)."""
+    n, m = a.shape[1], b.shape[1]
+    return xp.stack([sum(a[:, i] * b[:, k - i]
+                         for i in range(max(0, k - m + 1), min(k, n - 1) + 1))
+                     for k in range(n + m - 1)], axis=1)
 
 
-def _quartic_real_roots(coeffs: FloatArray) -> Tuple[FloatArray, BoolArray]:
+def _quartic_real_roots(coeffs: FloatArray, xp=np) -> Tuple[FloatArray, BoolArray]:
     """Real roots of (M, 5) ascending quartic coefficients by Ferrari's method.
+
+    `xp` is the array module: numpy, or for torch tensors a namespace with numpy's names
+    (`ransac_torch`).
 
     Returns:
         roots (M, 4) and real (M, 4) bool; non-real or degenerate entries are not real.
@@ -142,34 +146,69 @@ def _quartic_real_roots(coeffs: FloatArray) -> Tuple[FloatArray, BoolArray]:
     # cubic z^3 + P z + Q (Cardano with one real root, else the trigonometric form).
     P, Q = -p ** 2 / 12 - r, -p ** 3 / 108 + p * r / 3 - q ** 2 / 8
     disc = Q ** 2 / 4 + P ** 3 / 27
-    sqrt_disc = np.sqrt(np.maximum(disc, 0))
-    cardano = np.cbrt(-Q / 2 + sqrt_disc) + np.cbrt(-Q / 2 - sqrt_disc)
-    ratio = np.clip(1.5 * Q / P * np.sqrt(-3 / np.minimum(P, -1e-300)), -1, 1)
-    trig = 2 * np.sqrt(np.maximum(-P / 3, 0)) * np.cos(np.arccos(ratio) / 3)
-    m = np.where(disc >= 0, cardano, trig) - p / 3
-    s = np.sqrt(2 * m)[:, None]
-    sign = np.array([1.0, 1.0, -1.0, -1.0])
-    # y^2 -+ s y + p/2 + m +- q / (2 s) = 0, two roots each.
-    half_b = -sign * s / 2
-    c = (p / 2 + m)[:, None] + sign * (q[:, None] / (2 * s))
-    d = half_b ** 2 - c
-    roots = -half_b + np.array([1.0, -1.0, 1.0, -1.0]) * np.sqrt(np.abs(d)) - a3[:, None] / 4
-    real = (d >= -1e-9 * (1 + half_b ** 2 + np.abs(c))) & np.isfinite(roots)
-    return roots, real
+    sqrt_disc = xp.sqrt(xp.clip(disc, 0, None))
+    cardano = xp.cbrt(-Q / 2 + sqrt_disc) + xp.cbrt(-Q / 2 - sqrt_disc)
+    ratio = xp.clip(1.5 * Q / P * xp.sqrt(-3 / xp.clip(P, None, -1e-300)), -1, 1)
+    trig = 2 * xp.sqrt(xp.clip(-P / 3, 0, None)) * xp.cos(xp.arccos(ratio) / 3)
+    m = xp.where(disc >= 0, cardano, trig) - p / 3
+    s = xp.sqrt(2 * m)
+    roots, real = [], []
+    for sign in (1.0, -1.0):
+        # y^2 -+ s y + p/2 + m +- q / (2 s) = 0, two roots each.
+        half_b = -sign * s / 2
+        c = p / 2 + m + sign * (q / (2 * s))
+        d = half_b ** 2 - c
+        for root in (-half_b + xp.sqrt(xp.abs(d)), -half_b - xp.sqrt(xp.abs(d))):
+            roots.append(root - a3 / 4)
+            real.append((d >= -1e-9 * (1 + half_b ** 2 + xp.abs(c))) & xp.isfinite(roots[-1]))
+    return xp.stack(roots, axis=1), xp.stack(real, axis=1)
 
 
-def _triangle_frames(points: FloatArray) -> Tuple[FloatArray, BoolArray]:
-    """(M, 3, 3) triangles (rows = points) -> (M, 3, 3) orthonormal frames (columns), valid."""
-    d1 = points[:, 1] - points[:, 0]
-    d2 = points[:, 2] - points[:, 0]
-    normal = np.cross(d1, d2)
-    len1, len2, area = (np.sqrt(np.sum(v * v, axis=1)) for v in (d1, d2, normal))
+def _triangle_frames(points: FloatArray, xp=np) -> Tuple[FloatArray, BoolArray]:
+    """(..., 3, 3) triangles (rows = points) -> (..., 3, 3) orthonormal frames (columns),
+    valid (...); `xp` as for `_quartic_real_roots`."""
+    d1 = points[..., 1, :] - points[..., 0, :]
+    d2 = points[..., 2, :] - points[..., 0, :]
+    normal = xp.cross(d1, d2)
+    len1, len2, area = (xp.sqrt((v * v).sum(axis=-1)) for v in (d1, d2, normal))
     # sin(angle at the first vertex) > 1e-4: rejects identical and (near-)collinear points.
-    ok = np.isfinite(area) & (area > 1e-4 * len1 * len2) & (len1 > 0)
-    with np.errstate(invalid='ignore', divide='ignore'):
-        e1 = d1 / len1[:, None]
-        e3 = normal / area[:, None]
-    return np.stack([e1, np.cross(e3, e1), e3], axis=-1), ok
+    ok = xp.isfinite(area) & (area > 1e-4 * len1 * len2) & (len1 > 0)
+    e1 = d1 / len1[..., None]
+    e3 = normal / area[..., None]
+    return xp.stack([e1, xp.cross(e3, e1), e3], axis=-1), ok
+
+
+def p3p_depths(rays: FloatArray, points_world: FloatArray, xp=np
+               ) -> Tuple[FloatArray, BoolArray]:
+    """The camera-frame depths of P3P's (up to 4) solutions, by Grunert's distance
+    formulation with the quartic solved in closed form.
+
+    Args:
+        rays: (M, 3, 3) unit bearing vectors in the camera frame, one per row.
+        points_world: (M, 3, 3) the matching world points, one per row.
+        xp: the array module (numpy, or `ransac_torch`'s namespace for torch tensors).
+
+    Returns:
+        depths (M, 4, 3) of the three points for each root and valid (M, 4): the root is real
+        and all depths are positive and finite. Non-finite values warn in numpy.
+    """
+    p = points_world
+    a2, b2, c2 = (((p[:, i] - p[:, j]) ** 2).sum(axis=1) for i, j in ((1, 2), (0, 2), (0, 1)))
+    cos_a, cos_b, cos_g = ((rays[:, i] * rays[:, j]).sum(axis=1)
+                           for i, j in ((1, 2), (0, 2), (0, 1)))
+    # Depths s2 = u s1, s3 = v s1: the law of cosines gives u = num(v) / den(v) and a
+    # quartic in v (ascending coefficients).
+    r, k = (a2 - c2) / b2, c2 / b2
+    num = xp.stack([r + 1, -2 * r * cos_b, r - 1], axis=1)
+    den = xp.stack([2 * cos_g, -2 * cos_a], axis=1)
+    quartic = _polymul(_polymul(den, den, xp), xp.stack([1 - k, 2 * k * cos_b, -k], axis=1), xp)
+    quartic = quartic + _polymul(num, num, xp)
+    quartic[:, :4] -= 2 * cos_g[:, None] * _polymul(num, den, xp)
+    v, real = _quartic_real_roots(quartic, xp)
+    u = (num[:, :1] + num[:, 1:2] * v + num[:, 2:] * v ** 2) / (den[:, :1] + den[:, 1:] * v)
+    s1 = xp.sqrt(c2[:, None] / (1 + u ** 2 - 2 * u * cos_g[:, None]))
+    valid = real & (u > 0) & (v > 0) & (s1 > 0) & xp.isfinite(u * v * s1)
+    return s1[..., None] * xp.stack([xp.ones_like(s1), u, v], axis=-1), valid
 
 
 def solve_p3p(rays: FloatArray, points_world: FloatArray
@@ -185,28 +224,12 @@ def solve_p3p(rays: FloatArray, points_world: FloatArray
         positive depths (up to 4 per triplet), and (S,) the triplet each solution belongs to.
     """
     p = points_world
-    a2, b2, c2 = (np.sum((p[:, i] - p[:, j]) ** 2, axis=1) for i, j in ((1, 2), (0, 2), (0, 1)))
-    cos_a, cos_b, cos_g = (np.sum(rays[:, i] * rays[:, j], axis=1)
-                           for i, j in ((1, 2), (0, 2), (0, 1)))
     with np.errstate(all='ignore'):
-        # Depths s2 = u s1, s3 = v s1: the law of cosines gives u = num(v) / den(v) and a
-        # quartic in v (ascending coefficients).
-        r, k = (a2 - c2) / b2, c2 / b2
-        num = np.stack([r + 1, -2 * r * cos_b, r - 1], axis=1)
-        den = np.stack([2 * cos_g, -2 * cos_a], axis=1)
-        quartic = _polymul(_polymul(den, den), np.stack([1 - k, 2 * k * cos_b, -k], axis=1))
-        quartic += _polymul(num, num)
-        quartic[:, :4] -= 2 * cos_g[:, None] * _polymul(num, den)
-        v, real = _quartic_real_roots(quartic)
-        u = (num[:, :1] + num[:, 1:2] * v + num[:, 2:] * v ** 2) / (den[:, :1] + den[:, 1:] * v)
-        s1 = np.sqrt(c2[:, None] / (1 + u ** 2 - 2 * u * cos_g[:, None]))
-        valid = real & (u > 0) & (v > 0) & (s1 > 0) & np.isfinite(u * v * s1)
-    sample, root = np.nonzero(valid)
-    depths = s1[sample, root, None] * np.stack([np.ones(len(sample)), u[sample, root],
-                                                v[sample, root]], axis=1)
-    points_cam = depths[..., None] * rays[sample]  # (S, 3, 3)
-    frame_world, ok_world = _triangle_frames(p)
-    frame_cam, ok_cam = _triangle_frames(points_cam)
+        depths, valid = p3p_depths(rays, p)
+        sample, root = np.nonzero(valid)
+        points_cam = depths[sample, root, :, None] * rays[sample]  # (S, 3, 3)
+        frame_world, ok_world = _triangle_frames(p)
+        frame_cam, ok_cam = _triangle_frames(points_cam)
     ok = ok_cam & ok_world[sample]
     sample, points_cam = sample[ok], points_cam[ok]
     rotation = frame_cam[ok] @ np.swapaxes(frame_world[sample], 1, 2)
@@ -362,6 +385,40 @@ def _refine(cam_from_world: FloatArray, points_world: FloatArray, pixels: FloatA
     return cam_from_world, mask
 
 
+def check_intrinsics(K: FloatArray) -> None:
+    """Raise ValueError unless `K` is a (3, 3) pinhole matrix without skew, fx, fy > 0."""
+    geometry.check_shape(K, (3, 3), 'K')
+    if not (np.isfinite(K).all() and K[0, 0] > 0 and K[1, 1] > 0
+            and np.array_equal(K.ravel()[[1, 3, 6, 7, 8]], [0.0, 0.0, 0.0, 0.0, 1.0])):
+        # OpenCV's PnP ignores skew, so a skewed K would be silently wrong.
+        raise ValueError(f'K must be [[fx, 0, cx], [0, fy, cy], [0, 0, 1]] with fx, fy > 0, '
+                         f'got {K.tolist()}')
+
+
+def make_result(reason: str, settings: RansacSettings, n_total: int,
+                index: npt.NDArray[np.intp], cam_from_world: FloatArray | None = None,
+                mask: BoolArray | None = None, score: float = 0.0) -> RansacResult:
+    """The `RansacResult` of a pose found on the correspondences `index` (of `n_total`).
+
+    Args:
+        reason: '' for a success, else why it failed (the pose is then identity).
+        mask: (len(index),) the inliers among the correspondences used, or None.
+    """
+    full_mask = np.zeros(n_total, dtype=bool)
+    if mask is not None:
+        full_mask[index[mask]] = True
+    count = int(full_mask.sum())
+    if reason or cam_from_world is None:
+        cam_from_world, confidence = np.eye(4), 0.0
+        _logger.debug('RANSAC failed: %s', reason)
+    else:
+        confidence = float(1.0 - np.exp(-count / settings.confidence_inliers))
+    return RansacResult(
+        success=not reason, world_from_cam=geometry.invert_pose(cam_from_world),
+        cam_from_world=cam_from_world, inlier_count=count, inlier_mask=full_mask,
+        n_correspondences=n_total, score=score, confidence=confidence, reason=reason)
+
+
 def ransac_pnp(pixels: FloatArray, points_world: FloatArray, K: FloatArray,
                settings: RansacSettings, rng: np.random.Generator,
                sample_mask: Optional[BoolArray] = None) -> RansacResult:
@@ -392,31 +449,14 @@ def ransac_pnp(pixels: FloatArray, points_world: FloatArray, K: FloatArray,
     K = np.asarray(K, dtype=np.float64)
     geometry.check_shape(pixels, (None, 2), 'pixels')
     geometry.check_shape(points_world, (len(pixels), 3), 'points_world')
-    geometry.check_shape(K, (3, 3), 'K')
-    if not (np.isfinite(K).all() and K[0, 0] > 0 and K[1, 1] > 0
-            and np.array_equal(K.ravel()[[1, 3, 6, 7, 8]], [0.0, 0.0, 0.0, 0.0, 1.0])):
-        # OpenCV's PnP ignores skew, so a skewed K would be silently wrong.
-        raise ValueError(f'K must be [[fx, 0, cx], [0, fy, cy], [0, 0, 1]] with fx, fy > 0, '
-                         f'got {K.tolist()}')
+    check_intrinsics(K)
     n_total = len(pixels)
     index = np.flatnonzero(np.isfinite(pixels).all(axis=1) & np.isfinite(points_world).all(1))
     pixels, points_world = pixels[index], points_world[index]
 
     def result(reason: str, cam_from_world: FloatArray | None = None,
                mask: BoolArray | None = None, score: float = 0.0) -> RansacResult:
-        full_mask = np.zeros(n_total, dtype=bool)
-        if mask is not None:
-            full_mask[index[mask]] = True
-        count = int(full_mask.sum())
-        if reason or cam_from_world is None:
-            cam_from_world, confidence = np.eye(4), 0.0
-            _logger.debug('RANSAC failed: %s', reason)
-        else:
-            confidence = float(1.0 - np.exp(-count / settings.confidence_inliers))
-        return RansacResult(
-            success=not reason, world_from_cam=geometry.invert_pose(cam_from_world),
-            cam_from_world=cam_from_world, inlier_count=count, inlier_mask=full_mask,
-            n_correspondences=n_total, score=score, confidence=confidence, reason=reason)
+        return make_result(reason, settings, n_total, index, cam_from_world, mask, score)
 
     if len(index) < 4:
         return result(f'too few correspondences ({len(index)} finite of {n_total}, need 4)')
