@@ -35,12 +35,21 @@ class ControlServices:
         self._node, self._controls, self._gate = node, controls, gate
         self._slot, self._output = slot, output
         node.add_on_set_parameters_callback(self._on_set_parameters)
-        for name, handler in (('trigger', self._on_trigger), ('pause', self._on_pause),
-                              ('resume', self._on_resume), ('reset', self._on_reset)):
+        self._services = [
             node.create_service(Trigger, f'~/{name}', handler)
+            for name, handler in (('trigger', self._on_trigger), ('pause', self._on_pause),
+                                  ('resume', self._on_resume), ('reset', self._on_reset))]
         # RViz's "2D Pose Estimate" publishes here (reliable, like AMCL's subscription).
         self._initialpose_sub = node.create_subscription(
             PoseWithCovarianceStamped, 'initialpose', self._on_initialpose, 10)
+
+    def destroy(self) -> None:
+        """Remove the services, the subscription and the `mode` callback (a cleanup)."""
+        node = self._node
+        node.remove_on_set_parameters_callback(self._on_set_parameters)
+        for service in self._services:
+            node.destroy_service(service)
+        node.destroy_subscription(self._initialpose_sub)
 
     def _on_set_parameters(self, changed: list) -> SetParametersResult:
         for p in changed:

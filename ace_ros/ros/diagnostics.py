@@ -106,6 +106,13 @@ class Diagnostics:
             period_s, self.publish, clock=Clock(clock_type=ClockType.STEADY_TIME)
         ) if period_s > 0 else None
 
+    def destroy(self) -> None:
+        """Remove the timer and the publisher from the node (a lifecycle cleanup)."""
+        if self._timer is not None:
+            self._node.destroy_timer(self._timer)
+            self._timer = None
+        self._node.destroy_publisher(self._pub)
+
     def add_task(self, name: str, task: Callable[[], Report]) -> None:
         self._tasks.append((name, task))
 

@@ -43,6 +43,15 @@ pending trigger), and `initialpose` (RViz's 2D Pose Estimate, in the map frame, 
 (map x-y plane) and `initialpose_gate_deg` (heading) of it, poses publish nothing (`gated`);
 the first that does lifts the gate. With odometry the prior is carried along as map -> odom.
 
+Life cycle (a managed node, `ace_ros.ros.node_base.AceNode`; `autostart`, default true,
+goes through configure and activate at start-up): configure reads and checks the parameters
+(a refused value fails the transition, named), creates the outputs and services and loads
+the map (a map that cannot be loaded is logged and the node stays configured without one,
+as ~/reload_map allows); activate subscribes to `image` and `camera_info`, starts the map ->
+odom re-broadcast and publishes the map cloud (pose and cloud publishers are lifecycle
+publishers); deactivate unsubscribes, and a frame being localized publishes nothing
+(`skipped_inactive`); cleanup stops the worker and drops the map and the encoder.
+
 The pose covariance follows the pose: the camera pose's (`conversions.
 covariance_from_confidence`) is moved to the base with `conversions.offset_pose_covariance`.
 """
@@ -123,16 +132,22 @@ NODE_PARAMS: Dict[str, ParamSpec] = {
                                     'is near', read_only=True),
     'initialpose_gate_deg': ParamSpec(30.0, 'and poses whose heading differs more than this '
                                       '(deg; 180 = position only)', read_only=True),
+    **node_base.LIFECYCLE_PARAMS,
 }
 
 #: What /diagnostics counts (one `Counters`, shared by the callbacks and the worker).
 COUNTERS = ('received', 'processed', 'rejected', 'failed', 'bad_input', 'no_camera_info',
             'no_map', 'tf_failed', 'published', 'time_jumps', 'discarded_stale',
-            'skipped_paused', 'skipped_untriggered', 'gated')
+            'skipped_paused', 'skipped_untriggered', 'skipped_inactive', 'gated')
 
 
 class LocalizationNode(node_base.AceNode):
-    """Thin adapter: messages -> `Localizer` -> pose, covariance and TF messages."""
+    """Thin adapter: messages -> `Localizer` -> pose, covariance and TF messages.
+
+    A managed node (`node_base.AceNode`): configure reads the parameters and loads the map;
+    activate subscribes to the camera; deactivate unsubscribes (a frame being localized
+    publishes nothing); cleanup drops the map and the encoder.
+    """
 
     NODE_NAME = 'localization_node'
     EXECUTOR_THREADS = 2  # ~/reload_map (loading a map) must not hold up the images
@@ -149,55 +164,129 @@ class LocalizationNode(node_base.AceNode):
         self._rectifier: Optional[conversions.Rectifier] = None
         self._slot = LatestSlot()
         self._stop = threading.Event()
+        self._worker: Optional[threading.Thread] = None
         self._counts = Counters(COUNTERS)
         self._input_rate = diagnostics.RateMeter()
         self._processed_rate = diagnostics.RateMeter()
         self._latency = diagnostics.WindowStats()
         self._inliers = diagnostics.WindowStats()
         self._last_inliers = 0
+        self._cloud_msg: Optional[PointCloud2] = None
+        self._made: Dict[str, Any] = {}  # what configure made, for cleanup
+        self._inputs: list = []  # the subscriptions activate made
+        self._load_lock = threading.Lock()  # ~/reload_map against cleanup
+        self.start_up()
+
+    # -- life cycle ----------------------------------------------------------------------
+
+    def configure_node(self) -> None:
+        """Parameters (a refused one: ValueError by name), outputs, services, the map."""
+        self._p = params.read_parameters(self, NODE_PARAMS)
+        params.read_config(self, LocalizationConfig)  # refused settings fail configure
         threshold = self._p['time_jump_threshold']
         if threshold <= 0:
             raise ValueError(f'parameter time_jump_threshold must be > 0, got {threshold}')
         self._time_guard = TimeJumpGuard(int(threshold * 1e9))
-        # Controls (ace_ros.ros.controls): bad values stop the node at start, by name.
+        # Controls (ace_ros.ros.controls): bad values fail configure, by name.
         self._controls = Controls(self._p['mode'])
         self._gate = PoseGate(self._p['initialpose_gate_m'], self._p['initialpose_gate_deg'])
-
-        self._tf = TfInterface(self, self._p['tf_cache_duration'])
-        self._output = PoseOutput(
-            self, self._tf, self._counts, self._gate,
-            self.create_publisher(PoseStamped, '~/pose', 10),
-            self.create_publisher(PoseWithCovarianceStamped, '~/pose_with_covariance', 10),
-            params=lambda: self._p)
-        # Latched: published once per map load, and RViz may start long after.
-        self._cloud_pub = self.create_publisher(PointCloud2, '~/map_cloud', QoSProfile(
-            depth=1, reliability=ReliabilityPolicy.RELIABLE,
-            durability=DurabilityPolicy.TRANSIENT_LOCAL))
-        self._load_map()
-        self._diagnostics = diagnostics.Diagnostics(self, period_s=self._p['diagnostics_period'])
+        self._image_qos = node_base.image_qos(self._p['image_qos'], depth=1)  # the newest
+        self._image_input = conversions.image_subscription(self, self._p['image_transport'])
+        made = self._made
+        self._tf = made['tf'] = TfInterface(self, self._p['tf_cache_duration'])
+        made['pose_pub'] = self.create_lifecycle_publisher(PoseStamped, '~/pose', 10)
+        made['cov_pub'] = self.create_lifecycle_publisher(PoseWithCovarianceStamped,
+                                                          '~/pose_with_covariance', 10)
+        self._output = PoseOutput(self, self._tf, self._counts, self._gate, made['pose_pub'],
+                                  made['cov_pub'], params=lambda: self._p)
+        # Latched: published once per map load (and on activate), and RViz may start later.
+        self._cloud_pub = made['cloud_pub'] = self.create_lifecycle_publisher(
+            PointCloud2, '~/map_cloud', QoSProfile(
+                depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                durability=DurabilityPolicy.TRANSIENT_LOCAL))
+        self._diagnostics = made['diagnostics'] = diagnostics.Diagnostics(
+            self, period_s=self._p['diagnostics_period'])
         self._diagnostics.add_task('localization', self._report)
-        if self._p['tf_broadcast_rate'] > 0:
-            self.create_timer(1.0 / self._p['tf_broadcast_rate'], self._output.rebroadcast)
-        self._jump_handle = self.get_clock().create_jump_callback(
+        made['jump'] = self.get_clock().create_jump_callback(
             JumpThreshold(min_forward=None, min_backward=Duration(seconds=-threshold),
                           on_clock_change=False), post_callback=self._on_clock_jump)
-        self.create_service(Trigger, '~/reload_map', self._on_reload,
-                            callback_group=MutuallyExclusiveCallbackGroup())
-        self._control_services = ControlServices(self, self._controls, self._gate,
-                                                 self._slot, self._output)
-        qos = node_base.image_qos(self._p['image_qos'], depth=1)  # only the newest is used
-        image_type, image_topic = conversions.image_subscription(self,
-                                                                 self._p['image_transport'])
-        self._image_sub = self.create_subscription(image_type, image_topic, self._on_image, qos)
-        self._info_sub = self.create_subscription(CameraInfo, 'camera_info',
-                                                  self._on_camera_info, qos)
+        made['reload'] = self.create_service(Trigger, '~/reload_map', self._on_reload,
+                                             callback_group=MutuallyExclusiveCallbackGroup())
+        made['controls'] = ControlServices(self, self._controls, self._gate, self._slot,
+                                           self._output)
+        self._load_map()
+        self._stop.clear()
         self._worker = threading.Thread(target=self._work, name='localizer', daemon=True)
         self._worker.start()
+
+    def activate_node(self) -> None:
+        """Subscribe to the camera; re-broadcast map -> odom; publish the map cloud."""
+        image_type, image_topic = self._image_input
+        self._image_sub = self.create_subscription(image_type, image_topic, self._on_image,
+                                                   self._image_qos)
+        self._info_sub = self.create_subscription(CameraInfo, 'camera_info',
+                                                  self._on_camera_info, self._image_qos)
+        self._inputs = [self._image_sub, self._info_sub]
+        self._rebroadcast = None
+        if self._p['tf_broadcast_rate'] > 0:
+            self._rebroadcast = self.create_timer(1.0 / self._p['tf_broadcast_rate'],
+                                                  self._output.rebroadcast)
+
+    def on_activate(self, state):
+        result = super().on_activate(state)
+        if self.active and self._cloud_msg is not None:  # lifecycle publishers are on now
+            self._cloud_pub.publish(self._cloud_msg)
+        return result
+
+    def deactivate_node(self) -> None:
+        """Unsubscribe; an image waiting for the worker is dropped, one being localized
+        publishes nothing (`skipped_inactive`); map -> odom is no longer re-broadcast."""
+        for sub in self._inputs:
+            self.destroy_subscription(sub)
+        self._inputs = []
+        if getattr(self, '_rebroadcast', None) is not None:
+            self.destroy_timer(self._rebroadcast)
+            self._rebroadcast = None
+        self._slot.take(timeout_s=0.0)
+
+    def cleanup_node(self) -> None:
+        """Stop the worker (it finishes the frame it is localizing); drop the map, the
+        encoder, the services and the publishers."""
+        self._stop.set()
+        if self._worker is not None:
+            self._slot.close()
+            self._worker.join(timeout=10.0)
+            self._worker = None
+            self._slot = LatestSlot()  # closed: a fresh one for the next configure
+        made, self._made = self._made, {}
+        if 'controls' in made:
+            made['controls'].destroy()
+        if 'reload' in made:
+            self.destroy_service(made['reload'])
+        if 'jump' in made:
+            made['jump'].unregister()
+        if 'diagnostics' in made:
+            made['diagnostics'].destroy()
+        for key in ('pose_pub', 'cov_pub', 'cloud_pub'):
+            if key in made:
+                self.destroy_lifecycle_publisher(made[key])
+        if 'tf' in made:
+            made['tf'].destroy()
+        with self._load_lock:
+            self._localizer, self._map_path, self._cloud_msg = None, '', None
+            self._runtimes = {}
+        self._camera_info, self._rectifier = None, None
 
     # -- map ---------------------------------------------------------------------------
 
     def _load_map(self) -> Tuple[bool, str]:
         """(success, message); on failure the previous map (if any) stays in use."""
+        with self._load_lock:
+            if 'reload' not in self._made:  # cleaned up meanwhile (a reload racing cleanup)
+                return False, 'not configured'
+            return self._load_map_locked()
+
+    def _load_map_locked(self) -> Tuple[bool, str]:
         try:
             self._p = params.read_parameters(self, NODE_PARAMS)
             cfg = params.read_config(self, LocalizationConfig)
@@ -221,10 +310,11 @@ class LocalizationNode(node_base.AceNode):
         self._output.new_map(map_frame, self._p['transform_tolerance'])
         # Empty for a map without a cloud, so that a reload does not leave the old one shown.
         cloud = scene_map.cloud
-        self._cloud_pub.publish(conversions.to_point_cloud2(
+        self._cloud_msg = conversions.to_point_cloud2(
             cloud.points if cloud else np.zeros((0, 3)),
             cloud.colors if cloud else np.zeros((0, 3), np.uint8),
-            self.get_clock().now().to_msg(), map_frame))
+            self.get_clock().now().to_msg(), map_frame)
+        self._cloud_pub.publish(self._cloud_msg)  # dropped while inactive: sent on activate
         message = (f"loaded map {path} (frame '{map_frame}', {len(scene_map.frame_names)} "
                    f'mapping frames) on {localizer.runtime.describe()}, backend '
                    f'{localizer.backend}, {localizer.head_precision} head')
@@ -241,6 +331,8 @@ class LocalizationNode(node_base.AceNode):
         self._camera_info = msg
 
     def _on_image(self, msg: Image) -> None:
+        if not self.active:  # a callback already queued when deactivate came
+            return
         self._counts.add('received')
         self._input_rate.tick()
         back_ns = self._time_guard.stamp(conversions.stamp_to_ns(msg.header.stamp))
@@ -324,6 +416,9 @@ class LocalizationNode(node_base.AceNode):
         if self._controls.paused:  # ~/pause came while this frame was localized
             self._counts.add('skipped_paused')
             return
+        if not self.active:  # deactivated while this frame was localized
+            self._counts.add('skipped_inactive')
+            return
         self._output.publish(result, msg.header.stamp, msg.header.frame_id, epoch)
 
     def _on_clock_jump(self, jump: TimeJump) -> None:
@@ -345,6 +440,7 @@ class LocalizationNode(node_base.AceNode):
     def _report(self) -> Report:
         c = dict(self._counts.snapshot(), dropped_stale=self._slot.dropped)
         values: Dict[str, object] = {
+            'state': 'active' if self.active else 'inactive',
             'map': self._map_path or '(none)', 'map_frame': self._output.map_frame,
             'tf': self._output.tf_mode or '(none yet)',
             'mode': self._controls.mode, 'paused': self._controls.paused,
@@ -363,6 +459,8 @@ class LocalizationNode(node_base.AceNode):
                 self.get_clock().now().nanoseconds - last_good_ns) / 1e9
         if self._localizer is None:
             return Report(diagnostics.ERROR, 'no map loaded', values)
+        if not self.active:
+            return Report(diagnostics.OK, 'inactive (lifecycle): not localizing', values)
         if self._controls.paused:
             return Report(diagnostics.OK, 'paused (~/resume to localize)', values)
         if self._camera_info is None or c['received'] == 0:
@@ -370,12 +468,6 @@ class LocalizationNode(node_base.AceNode):
         if last_good_ns is None:
             return Report(diagnostics.WARN, 'no good pose yet', values)
         return Report(diagnostics.OK, 'localizing', values)
-
-    def shutdown(self) -> None:
-        """Stop the worker thread (it finishes the frame it is localizing)."""
-        self._stop.set()
-        self._slot.close()
-        self._worker.join(timeout=10.0)
 
 
 def main(args: Optional[list] = None) -> int:

@@ -23,6 +23,13 @@ Mapping ends, trains and writes map_path on `~/finish` (std_srvs/Trigger), or af
 idle_timeout_s without images; with finish_at_max_keyframes (off by default) also when
 max_keyframes are collected. `~/save_keyframes` writes the keyframes so far as an ACE-layout
 dataset (`ace-ros map FOLDER -o MAP` redoes mapping offline).
+
+Life cycle (a managed node, `ace_ros.ros.node_base.AceNode`; `autostart`, default true,
+goes through configure and activate at start-up): configure checks the parameters (a
+refused value fails the transition, named), loads the encoder and opens the session and
+the services; activate subscribes to the inputs; deactivate unsubscribes (the keyframes so
+far stay, ~/finish can still train them, and no idle timeout runs); cleanup stops training
+or saves the keyframes (as Ctrl-C does) and drops the session and the encoder.
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ from std_srvs.srv import Trigger
 
 #: Node parameters that are not settings-dataclass fields.
 NODE_PARAMETERS: Dict[str, params.ParamSpec] = {
+    **node_base.LIFECYCLE_PARAMS,
     'pose_source': params.ParamSpec(
         'pose', "where camera poses come from: 'pose' (PoseStamped on 'pose'), 'odom' "
         "(Odometry on 'odom') or 'tf' (camera_frame looked up in fixed_frame)", True),
@@ -122,51 +130,110 @@ class MappingNode(node_base.AceNode):
         super().__init__(**kwargs)
         declare_parameters(self)
         self.p = params.read_parameters(self, NODE_PARAMETERS)
+        self.session: Optional[OnlineMappingSession] = None
+        self._training: Optional[Training] = None
+        self._tf_source: Optional[TfPoseSource] = None
+        self._made: Dict[str, Any] = {}  # what configure made, for cleanup
+        self._inputs: list = []  # the subscriptions activate made
+        self._stopped = False  # this session's keyframes were saved / training cancelled
+        self._exit_code = 0  # of the last session cleaned up
+        self.start_up()
+
+    # -- life cycle ----------------------------------------------------------------------
+
+    def configure_node(self) -> None:
+        """Parameters (a refused one: ValueError by name), the encoder and the session."""
+        self.p = params.read_parameters(self, NODE_PARAMETERS)
         online = params.read_config(self, OnlineMappingConfig)
         cfg = params.read_config(self, MappingConfig)
         self._check_parameters()
         qos_name = self.p['image_qos']
-        image_qos = node_base.image_qos(qos_name, self.p['image_queue_depth'])
-        camera_info_qos = node_base.image_qos(qos_name)
-        pose_qos = node_base.image_qos(qos_name, 100)
-        self._tf_source: Optional[TfPoseSource] = None
+        self._qos = {'image': node_base.image_qos(qos_name, self.p['image_queue_depth']),
+                     'camera_info': node_base.image_qos(qos_name),
+                     'pose': node_base.image_qos(qos_name, 100)}
+        self._image_input = conversions.image_subscription(self, self.p['image_transport'])
+        made = self._made
+        self._tf_source = None
         if self.p['pose_source'] == 'tf':
-            self._tf_source = TfPoseSource(TfInterface(self), self.p['fixed_frame'],
+            made['tf'] = TfInterface(self)
+            self._tf_source = TfPoseSource(made['tf'], self.p['fixed_frame'],
                                            self.p['camera_frame'])
         self.session = OnlineMappingSession(
             cfg, online, self.p['fixed_frame'], self._tf_source,
             make_runtime(cfg.device, cfg.encoder, calibration_inputs), write_ace_scene)
+        self._stopped = False
         self._rectifier: Optional[conversions.Rectifier] = None
         self._waiting_for_info: Deque[Image] = collections.deque()
         self._waiting_since = 0.0
         self._last_image_time: Optional[float] = None
         self._camera_frame_checked = ''
-
-        image_type, image_topic = conversions.image_subscription(self, self.p['image_transport'])
-        self.create_subscription(image_type, image_topic, self._on_image, image_qos)
-        self.create_subscription(CameraInfo, 'camera_info', self._on_camera_info,
-                                 camera_info_qos)
-        if self.p['pose_source'] == 'pose':
-            self.create_subscription(PoseStamped, 'pose', self._on_pose, pose_qos)
-        elif self.p['pose_source'] == 'odom':
-            self.create_subscription(Odometry, 'odom', self._on_odometry, pose_qos)
-        self.create_service(Trigger, '~/finish', self._on_finish)
-        self.create_service(Trigger, '~/save_keyframes', self._on_save_keyframes)
+        made['services'] = [self.create_service(Trigger, '~/finish', self._on_finish),
+                            self.create_service(Trigger, '~/save_keyframes',
+                                                self._on_save_keyframes)]
         # Wall-clock timers: under use_sim_time, /clock stops when a bag ends, and the idle
         # check and the training progress must go on.
         steady = Clock(clock_type=ClockType.STEADY_TIME)
-        self._diagnostics = diagnostics.Diagnostics(self, str(self.session.device), period_s=0)
-        self._diagnostics.add_task('mapping', lambda: mapping_report(self.session))
+        self._diagnostics = made['diagnostics'] = diagnostics.Diagnostics(
+            self, str(self.session.device), period_s=0)
+        session = self.session
+        self._diagnostics.add_task('mapping', lambda: mapping_report(session))
         self._training = Training(self, self.session, self._diagnostics)
-        self.create_timer(self.p['diagnostics_period'], self._diagnostics.publish,
-                          clock=steady)
-        self.create_timer(0.05, self._on_tick, clock=steady)
+        made['timers'] = [self.create_timer(self.p['diagnostics_period'],
+                                            self._diagnostics.publish, clock=steady),
+                          self.create_timer(0.05, self._on_tick, clock=steady)]
+
+    def activate_node(self) -> None:
+        """Subscribe to the images, camera_info and the pose source."""
+        image_type, image_topic = self._image_input
+        self._inputs = [
+            self.create_subscription(image_type, image_topic, self._on_image,
+                                     self._qos['image']),
+            self.create_subscription(CameraInfo, 'camera_info', self._on_camera_info,
+                                     self._qos['camera_info'])]
+        if self.p['pose_source'] == 'pose':
+            self._inputs.append(self.create_subscription(PoseStamped, 'pose', self._on_pose,
+                                                         self._qos['pose']))
+        elif self.p['pose_source'] == 'odom':
+            self._inputs.append(self.create_subscription(Odometry, 'odom', self._on_odometry,
+                                                         self._qos['pose']))
+        online = self.session.online
         limit = ('then training starts' if online.finish_at_max_keyframes
                  else 'thinned evenly beyond that')
         self.get_logger().info(
             f"collecting keyframes: poses from '{self.p['pose_source']}' in frame "
             f"'{self.p['fixed_frame'] or '(first pose)'}', up to {online.max_keyframes} "
             f'keyframes ({limit}), map to {online.map_path}; call ~/finish to train')
+
+    def deactivate_node(self) -> None:
+        """Unsubscribe: no more images or poses; the keyframes so far stay (~/finish may
+        still train them), and the idle timeout starts again with the next image."""
+        for sub in self._inputs:
+            self.destroy_subscription(sub)
+        self._inputs = []
+        self._last_image_time = None
+        if hasattr(self, '_waiting_for_info'):
+            self._waiting_for_info.clear()
+
+    def cleanup_node(self) -> None:
+        """Stop training (or save the keyframes, as on Ctrl-C), stop the encoder thread,
+        drop the session and its encoder."""
+        if self.session is not None:
+            self._stop_mapping('cleaned up')
+            self.session.close(timeout_s=2.0)  # the keyframe encoder thread
+        made, self._made = self._made, {}
+        for timer in made.get('timers', ()):
+            self.destroy_timer(timer)
+        for service in made.get('services', ()):
+            self.destroy_service(service)
+        if 'diagnostics' in made:
+            made['diagnostics'].destroy()
+        if 'tf' in made:
+            made['tf'].destroy()
+        if self._training is not None:
+            self._exit_code = self._training.exit_code
+        # Nothing may keep the session (and its encoder) alive: the memory is freed next.
+        self.session, self._tf_source, self._training, self._diagnostics = None, None, None, None
+        self._rectifier = None
 
     # -- inputs --------------------------------------------------------------------------
 
@@ -279,7 +346,7 @@ class MappingNode(node_base.AceNode):
     # -- mapping -------------------------------------------------------------------------
 
     def _on_tick(self) -> None:
-        if self.session.state != 'collecting':
+        if not self.active or self.session.state != 'collecting':  # inactive: no idle end
             return
         if self._waiting_for_info and time.monotonic() - self._waiting_since > 0.5:
             self.get_logger().warning(
@@ -327,32 +394,39 @@ class MappingNode(node_base.AceNode):
         return str(write_ace_scene(self.session.next_keyframes_folder(),
                                    self.session.keyframes()))
 
-    # -- life cycle ----------------------------------------------------------------------
+    # -- end -----------------------------------------------------------------------------
 
     @property
     def finished(self) -> bool:
-        """The map is written (or mapping failed) and the node should exit."""
-        return self._training.done and self.p['exit_when_done']
+        """The map is written (or mapping failed) and the node should exit; or shut down."""
+        return super().finished or (self._training is not None and self._training.done
+                                    and self.p['exit_when_done'])
 
     @property
     def exit_code(self) -> int:
-        return self._training.exit_code
+        return self._training.exit_code if self._training is not None else self._exit_code
 
     def interrupt(self) -> None:
-        """Ctrl-C: stop training (keyframes were saved before it began) or save them now.
+        """Ctrl-C: stop training (keyframes were saved before it began) or save them now."""
+        if self.session is not None:
+            self._stop_mapping('interrupted')
 
-        Saved now: every keyframe collected, those still queued for the encoder included.
-        """
-        if self._training.started:
+    def _stop_mapping(self, why: str) -> None:
+        """Once per session: stop training, or save the keyframes collected so far (those
+        still queued for the encoder included)."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._training is not None and self._training.started:
             self._training.cancel()
         elif self.session.keyframe_count:
             try:
                 folder = self._save_keyframes()
             except (ValueError, OSError) as error:
-                self.get_logger().error(f'interrupted while collecting; saving the keyframes '
+                self.get_logger().error(f'{why} while collecting; saving the keyframes '
                                         f'failed: {error}')
                 return
-            self.get_logger().warning(f'interrupted while collecting: '
+            self.get_logger().warning(f'{why} while collecting: '
                                       f'{self.session.keyframe_count} keyframes saved to {folder}')
 
     def _check_parameters(self) -> None:
@@ -371,10 +445,6 @@ class MappingNode(node_base.AceNode):
                              f"{self.p['image_queue_depth']}")
         if self.p['idle_timeout_s'] < 0 or self.p['diagnostics_period'] <= 0:
             raise ValueError('idle_timeout_s must be >= 0 and diagnostics_period > 0')
-
-    def destroy_node(self) -> None:
-        self.session.close(timeout_s=2.0)  # the keyframe encoder thread
-        super().destroy_node()
 
 
 def declare_parameters(node: Node) -> None:

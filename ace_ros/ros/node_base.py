@@ -1,24 +1,44 @@
-"""node_base: what both nodes share: the logging bridge, the image QoS and the `main()` runner.
+"""node_base: what both nodes share: the life cycle, the logging bridge, the image QoS and
+the `main()` runner.
 
-`AceNode` is the base of mapping_node and localization_node: core's Python logging (the
-'ace_ros' loggers) goes to the node's ROS logger, so it reaches /rosout and the screen, until
-the node is destroyed. `image_qos()` turns the `image_qos` parameter into a QoS profile.
-`run()` is both entry points: rclpy init, the executor spun until the node is finished or a
-signal comes, a bad parameter at start reported in one line with exit code 2, and a clean
-shutdown. Parameters themselves are `ace_ros.ros.params`.
+`AceNode` is the base of mapping_node and localization_node, a managed (lifecycle) node
+(rclpy.lifecycle, the states of ROS 2's managed nodes: unconfigured, inactive, active,
+finalized). The transitions are here, once; a node fills in four hooks:
+- `configure_node()`: read and check the parameters, load the map / encoder, create the
+  services and lifecycle publishers. A ValueError (a parameter refused, named) fails the
+  transition with that reason, logged; the node stays unconfigured.
+- `activate_node()`: subscribe to the inputs (images are processed from now on).
+- `deactivate_node()`: unsubscribe; no frame is processed or published any more.
+- `cleanup_node()`: free what configure made (the model, and GPU memory on CUDA). Also used
+  after a failed configure, on shutdown from any state, and before the node is destroyed,
+  so it must accept a partly configured node and be idempotent.
+With the parameter `autostart` (default true, nav2's lifecycle-manager `autostart` done by
+the node itself) the node configures and activates itself in its constructor, so a plain
+`ros2 run` / `ros2 launch` works as before; a configure failure then raises the reason (and
+`run()` exits with code 2). The shutdown transition, from any state, finalizes the node and
+`run()` returns.
+
+Core's Python logging (the 'ace_ros' loggers) goes to the node's ROS logger, so it reaches
+/rosout and the screen, until the node is destroyed. `image_qos()` turns the `image_qos`
+parameter into a QoS profile. `run()` is both entry points: rclpy init, the executor spun
+until the node is finished or a signal comes, a bad parameter at start reported in one line
+with exit code 2, and a clean shutdown. Parameters themselves are `ace_ros.ros.params`.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import threading
-from typing import Any, Optional, Type
+from typing import Any, Dict, Optional, Type
 
+from ace_ros.ros.params import ParamSpec
 import rclpy
 from rclpy.exceptions import ParameterException
 from rclpy.executors import (ExternalShutdownException, MultiThreadedExecutor,
                              SingleThreadedExecutor)
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 import rclpy.logging
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data, QoSProfile, ReliabilityPolicy
@@ -27,6 +47,18 @@ from rclpy.signals import SignalHandlerOptions
 #: Values of the image_qos parameter.
 IMAGE_QOS = ('sensor_data', 'reliable')
 _RELIABLE_DEPTH = 10  # rclpy's default depth, for a reliable profile given no depth
+
+#: The life-cycle parameter both nodes declare (in their parameter tables, so that the YAML
+#: files and the launch checks see it).
+LIFECYCLE_PARAMS: Dict[str, ParamSpec] = {
+    'autostart': ParamSpec(True, 'configure and activate at start-up (as nav2\'s lifecycle '
+                           'manager would); false = start unconfigured and wait for '
+                           'lifecycle transitions (ros2 lifecycle set NODE configure)',
+                           read_only=True),
+}
+
+_SUCCESS = TransitionCallbackReturn.SUCCESS
+_FAILURE = TransitionCallbackReturn.FAILURE
 
 
 def image_qos(name: str, depth: Optional[int] = None) -> QoSProfile:
@@ -68,10 +100,25 @@ class RosLogHandler(logging.Handler):
             self._logger.debug(message)
 
 
-class AceNode(Node):
-    """A node of this package: core's logging reaches its ROS logger; `run()` drives it.
+def free_device_memory() -> None:
+    """Give the memory of dropped models back: Python's garbage, and torch's CUDA cache.
 
-    Subclasses set NODE_NAME and may override `finished`, `interrupt()` and `shutdown()`.
+    Called after a node's cleanup dropped its model. (It belongs in `ace_ros.core.device`,
+    the one place that speaks of CUDA; it is here until that module can take it.)
+    """
+    gc.collect()
+    import torch
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
+class AceNode(LifecycleNode):
+    """A managed node of this package: the transitions call the hooks (module doc); core's
+    logging reaches its ROS logger; `run()` drives it.
+
+    Subclasses set NODE_NAME, declare their parameters (with LIFECYCLE_PARAMS), call
+    `start_up()` at the end of their constructor, implement the four hooks and may
+    override `finished`, `exit_code` and `interrupt()`.
     """
 
     NODE_NAME = ''
@@ -85,19 +132,149 @@ class AceNode(Node):
         self._log_handler = RosLogHandler(self)
         logging.getLogger('ace_ros').addHandler(self._log_handler)
         logging.getLogger('ace_ros').setLevel(logging.INFO)
+        self._configured = False  # configure_node() ran (and cleanup_node() not since)
+        self._active = False
+        self._finalized = False
+        self._configure_error: Optional[BaseException] = None
+        self._starting = False  # start_up() is configuring: it reports a failure itself
+        self._transition_lock = threading.RLock()
+
+    # -- hooks (the subclass's) ----------------------------------------------------------
+
+    def configure_node(self) -> None:
+        """Read and check the parameters, build the model; ValueError: a parameter refused."""
+
+    def activate_node(self) -> None:
+        """Start taking inputs."""
+
+    def deactivate_node(self) -> None:
+        """Stop taking inputs; nothing more is processed or published."""
+
+    def cleanup_node(self) -> None:
+        """Free what `configure_node` made (idempotent; also after a partial configure)."""
+
+    # -- state ---------------------------------------------------------------------------
+
+    @property
+    def active(self) -> bool:
+        """In the active state: inputs are processed and results published."""
+        return self._active
+
+    @property
+    def configured(self) -> bool:
+        """Inactive or active: the parameters are read and the model is built."""
+        return self._configured
 
     @property
     def finished(self) -> bool:
-        """The node's work is done and `run()` should return `exit_code`."""
-        return False
+        """The node's work is done (or it was shut down) and `run()` should return."""
+        return self._finalized
 
     def interrupt(self) -> None:
         """Ctrl-C or SIGTERM, while the node can still log to /rosout."""
 
+    def start_up(self) -> None:
+        """End of the constructor: with `autostart`, configure and activate now.
+
+        Raises:
+            ValueError: (or what else configure raised) when configuring fails.
+            RuntimeError: when activating fails.
+        """
+        if not self.get_parameter('autostart').value:
+            self.get_logger().info('autostart is false: unconfigured, waiting for the '
+                                   'configure and activate transitions')
+            return
+        self._starting = True
+        try:
+            if self.trigger_configure() != _SUCCESS:
+                raise self._configure_error or RuntimeError('configure failed')
+            if self.trigger_activate() != _SUCCESS:
+                raise RuntimeError('activate failed (see the log)')
+        finally:
+            self._starting = False
+
+    # -- transitions (rclpy.lifecycle calls these) -----------------------------------------
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        with self._transition_lock:
+            self._configure_error = None
+            try:
+                self.configure_node()
+            except Exception as error:  # noqa: BLE001 - reported; the node stays unconfigured
+                self._configure_error = error
+                self._release()
+                if not self._starting:
+                    what = ('invalid parameters' if isinstance(
+                        error, (ValueError, ParameterException)) else type(error).__name__)
+                    self.get_logger().error(f'configure failed: {what}: {error}')
+                return _FAILURE
+            self._configured = True
+            self.get_logger().info('configured (inactive)')
+            return _SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        with self._transition_lock:
+            try:
+                self.activate_node()
+            except Exception as error:  # noqa: BLE001 - reported; the node stays inactive
+                self.get_logger().error(f'activate failed: {type(error).__name__}: {error}')
+                self.deactivate_node()
+                return _FAILURE
+            result = super().on_activate(state)  # the lifecycle publishers
+            self._active = result == _SUCCESS
+            self.get_logger().info('active: processing images')
+            return result
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        with self._transition_lock:
+            self._deactivate()
+            self.get_logger().info('inactive: not processing images')
+            return _SUCCESS
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        with self._transition_lock:
+            self._release()
+            self.get_logger().info('cleaned up (unconfigured)')
+            return _SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """From any primary state: deactivate and clean up as needed; `finished` then."""
+        with self._transition_lock:
+            self._deactivate()
+            self._release()
+            self._finalized = True
+            self.get_logger().info(f'shut down (from {state.label})')
+            return _SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """A transition raised: free everything, back to unconfigured."""
+        with self._transition_lock:
+            self.get_logger().error(f'error in a transition from {state.label}: cleaning up')
+            self._deactivate()
+            self._release()
+            return _SUCCESS
+
+    def _deactivate(self) -> None:
+        if self._active:
+            self._active = False
+            super().on_deactivate(LifecycleState(0, 'active'))  # the lifecycle publishers
+            self.deactivate_node()
+
+    def _release(self) -> None:
+        self.cleanup_node()
+        self._configured = False
+        free_device_memory()
+
     def shutdown(self) -> None:
-        """Stop the node's own threads, before `destroy_node()`."""
+        """Stop the node's own threads and free its model, before `destroy_node()`
+        (idempotent; `run()` and `destroy_node()` call it)."""
+        with self._transition_lock:
+            self._deactivate()
+            if self._configured:
+                self._release()
 
     def destroy_node(self) -> None:
+        self.shutdown()
         logging.getLogger('ace_ros').removeHandler(self._log_handler)
         super().destroy_node()
 

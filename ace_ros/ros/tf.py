@@ -198,6 +198,22 @@ class TfInterface:
             message = self._tf_message(transforms=list(self._static.values()))
         self._static_pub.publish(message)
 
+    def destroy(self) -> None:
+        """Remove the subscriptions and publishers from the node (a lifecycle cleanup)."""
+        node = self._node
+        if self.uses_tf2_ros:
+            if self._listener is not None:
+                self._listener.unregister()
+                self._listener = None
+            for broadcaster in (self._broadcaster, self._static_broadcaster):
+                node.destroy_publisher(broadcaster.pub_tf)
+            return
+        for sub in self._subs:
+            node.destroy_subscription(sub)
+        self._subs = []
+        node.destroy_publisher(self._pub)
+        node.destroy_publisher(self._static_pub)
+
     def clear(self) -> None:
         """Forget dynamic transforms (after time jumped back); static ones are kept."""
         if self.uses_tf2_ros:
