@@ -7,6 +7,8 @@ parent. A camera with no TF tree: base_frame:='' odom_frame:='' (map -> camera).
 `ros2 bag play --clock BAG` with use_sim_time:=true. rviz:=true also opens RViz on the package's
 view (rviz/ace_ros.rviz: image, pose, TF, map cloud; rviz2 must be installed).
 mode:=on_demand localizes only the first image after each ~/trigger call.
+The node is a managed (lifecycle) node; autostart:=false starts it unconfigured, for
+`ros2 lifecycle set /localization_node configure` (then activate) or nav2's lifecycle manager.
 """
 
 import os
@@ -56,6 +58,10 @@ def generate_launch_description():
                               description='where the PoseStamped output goes'),
         DeclareLaunchArgument('pose_with_covariance', default_value='~/pose_with_covariance',
                               description='where the PoseWithCovarianceStamped output goes'),
+        DeclareLaunchArgument('autostart', default_value='true',
+                              description='configure and activate the (lifecycle) node at '
+                                          "start; 'false': it waits unconfigured for "
+                                          'lifecycle transitions'),
         DeclareLaunchArgument('rviz', default_value='false',
                               description='also start rviz2 with rviz/ace_ros.rviz (image, '
                                           'pose, TF, map cloud)'),
@@ -82,6 +88,8 @@ def generate_launch_description():
                 'odom_frame': ParameterValue(LaunchConfiguration('odom_frame'),
                                              value_type=str),
                 'mode': ParameterValue(LaunchConfiguration('mode'), value_type=str),
+                'autostart': ParameterValue(LaunchConfiguration('autostart'),
+                                            value_type=bool),
             },
         ],
         remappings=[

@@ -5,7 +5,10 @@ Poses come from a PoseStamped topic (pose_source:=pose), an Odometry topic (odom
 and the map is written on `ros2 service call /mapping_node/finish std_srvs/srv/Trigger` or
 after idle_timeout_s without images (a finished bag); past max_keyframes the keyframes are
 thinned evenly; mapping ends there only with the parameter finish_at_max_keyframes: true.
-For a bag: `ros2 bag play --clock BAG` and use_sim_time:=true.
+For a bag: `ros2 bag play --clock BAG` and use_sim_time:=true. rviz:=true also opens RViz on
+the package's mapping view (rviz/mapping.rviz: image, camera poses, TF; rviz2 must be
+installed). The node is a managed (lifecycle) node; autostart:=false starts it unconfigured,
+for `ros2 lifecycle set /mapping_node configure` (then activate) or nav2's lifecycle manager.
 """
 
 import os
@@ -13,6 +16,7 @@ import os
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
+from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
@@ -21,6 +25,7 @@ from launch_ros.parameter_descriptions import ParameterValue
 def generate_launch_description():
     default_params = os.path.join(get_package_share_directory('ace_ros'), 'config',
                                   'mapping.yaml')
+    rviz_config = os.path.join(get_package_share_directory('ace_ros'), 'rviz', 'mapping.rviz')
     arguments = [
         DeclareLaunchArgument('map', default_value='map.ace',
                               description='map file to write (atomically) when mapping ends'),
@@ -49,6 +54,13 @@ def generate_launch_description():
                               description='PoseStamped topic (pose_source:=pose)'),
         DeclareLaunchArgument('odom', default_value='odom',
                               description='Odometry topic (pose_source:=odom)'),
+        DeclareLaunchArgument('autostart', default_value='true',
+                              description='configure and activate the (lifecycle) node at '
+                                          "start; 'false': it waits unconfigured for "
+                                          'lifecycle transitions'),
+        DeclareLaunchArgument('rviz', default_value='false',
+                              description='also start rviz2 with rviz/mapping.rviz (image, '
+                                          'camera poses, TF)'),
     ]
     node = Node(
         package='ace_ros',
@@ -70,6 +82,8 @@ def generate_launch_description():
                 'preset': ParameterValue(LaunchConfiguration('preset'), value_type=str),
                 'pose_source': ParameterValue(LaunchConfiguration('pose_source'),
                                               value_type=str),
+                'autostart': ParameterValue(LaunchConfiguration('autostart'),
+                                            value_type=bool),
             },
         ],
         remappings=[
@@ -79,4 +93,19 @@ def generate_launch_description():
             ('odom', LaunchConfiguration('odom')),
         ],
     )
-    return LaunchDescription(arguments + [node])
+    # In the node's namespace, so the view's relative topic names find its topics; `image`
+    # and `pose` remapped as the node's.
+    rviz = Node(
+        package='rviz2',
+        executable='rviz2',
+        name='rviz2',
+        namespace=LaunchConfiguration('namespace'),
+        arguments=['-d', rviz_config],
+        parameters=[{'use_sim_time': ParameterValue(LaunchConfiguration('use_sim_time'),
+                                                    value_type=bool)}],
+        remappings=[('image', LaunchConfiguration('image')),
+                    ('pose', LaunchConfiguration('pose'))],
+        condition=IfCondition(LaunchConfiguration('rviz')),
+        output='screen',
+    )
+    return LaunchDescription(arguments + [node, rviz])

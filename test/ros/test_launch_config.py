@@ -170,7 +170,9 @@ def test_localization_launch_argument_defaults_are_the_node_defaults():
         if name in forwarded and any(k.arg == 'default_value'
                                      for k in arguments[forwarded[name]].keywords):
             default = ast.literal_eval(_keyword(arguments[forwarded[name]], 'default_value'))
-            assert default == str(spec.default), (name, default, spec.default)
+            expected = str(spec.default).lower() if isinstance(spec.default, bool) \
+                else str(spec.default)  # launch spells booleans 'true' / 'false'
+            assert default == expected, (name, default, spec.default)
 
 
 def test_mapping_launch_remaps_every_input():
@@ -229,15 +231,16 @@ def _rviz_view() -> Dict[str, Any]:
 
 def test_rviz_view_is_installed_and_shows_what_the_node_publishes(setup_kwargs):
     data_files = {dest: set(files) for dest, files in setup_kwargs['data_files']}
-    assert data_files['share/ace_ros/rviz'] == {'rviz/ace_ros.rviz'}
+    assert data_files['share/ace_ros/rviz'] == {'rviz/ace_ros.rviz', 'rviz/mapping.rviz'}
     manager = _rviz_view()['Visualization Manager']
     assert manager['Global Options']['Fixed Frame'] == 'map'
     displays = {d['Class']: d for d in manager['Displays']}
     assert {'rviz_default_plugins/TF', *_DISPLAY_TYPES} <= set(displays)
-    # The node's publishers, as (message type, private topic), read from its source.
+    # The node's publishers, as (message type, private topic), read from its source (a
+    # managed node: lifecycle publishers).
     source = (REPO / 'ace_ros' / 'ros' / 'localization_node.py').read_text()
     published = dict((topic, kind) for kind, topic in re.findall(
-        r"create_publisher\(\s*(\w+),\s*'~/(\w+)'", source))
+        r"create_(?:lifecycle_)?publisher\(\s*(\w+),\s*'~/(\w+)'", source))
     assert {'map_cloud', 'pose_with_covariance'} <= set(published), published
     for display_class, kind in _DISPLAY_TYPES.items():
         topic = displays[display_class]['Topic']
@@ -258,8 +261,12 @@ def test_rviz_view_is_installed_and_shows_what_the_node_publishes(setup_kwargs):
     assert "TRANSIENT_LOCAL" in source
 
 
-def test_localization_launch_opens_rviz_only_when_asked():
-    tree = _launch_tree('localization.launch.py')
+@pytest.mark.parametrize('launch_file, view, remapped', [
+    ('localization.launch.py', 'ace_ros.rviz', "[('image', LaunchConfiguration('image'))]"),
+    ('mapping.launch.py', 'mapping.rviz', "[('image', LaunchConfiguration('image')), "
+     "('pose', LaunchConfiguration('pose'))]")])
+def test_launch_opens_rviz_only_when_asked(launch_file, view, remapped):
+    tree = _launch_tree(launch_file)
     arguments = _declared_arguments(tree)
     assert ast.literal_eval(_keyword(arguments['rviz'], 'default_value')) == 'false'
     rviz = [n for n in _calls(tree, 'Node')
@@ -272,8 +279,39 @@ def test_localization_launch_opens_rviz_only_when_asked():
     assert ast.literal_eval(args.elts[0]) == '-d'
     config = _resolve(tree, args.elts[1])
     assert "get_package_share_directory('ace_ros')" in config
-    assert "'rviz', 'ace_ros.rviz'" in config
-    # The same namespace as the node (the view's topic names are relative), its image.
+    assert f"'rviz', '{view}'" in config and (REPO / 'rviz' / view).is_file()
+    # The same namespace as the node (the view's topic names are relative), its inputs.
     assert ast.unparse(_keyword(rviz, 'namespace')) == "LaunchConfiguration('namespace')"
-    assert ast.unparse(_keyword(rviz, 'remappings')) == \
-        "[('image', LaunchConfiguration('image'))]"
+    assert ast.unparse(_keyword(rviz, 'remappings')) == remapped
+
+
+def test_mapping_rviz_view_shows_the_node_inputs():
+    """mapping.rviz: TF, the image and the PoseStamped poses the node subscribes to, by the
+    relative names the launch file remaps; best effort, so it hears any publisher."""
+    manager = yaml.safe_load((REPO / 'rviz' / 'mapping.rviz').read_text())[
+        'Visualization Manager']
+    assert manager['Global Options']['Fixed Frame'] == 'map'
+    displays = {d['Class']: d for d in manager['Displays']}
+    assert 'rviz_default_plugins/TF' in displays
+    source = (REPO / 'ace_ros' / 'ros' / 'mapping_node.py').read_text()
+    for display, topic in (('Image', 'image'), ('Pose', 'pose')):
+        shown = displays[f'rviz_default_plugins/{display}']['Topic']
+        assert shown['Value'] == topic and shown['Reliability Policy'] == 'Best Effort'
+    assert "create_subscription(PoseStamped, 'pose'" in source
+
+
+@pytest.mark.parametrize('launch_file', sorted(LAUNCH))
+def test_launch_autostart_argument_sets_the_lifecycle_parameter(launch_file):
+    """autostart:=true (the default, as the node's) configures and activates at start."""
+    from ace_ros.ros import node_base
+    tree = _launch_tree(launch_file)
+    arguments = _declared_arguments(tree)
+    assert ast.literal_eval(_keyword(arguments['autostart'], 'default_value')) == 'true'
+    assert node_base.LIFECYCLE_PARAMS['autostart'].default is True
+    overrides = [d for d in _keyword(_ace_ros_node(tree), 'parameters').elts
+                 if isinstance(d, ast.Dict)][0]
+    forwarded = {ast.literal_eval(k): ast.unparse(v)
+                 for k, v in zip(overrides.keys, overrides.values)}
+    assert forwarded['autostart'] == \
+        "ParameterValue(LaunchConfiguration('autostart'), value_type=bool)"
+    assert 'autostart' in _node_parameter_names(LAUNCH[launch_file][0])
