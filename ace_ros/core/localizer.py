@@ -15,6 +15,7 @@ from ace_ros.core.config import LocalizationConfig
 from ace_ros.core.mapfile import SceneMap, load_map
 from ace_ros.core.network import Head, HeadConfig, cell_centers, global_context
 from ace_ros.core.ransac import RansacSettings, coherent_cells, ransac_pnp
+from ace_ros.core.ransac_torch import ransac_pnp_torch
 from ace_ros.core.regions import rank_regions
 from ace_ros.core.runtime import make_runtime, Runtime
 from ace_ros.core.types import Frame, LocalizationResult
@@ -85,6 +86,11 @@ class Localizer:
         self._predicts = [network.predict for network in chosen]
         self.ransac = RansacSettings.from_config(cfg)
         self._rng = np.random.default_rng(cfg.seed)
+        #: RANSAC in torch on the scene coordinates' device (`ransac_torch`), not numpy on the
+        #: host: off the CPU only, as on a CPU the numpy one is 1.6-3x faster (benchmarks/
+        #: RESULTS.md, session 21). Settable, e.g. to test the torch path on a CPU.
+        self.ransac_on_device = self.device.type != 'cpu'
+        self._generator = torch.Generator(self.device).manual_seed(cfg.seed)
 
     @classmethod
     def from_file(cls, map_path: str, cfg: LocalizationConfig,
@@ -132,15 +138,21 @@ class Localizer:
         return _Encoded(prepared.gray.shape, prepared.K, features, timings)
 
     def _predict(self, encoded: '_Encoded', region: int) -> 'SceneCoordinates':
+        return self._predict_on_device(encoded, region)[0]
+
+    def _predict_on_device(self, encoded: '_Encoded', region: int
+                           ) -> Tuple['SceneCoordinates', torch.Tensor]:
+        """The scene coordinates on the host, and (H * W, 3) as the head left them."""
         start = time.perf_counter()
         _, h, w = encoded.features.shape
         points = self._predicts[region](encoded.features)
-        # The one GPU -> CPU step: RANSAC and OpenCV's PnP run on the CPU.
+        # The one GPU -> CPU step: coherent_cells and the numpy RANSAC run on the CPU.
         points_np = points.float().cpu().numpy().astype(np.float64)
         timings = dict(encoded.timings, head=time.perf_counter() - start)
         pixels = cell_centers(encoded.shape[0], encoded.shape[1])
         pixels_np = pixels.permute(1, 2, 0).numpy().astype(np.float64)
-        return SceneCoordinates(pixels_np, points_np.reshape(h, w, 3), encoded.K, timings)
+        return SceneCoordinates(pixels_np, points_np.reshape(h, w, 3), encoded.K,
+                                timings), points
 
     def localize(self, frame: Frame) -> LocalizationResult:
         """Estimate `frame`'s camera-to-world pose; never raises for a failed estimate.
@@ -154,12 +166,17 @@ class Localizer:
         timings = dict(encoded.timings, head=0.0, ransac=0.0)
         best, best_region = None, 0
         for region in self.rank_regions(encoded.features)[:self.cfg.regions_tried]:
-            pixels, points, K, predicted = self._predict(encoded, region)
+            (pixels, points, K, predicted), on_device = self._predict_on_device(encoded, region)
             timings['head'] += predicted['head']
             ransac_start = time.perf_counter()
             pool = coherent_cells(points, self.cfg.ransac_sample_fraction)
-            estimate = ransac_pnp(pixels.reshape(-1, 2), points.reshape(-1, 3), K, self.ransac,
-                                  self._rng, sample_mask=pool)
+            if self.ransac_on_device:  # on the head's own output, not the host copy
+                estimate = ransac_pnp_torch(
+                    torch.from_numpy(pixels.reshape(-1, 2)), on_device.reshape(-1, 3), K,
+                    self.ransac, self._generator, sample_mask=torch.from_numpy(pool))
+            else:
+                estimate = ransac_pnp(pixels.reshape(-1, 2), points.reshape(-1, 3), K,
+                                      self.ransac, self._rng, sample_mask=pool)
             timings['ransac'] += time.perf_counter() - ransac_start
             if best is None or (estimate.success, estimate.inlier_count) > (
                     best.success, best.inlier_count):
