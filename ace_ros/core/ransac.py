@@ -89,7 +89,8 @@ class RansacSettings:
 
 @dataclass(frozen=True, eq=False)
 class RansacResult:
-    """Outcome of `ransac_pnp`; a failure is a result, not an exception.
+    """Outcome of `ransac_pnp` and `ransac_torch.ransac_pnp_torch`; a failure is a result,
+    not an exception.
 
     Attributes:
         success: whether a pose with at least `min_inliers` inliers was found.

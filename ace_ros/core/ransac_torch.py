@@ -268,7 +268,9 @@ def ransac_pnp_torch(pixels: torch.Tensor, points_world: torch.Tensor,
                            'need 4)', settings, n_total, index_host)
     pixels, points_world = pixels[index], points_world[index]
     K = torch.as_tensor(K_host, device=device)
-    rays = torch.cat([pixels, torch.ones_like(pixels[:, :1])], dim=1) @ torch.linalg.inv(K).T
+    # K inverted on the host: torch.linalg.inv checks for errors, a sync on CUDA.
+    K_inv = torch.as_tensor(np.linalg.inv(K_host), device=device)
+    rays = torch.cat([pixels, torch.ones_like(pixels[:, :1])], dim=1) @ K_inv.T
     rays = rays / torch.linalg.vector_norm(rays, dim=1, keepdim=True)
 
     tries = min(settings.ransac_max_tries,
@@ -281,13 +283,13 @@ def ransac_pnp_torch(pixels: torch.Tensor, points_world: torch.Tensor,
     beta = settings.soft_inlier_sharpness / settings.inlier_threshold_px
     scores = torch.sigmoid(-beta * (error - settings.inlier_threshold_px)).sum(dim=1)
     scores = torch.where(valid, scores, -math.inf)
-    best = scores.argmax()
-    rotation, translation, mask = _refine(rotation[best], translation[best], points_world,
-                                          pixels, K, settings)
+    best = scores.argmax()[None]  # a 1-element index: a 0-dim one may become a Python int
+    rotation, translation, mask = _refine(rotation[best][0], translation[best][0],
+                                          points_world, pixels, K, settings)
     cam_from_world = torch.eye(4, dtype=torch.float64, device=device)
     cam_from_world[:3, :3], cam_from_world[:3, 3] = rotation, translation
     # The copy to the host, and the end's sync.
-    n_good, score = int(n_good), float(scores[best])
+    n_good, score = int(n_good), float(scores[best][0])
     cam_from_world, mask = cam_from_world.cpu().numpy(), mask.cpu().numpy()
     if n_good == 0:
         return make_result(f'no valid hypothesis in {tries} tries', settings, n_total,
