@@ -147,6 +147,31 @@ def _hypotheses(rays: torch.Tensor, points: torch.Tensor, pixels: torch.Tensor,
     return rotation[rows, root], translation[rows, root], good[first], good.sum()
 
 
+def best_hypothesis(rays: torch.Tensor, points: torch.Tensor, pixels: torch.Tensor,
+                    K: torch.Tensor, settings: RansacSettings, pool: Optional[torch.Tensor],
+                    tries: int, generator: torch.Generator
+                    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Draw `tries` 4-tuples, make the hypotheses and score them: no host sync.
+
+    Args:
+        rays: (N, 3) unit bearing vectors of the (N, 2) `pixels`; points: (N, 3) float64.
+        pool: (N,) bool, the correspondences tuples are drawn from (see `_draw_tuples`).
+
+    Returns:
+        rotation (3, 3), translation (3,) of the best-scoring `cam_from_world`, its soft
+        inlier count, and the number of consistent tuples (0-dim tensors; with none, the
+        pose is arbitrary).
+    """
+    idx = _draw_tuples(len(points), pool, tries, generator, points.device)
+    rotation, translation, valid, n_good = _hypotheses(rays, points, pixels, K, settings, idx)
+    error = _clamped_errors(rotation, translation, points, pixels, K, settings)
+    beta = settings.soft_inlier_sharpness / settings.inlier_threshold_px
+    scores = torch.sigmoid(-beta * (error - settings.inlier_threshold_px)).sum(dim=1)
+    scores = torch.where(valid, scores, -math.inf)
+    best = scores.argmax()[None]  # a 1-element index: a 0-dim one may become a Python int
+    return rotation[best][0], translation[best][0], scores[best][0], n_good
+
+
 def _axis_angle_to_matrix(axis_angle: torch.Tensor) -> torch.Tensor:
     """(3,) axis-angle -> (3, 3) rotation (Rodrigues), exact to second order near 0."""
     angle = torch.linalg.vector_norm(axis_angle)
@@ -220,6 +245,14 @@ def _refine(rotation: torch.Tensor, translation: torch.Tensor, points: torch.Ten
     return rotation, translation, mask
 
 
+def _rays(pixels: torch.Tensor, K: np.ndarray) -> torch.Tensor:
+    """(N, 2) float64 pixels, (3, 3) host K -> (N, 3) unit bearing vectors."""
+    # K inverted on the host: torch.linalg.inv checks for errors, a sync on CUDA.
+    K_inv = torch.as_tensor(np.linalg.inv(K), device=pixels.device)
+    rays = torch.cat([pixels, torch.ones_like(pixels[:, :1])], dim=1) @ K_inv.T
+    return rays / torch.linalg.vector_norm(rays, dim=1, keepdim=True)
+
+
 def ransac_pnp_torch(pixels: torch.Tensor, points_world: torch.Tensor,
                      K: Union[torch.Tensor, np.ndarray], settings: RansacSettings,
                      generator: Union[torch.Generator, int],
@@ -268,28 +301,19 @@ def ransac_pnp_torch(pixels: torch.Tensor, points_world: torch.Tensor,
                            'need 4)', settings, n_total, index_host)
     pixels, points_world = pixels[index], points_world[index]
     K = torch.as_tensor(K_host, device=device)
-    # K inverted on the host: torch.linalg.inv checks for errors, a sync on CUDA.
-    K_inv = torch.as_tensor(np.linalg.inv(K_host), device=device)
-    rays = torch.cat([pixels, torch.ones_like(pixels[:, :1])], dim=1) @ K_inv.T
-    rays = rays / torch.linalg.vector_norm(rays, dim=1, keepdim=True)
+    rays = _rays(pixels, K_host)
 
     tries = min(settings.ransac_max_tries,
                 math.ceil(1.25 * settings.ransac_hypotheses / DESIGN_INLIER_RATIO ** 4))
     pool = sample_mask[index].bool() if sample_mask is not None else None
-    idx = _draw_tuples(len(index), pool, tries, generator, device)
-    rotation, translation, valid, n_good = _hypotheses(rays, points_world, pixels, K,
-                                                       settings, idx)
-    error = _clamped_errors(rotation, translation, points_world, pixels, K, settings)
-    beta = settings.soft_inlier_sharpness / settings.inlier_threshold_px
-    scores = torch.sigmoid(-beta * (error - settings.inlier_threshold_px)).sum(dim=1)
-    scores = torch.where(valid, scores, -math.inf)
-    best = scores.argmax()[None]  # a 1-element index: a 0-dim one may become a Python int
-    rotation, translation, mask = _refine(rotation[best][0], translation[best][0],
-                                          points_world, pixels, K, settings)
+    rotation, translation, score, n_good = best_hypothesis(
+        rays, points_world, pixels, K, settings, pool, tries, generator)
+    rotation, translation, mask = _refine(rotation, translation, points_world, pixels, K,
+                                          settings)
     cam_from_world = torch.eye(4, dtype=torch.float64, device=device)
     cam_from_world[:3, :3], cam_from_world[:3, 3] = rotation, translation
     # The copy to the host, and the end's sync.
-    n_good, score = int(n_good), float(scores[best][0])
+    n_good, score = int(n_good), float(score)
     cam_from_world, mask = cam_from_world.cpu().numpy(), mask.cpu().numpy()
     if n_good == 0:
         return make_result(f'no valid hypothesis in {tries} tries', settings, n_total,

@@ -155,6 +155,39 @@ def test_fourth_point_validates_hypotheses() -> None:
     assert count[0] >= 150 and count[1] <= 10, count
 
 
+#: The Python ways to a host sync (a CUDA device has its own check, below).
+SYNCS = ('item', 'tolist', 'cpu', 'numpy', 'nonzero', '__bool__', '__int__', '__float__',
+         '__index__')
+
+
+@pytest.mark.parametrize('device', DEVICES)
+def test_no_host_sync_while_making_and_scoring_hypotheses(device: str, monkeypatch) -> None:
+    pixels, points, world_from_cam, inlier = _scene(9, 4800, 0.5, noise_px=1.0)
+    pixels_t, points_t = (torch.from_numpy(x).to(device) for x in (pixels, points))
+    rays, K_t = ransac_torch._rays(pixels_t, K), torch.from_numpy(K).to(device)
+    pool = torch.from_numpy(inlier | (np.arange(4800) % 2 == 0)).to(device)
+    generator = torch.Generator(device).manual_seed(0)
+
+    def sync(*args, **kwargs):
+        raise AssertionError('a host sync')
+    with monkeypatch.context() as patch:
+        if device == 'cuda':
+            torch.cuda.set_sync_debug_mode('error')
+        else:
+            for name in SYNCS:
+                patch.setattr(torch.Tensor, name, sync)
+        try:
+            rotation, translation, score, n_good = ransac_torch.best_hypothesis(
+                rays, points_t, pixels_t, K_t, SETTINGS, pool, 9877, generator)
+        finally:
+            if device == 'cuda':
+                torch.cuda.set_sync_debug_mode('default')
+    assert int(n_good) > SETTINGS.ransac_hypotheses and float(score) > 0.8 * inlier.sum()
+    hypothesis = geometry.make_pose(rotation.cpu().numpy(), translation.cpu().numpy())
+    t_err, r_err = geometry.pose_error(geometry.invert_pose(hypothesis), world_from_cam)
+    assert t_err < 0.1 and r_err < 2.0, (t_err, r_err)
+
+
 def test_deterministic_given_seed_and_float32_points() -> None:
     pixels, points, world_from_cam, _ = _scene(4, 2000, 0.6, noise_px=1.0)
     a, b, c = (_run(pixels, points, 'cpu', seed) for seed in (5, 5, 6))
