@@ -77,6 +77,16 @@ class Process:
     def log(self) -> str:
         return self.log_path.read_text(errors='replace')
 
+    def logged(self, text: str, count: int = 1, timeout_s: float = 10.0) -> bool:
+        """`text` is in the log `count` times, within `timeout_s` (a reply can come before
+        the line that goes with it reaches the file)."""
+        deadline = time.monotonic() + timeout_s
+        while self.log.count(text) < count:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
@@ -158,7 +168,7 @@ def test_localization_node_transitions(scene, make_node, spin_until, ros_env, tm
 
         # 1. Unconfigured: no map, no subscriptions, no poses.
         assert lifecycle.state() == 'unconfigured'
-        assert 'autostart is false' in process.log
+        assert process.logged('autostart is false'), process.log
         no_poses(1)
         assert not subscribed() and 'loaded map' not in process.log
 
@@ -174,12 +184,12 @@ def test_localization_node_transitions(scene, make_node, spin_until, ros_env, tm
         set_mode('sometimes')
         assert not lifecycle.set('configure')
         assert lifecycle.state() == 'unconfigured'
-        assert "configure failed: invalid parameters: parameter mode must be one of " \
-            "['continuous', 'on_demand'], got 'sometimes'" in process.log, process.log
+        assert process.logged("configure failed: invalid parameters: parameter mode must be "
+                              "one of ['continuous', 'on_demand'], got 'sometimes'"), process.log
         set_mode('continuous')
         assert lifecycle.set('configure'), process.log
         assert lifecycle.state() == 'inactive'
-        assert 'loaded map' in process.log
+        assert process.logged('loaded map'), process.log
         no_poses(2)
         assert not subscribed() and not clouds
 
@@ -199,10 +209,10 @@ def test_localization_node_transitions(scene, make_node, spin_until, ros_env, tm
         # 5. cleanup frees the map; configure and activate again: poses again.
         assert lifecycle.set('cleanup')
         assert lifecycle.state() == 'unconfigured'
-        assert 'cleaned up' in process.log
+        assert process.logged('cleaned up'), process.log
         assert lifecycle.set('configure') and lifecycle.set('activate'), process.log
         assert lifecycle.state() == 'active'
-        assert process.log.count('loaded map') == 2
+        assert process.logged('loaded map', 2) and process.log.count('loaded map') == 2
         assert spin_until([probe], subscribed, 10)
         assert poses_flow(5), process.log
 
@@ -352,7 +362,7 @@ def test_mapping_node_cleanup_saves_keyframes_and_shutdown_from_unconfigured(
         _quiet(spin_until, probe, 2.0)  # the node takes them
         assert lifecycle.set('deactivate') and lifecycle.set('cleanup'), process.log
         assert lifecycle.state() == 'unconfigured'
-        assert 'cleaned up while collecting: 3 keyframes saved to' in process.log, process.log
+        assert process.logged('cleaned up while collecting: 3 keyframes saved to'), process.log
         request = ChangeState.Request()
         request.transition.label = 'shutdown'
         lifecycle._change.call_async(request)
