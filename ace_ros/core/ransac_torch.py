@@ -131,7 +131,8 @@ def _hypotheses(rays: torch.Tensor, points: torch.Tensor, pixels: torch.Tensor,
         rotation (H, 3, 3), translation (H, 3) float64 `cam_from_world`, valid (H,) bool, and
         the number of consistent tuples (a 0-dim tensor); H = min(ransac_hypotheses, M).
     """
-    distinct = (idx[:, [0, 0, 0, 1, 1, 2]] != idx[:, [1, 2, 3, 2, 3, 3]]).all(dim=1)
+    a, b, c, d = idx.unbind(1)  # not a list index: that would copy from the host each call
+    distinct = (a != b) & (a != c) & (a != d) & (b != c) & (b != d) & (c != d)
     rotation, translation, valid = solve_p3p_torch(rays[idx[:, :3]], points[idx[:, :3]])
     proj, depth = _project(rotation, translation, points[idx][:, None], K)  # (M, 4, 4, ...)
     error = torch.linalg.vector_norm(proj - pixels[idx][:, None], dim=-1)
