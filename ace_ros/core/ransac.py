@@ -8,6 +8,7 @@ P3P is solved here in numpy, batched over thousands of 4-tuples (~2 us each), no
 `cv2.solveP3P` (~150 us a call): at 70 % outliers ~10000 tuples are drawn for 64 hypotheses.
 The test suite checks `solve_p3p` against `cv2.solveP3P`. Only the final refinement uses
 OpenCV (`cv2.solvePnP`, SOLVEPNP_ITERATIVE), so K must not have skew, which OpenCV ignores.
+`ransac_torch` is the same RANSAC in torch, for a GPU; the P3P algebra here serves both.
 """
 
 from __future__ import annotations
