@@ -26,6 +26,7 @@ from geometry_msgs.msg import PoseStamped
 from lifecycle_msgs.srv import ChangeState, GetState
 import pytest
 from rclpy.parameter import Parameter
+from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter_client import AsyncParameterClient
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
@@ -374,3 +375,45 @@ def test_mapping_node_cleanup_saves_keyframes_and_shutdown_from_unconfigured(
         assert 'Traceback' not in process.log
     finally:
         process.stop()
+
+
+def test_cleanup_drops_the_model_and_empties_the_cuda_cache(scene, ros_context, tmp_path,
+                                                            monkeypatch):
+    """In-process nodes: after cleanup nothing holds the localizer / the mapping session
+    (their encoders), and torch's CUDA cache is emptied (CUDA faked here: CPU only)."""
+    import weakref
+
+    from ace_ros.ros.localization_node import LocalizationNode
+    from ace_ros.ros.mapping_node import MappingNode
+    import torch
+    emptied = []
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'is_initialized', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'empty_cache', lambda: emptied.append(1))
+
+    def overrides(values: dict) -> list:
+        return [Parameter(name, value=value) for name, value in values.items()]
+
+    node = LocalizationNode(context=ros_context, parameter_overrides=overrides(dict(
+        LOC_SETTINGS, map_path=str(scene[0]), autostart=False)))
+    try:
+        assert node._localizer is None and not node.configured
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        model = weakref.ref(node._localizer)
+        assert model() is not None and node.configured and not node.active
+        assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
+        assert model() is None and emptied, 'the localizer outlived cleanup'
+    finally:
+        node.destroy_node()
+
+    emptied.clear()
+    node = MappingNode(context=ros_context, parameter_overrides=overrides(dict(
+        MAPPING_SETTINGS, map_path=str(tmp_path / 'room.ace'))))
+    try:
+        assert node.active  # autostart
+        session = weakref.ref(node.session)
+        assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+        assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
+        assert session() is None and emptied, 'the mapping session outlived cleanup'
+    finally:
+        node.destroy_node()
