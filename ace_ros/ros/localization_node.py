@@ -172,8 +172,7 @@ class LocalizationNode(node_base.AceNode):
         self._inliers = diagnostics.WindowStats()
         self._last_inliers = 0
         self._cloud_msg: Optional[PointCloud2] = None
-        self._made: Dict[str, Any] = {}  # what configure made, for cleanup
-        self._inputs: list = []  # the subscriptions activate made
+        self._may_load = False  # configured: ~/reload_map may load (not after cleanup)
         self._load_lock = threading.Lock()  # ~/reload_map against cleanup
         self.start_up()
 
@@ -192,28 +191,29 @@ class LocalizationNode(node_base.AceNode):
         self._gate = PoseGate(self._p['initialpose_gate_m'], self._p['initialpose_gate_deg'])
         self._image_qos = node_base.image_qos(self._p['image_qos'], depth=1)  # the newest
         self._image_input = conversions.image_subscription(self, self._p['image_transport'])
-        made = self._made
-        self._tf = made['tf'] = TfInterface(self, self._p['tf_cache_duration'])
-        made['pose_pub'] = self.create_lifecycle_publisher(PoseStamped, '~/pose', 10)
-        made['cov_pub'] = self.create_lifecycle_publisher(PoseWithCovarianceStamped,
-                                                          '~/pose_with_covariance', 10)
-        self._output = PoseOutput(self, self._tf, self._counts, self._gate, made['pose_pub'],
-                                  made['cov_pub'], params=lambda: self._p)
+        own = self.until_cleanup
+        self._tf = own(TfInterface(self, self._p['tf_cache_duration']))
+        self._output = PoseOutput(
+            self, self._tf, self._counts, self._gate,
+            own(self.create_lifecycle_publisher(PoseStamped, '~/pose', 10)),
+            own(self.create_lifecycle_publisher(PoseWithCovarianceStamped,
+                                                '~/pose_with_covariance', 10)),
+            params=lambda: self._p)
         # Latched: published once per map load (and on activate), and RViz may start later.
-        self._cloud_pub = made['cloud_pub'] = self.create_lifecycle_publisher(
-            PointCloud2, '~/map_cloud', QoSProfile(
-                depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                durability=DurabilityPolicy.TRANSIENT_LOCAL))
-        self._diagnostics = made['diagnostics'] = diagnostics.Diagnostics(
-            self, period_s=self._p['diagnostics_period'])
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self._cloud_pub = own(self.create_lifecycle_publisher(PointCloud2, '~/map_cloud',
+                                                              latched))
+        self._diagnostics = own(diagnostics.Diagnostics(
+            self, period_s=self._p['diagnostics_period']))
         self._diagnostics.add_task('localization', self._report)
-        made['jump'] = self.get_clock().create_jump_callback(
+        own(self.get_clock().create_jump_callback(
             JumpThreshold(min_forward=None, min_backward=Duration(seconds=-threshold),
-                          on_clock_change=False), post_callback=self._on_clock_jump)
-        made['reload'] = self.create_service(Trigger, '~/reload_map', self._on_reload,
-                                             callback_group=MutuallyExclusiveCallbackGroup())
-        made['controls'] = ControlServices(self, self._controls, self._gate, self._slot,
-                                           self._output)
+                          on_clock_change=False), post_callback=self._on_clock_jump))
+        own(self.create_service(Trigger, '~/reload_map', self._on_reload,
+                                callback_group=MutuallyExclusiveCallbackGroup()))
+        own(ControlServices(self, self._controls, self._gate, self._slot, self._output))
+        self._may_load = True
         self._load_map()
         self._stop.clear()
         self._worker = threading.Thread(target=self._work, name='localizer', daemon=True)
@@ -222,15 +222,13 @@ class LocalizationNode(node_base.AceNode):
     def activate_node(self) -> None:
         """Subscribe to the camera; re-broadcast map -> odom; publish the map cloud."""
         image_type, image_topic = self._image_input
-        self._image_sub = self.create_subscription(image_type, image_topic, self._on_image,
-                                                   self._image_qos)
-        self._info_sub = self.create_subscription(CameraInfo, 'camera_info',
-                                                  self._on_camera_info, self._image_qos)
-        self._inputs = [self._image_sub, self._info_sub]
-        self._rebroadcast = None
+        own = self.until_deactivate
+        self._image_sub = own(self.create_subscription(image_type, image_topic,
+                                                       self._on_image, self._image_qos))
+        self._info_sub = own(self.create_subscription(CameraInfo, 'camera_info',
+                                                      self._on_camera_info, self._image_qos))
         if self._p['tf_broadcast_rate'] > 0:
-            self._rebroadcast = self.create_timer(1.0 / self._p['tf_broadcast_rate'],
-                                                  self._output.rebroadcast)
+            own(self.create_timer(1.0 / self._p['tf_broadcast_rate'], self._output.rebroadcast))
 
     def on_activate(self, state):
         result = super().on_activate(state)
@@ -239,40 +237,22 @@ class LocalizationNode(node_base.AceNode):
         return result
 
     def deactivate_node(self) -> None:
-        """Unsubscribe; an image waiting for the worker is dropped, one being localized
-        publishes nothing (`skipped_inactive`); map -> odom is no longer re-broadcast."""
-        for sub in self._inputs:
-            self.destroy_subscription(sub)
-        self._inputs = []
-        if getattr(self, '_rebroadcast', None) is not None:
-            self.destroy_timer(self._rebroadcast)
-            self._rebroadcast = None
+        """The subscriptions and the map -> odom re-broadcast go (node_base); an image
+        waiting for the worker is dropped, one being localized publishes nothing
+        (`skipped_inactive`)."""
         self._slot.take(timeout_s=0.0)
 
     def cleanup_node(self) -> None:
-        """Stop the worker (it finishes the frame it is localizing); drop the map, the
-        encoder, the services and the publishers."""
+        """Stop the worker (it finishes the frame it is localizing); drop the map and the
+        encoder (the services and publishers go in node_base)."""
         self._stop.set()
         if self._worker is not None:
             self._slot.close()
             self._worker.join(timeout=10.0)
             self._worker = None
             self._slot = LatestSlot()  # closed: a fresh one for the next configure
-        made, self._made = self._made, {}
-        if 'controls' in made:
-            made['controls'].destroy()
-        if 'reload' in made:
-            self.destroy_service(made['reload'])
-        if 'jump' in made:
-            made['jump'].unregister()
-        if 'diagnostics' in made:
-            made['diagnostics'].destroy()
-        for key in ('pose_pub', 'cov_pub', 'cloud_pub'):
-            if key in made:
-                self.destroy_lifecycle_publisher(made[key])
-        if 'tf' in made:
-            made['tf'].destroy()
         with self._load_lock:
+            self._may_load = False
             self._localizer, self._map_path, self._cloud_msg = None, '', None
             self._runtimes = {}
         self._camera_info, self._rectifier = None, None
@@ -282,7 +262,7 @@ class LocalizationNode(node_base.AceNode):
     def _load_map(self) -> Tuple[bool, str]:
         """(success, message); on failure the previous map (if any) stays in use."""
         with self._load_lock:
-            if 'reload' not in self._made:  # cleaned up meanwhile (a reload racing cleanup)
+            if not self._may_load:  # cleaned up meanwhile (a reload racing cleanup)
                 return False, 'not configured'
             return self._load_map_locked()
 

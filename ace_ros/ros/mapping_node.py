@@ -133,8 +133,6 @@ class MappingNode(node_base.AceNode):
         self.session: Optional[OnlineMappingSession] = None
         self._training: Optional[Training] = None
         self._tf_source: Optional[TfPoseSource] = None
-        self._made: Dict[str, Any] = {}  # what configure made, for cleanup
-        self._inputs: list = []  # the subscriptions activate made
         self._stopped = False  # this session's keyframes were saved / training cancelled
         self._exit_code = 0  # of the last session cleaned up
         self.start_up()
@@ -152,11 +150,10 @@ class MappingNode(node_base.AceNode):
                      'camera_info': node_base.image_qos(qos_name),
                      'pose': node_base.image_qos(qos_name, 100)}
         self._image_input = conversions.image_subscription(self, self.p['image_transport'])
-        made = self._made
+        own = self.until_cleanup
         self._tf_source = None
         if self.p['pose_source'] == 'tf':
-            made['tf'] = TfInterface(self)
-            self._tf_source = TfPoseSource(made['tf'], self.p['fixed_frame'],
+            self._tf_source = TfPoseSource(own(TfInterface(self)), self.p['fixed_frame'],
                                            self.p['camera_frame'])
         self.session = OnlineMappingSession(
             cfg, online, self.p['fixed_frame'], self._tf_source,
@@ -167,35 +164,33 @@ class MappingNode(node_base.AceNode):
         self._waiting_since = 0.0
         self._last_image_time: Optional[float] = None
         self._camera_frame_checked = ''
-        made['services'] = [self.create_service(Trigger, '~/finish', self._on_finish),
-                            self.create_service(Trigger, '~/save_keyframes',
-                                                self._on_save_keyframes)]
+        own(self.create_service(Trigger, '~/finish', self._on_finish))
+        own(self.create_service(Trigger, '~/save_keyframes', self._on_save_keyframes))
         # Wall-clock timers: under use_sim_time, /clock stops when a bag ends, and the idle
         # check and the training progress must go on.
         steady = Clock(clock_type=ClockType.STEADY_TIME)
-        self._diagnostics = made['diagnostics'] = diagnostics.Diagnostics(
-            self, str(self.session.device), period_s=0)
+        self._diagnostics = own(diagnostics.Diagnostics(self, str(self.session.device),
+                                                        period_s=0))
         session = self.session
         self._diagnostics.add_task('mapping', lambda: mapping_report(session))
         self._training = Training(self, self.session, self._diagnostics)
-        made['timers'] = [self.create_timer(self.p['diagnostics_period'],
-                                            self._diagnostics.publish, clock=steady),
-                          self.create_timer(0.05, self._on_tick, clock=steady)]
+        own(self.create_timer(self.p['diagnostics_period'], self._diagnostics.publish,
+                              clock=steady))
+        own(self.create_timer(0.05, self._on_tick, clock=steady))
 
     def activate_node(self) -> None:
         """Subscribe to the images, camera_info and the pose source."""
         image_type, image_topic = self._image_input
-        self._inputs = [
-            self.create_subscription(image_type, image_topic, self._on_image,
-                                     self._qos['image']),
-            self.create_subscription(CameraInfo, 'camera_info', self._on_camera_info,
-                                     self._qos['camera_info'])]
+        own = self.until_deactivate
+        own(self.create_subscription(image_type, image_topic, self._on_image,
+                                     self._qos['image']))
+        own(self.create_subscription(CameraInfo, 'camera_info', self._on_camera_info,
+                                     self._qos['camera_info']))
         if self.p['pose_source'] == 'pose':
-            self._inputs.append(self.create_subscription(PoseStamped, 'pose', self._on_pose,
-                                                         self._qos['pose']))
+            own(self.create_subscription(PoseStamped, 'pose', self._on_pose, self._qos['pose']))
         elif self.p['pose_source'] == 'odom':
-            self._inputs.append(self.create_subscription(Odometry, 'odom', self._on_odometry,
-                                                         self._qos['pose']))
+            own(self.create_subscription(Odometry, 'odom', self._on_odometry,
+                                         self._qos['pose']))
         online = self.session.online
         limit = ('then training starts' if online.finish_at_max_keyframes
                  else 'thinned evenly beyond that')
@@ -205,30 +200,19 @@ class MappingNode(node_base.AceNode):
             f'keyframes ({limit}), map to {online.map_path}; call ~/finish to train')
 
     def deactivate_node(self) -> None:
-        """Unsubscribe: no more images or poses; the keyframes so far stay (~/finish may
-        still train them), and the idle timeout starts again with the next image."""
-        for sub in self._inputs:
-            self.destroy_subscription(sub)
-        self._inputs = []
+        """The subscriptions go (node_base): no more images or poses; the keyframes so far
+        stay (~/finish may still train them), and the idle timeout starts again with the
+        next image."""
         self._last_image_time = None
         if hasattr(self, '_waiting_for_info'):
             self._waiting_for_info.clear()
 
     def cleanup_node(self) -> None:
         """Stop training (or save the keyframes, as on Ctrl-C), stop the encoder thread,
-        drop the session and its encoder."""
+        drop the session and its encoder (the services and timers go in node_base)."""
         if self.session is not None:
             self._stop_mapping('cleaned up')
             self.session.close(timeout_s=2.0)  # the keyframe encoder thread
-        made, self._made = self._made, {}
-        for timer in made.get('timers', ()):
-            self.destroy_timer(timer)
-        for service in made.get('services', ()):
-            self.destroy_service(service)
-        if 'diagnostics' in made:
-            made['diagnostics'].destroy()
-        if 'tf' in made:
-            made['tf'].destroy()
         if self._training is not None:
             self._exit_code = self._training.exit_code
         # Nothing may keep the session (and its encoder) alive: the memory is freed next.

@@ -31,16 +31,22 @@ import gc
 import logging
 import signal
 import threading
-from typing import Any, Dict, Optional, Type
+from typing import Any, Dict, List, Optional, Type, TypeVar
 
 from ace_ros.ros.params import ParamSpec
 import rclpy
+from rclpy.clock import JumpHandle
 from rclpy.exceptions import ParameterException
 from rclpy.executors import (ExternalShutdownException, MultiThreadedExecutor,
                              SingleThreadedExecutor)
-from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.lifecycle import (LifecycleNode, LifecyclePublisher, LifecycleState,
+                             TransitionCallbackReturn)
 import rclpy.logging
 from rclpy.node import Node
+from rclpy.publisher import Publisher
+from rclpy.service import Service
+from rclpy.subscription import Subscription
+from rclpy.timer import Timer
 from rclpy.qos import qos_profile_sensor_data, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
 
@@ -57,6 +63,7 @@ LIFECYCLE_PARAMS: Dict[str, ParamSpec] = {
                            read_only=True),
 }
 
+E = TypeVar('E')
 _SUCCESS = TransitionCallbackReturn.SUCCESS
 _FAILURE = TransitionCallbackReturn.FAILURE
 
@@ -118,7 +125,9 @@ class AceNode(LifecycleNode):
 
     Subclasses set NODE_NAME, declare their parameters (with LIFECYCLE_PARAMS), call
     `start_up()` at the end of their constructor, implement the four hooks and may
-    override `finished`, `exit_code` and `interrupt()`.
+    override `finished`, `exit_code` and `interrupt()`. What a hook creates on the node is
+    handed to `until_cleanup()` (configure) or `until_deactivate()` (activate), and removed
+    from the node here, after `cleanup_node()` / `deactivate_node()`.
     """
 
     NODE_NAME = ''
@@ -138,6 +147,8 @@ class AceNode(LifecycleNode):
         self._configure_error: Optional[BaseException] = None
         self._starting = False  # start_up() is configuring: it reports a failure itself
         self._transition_lock = threading.RLock()
+        self._until_cleanup: List[Any] = []
+        self._until_deactivate: List[Any] = []
 
     # -- hooks (the subclass's) ----------------------------------------------------------
 
@@ -152,6 +163,36 @@ class AceNode(LifecycleNode):
 
     def cleanup_node(self) -> None:
         """Free what `configure_node` made (idempotent; also after a partial configure)."""
+
+    def until_cleanup(self, entity: E) -> E:
+        """`entity` (a publisher, subscription, service, timer, clock jump handle, or an
+        object with `destroy()`) is removed at cleanup, after `cleanup_node()`."""
+        self._until_cleanup.append(entity)
+        return entity
+
+    def until_deactivate(self, entity: E) -> E:
+        """`entity` (as for `until_cleanup`) is removed at deactivate."""
+        self._until_deactivate.append(entity)
+        return entity
+
+    def _destroy(self, entities: List[Any]) -> None:
+        """Remove `entities` from the node, the newest first."""
+        while entities:
+            entity = entities.pop()
+            if isinstance(entity, LifecyclePublisher):
+                self.destroy_lifecycle_publisher(entity)
+            elif isinstance(entity, Publisher):
+                self.destroy_publisher(entity)
+            elif isinstance(entity, Subscription):
+                self.destroy_subscription(entity)
+            elif isinstance(entity, Service):
+                self.destroy_service(entity)
+            elif isinstance(entity, Timer):
+                self.destroy_timer(entity)
+            elif isinstance(entity, JumpHandle):
+                entity.unregister()
+            else:
+                entity.destroy()
 
     # -- state ---------------------------------------------------------------------------
 
@@ -219,6 +260,7 @@ class AceNode(LifecycleNode):
             except Exception as error:  # noqa: BLE001 - reported; the node stays inactive
                 self.get_logger().error(f'activate failed: {type(error).__name__}: {error}')
                 self.deactivate_node()
+                self._destroy(self._until_deactivate)
                 return _FAILURE
             result = super().on_activate(state)  # the lifecycle publishers
             self._active = result == _SUCCESS
@@ -259,9 +301,12 @@ class AceNode(LifecycleNode):
             self._active = False
             super().on_deactivate(LifecycleState(0, 'active'))  # the lifecycle publishers
             self.deactivate_node()
+        self._destroy(self._until_deactivate)
 
     def _release(self) -> None:
         self.cleanup_node()
+        self._destroy(self._until_deactivate)  # an activate that failed half-way
+        self._destroy(self._until_cleanup)
         self._configured = False
         free_device_memory()
 
