@@ -40,8 +40,98 @@ def to_gray(image: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
 
 
+@dataclass(frozen=True)
+class AugmentParams:
+    """One image's draw of the mapping augmentation (`draw_augmentation`), or none of it.
+
+    `prepare_image` (OpenCV) and `augment_torch.augment_batch` (one `grid_sample` per batch
+    on the device) both apply it, so that tests can give both the same draw.
+    """
+
+    height: int                  # the frame is resized to (height, width) px first
+    width: int
+    #: (top, left, height, width) of the window kept (`aug_crop`); None: the whole image
+    crop: Optional[Tuple[int, int, int, int]] = None
+    augmented: bool = False      # False: no rotation warp, no photometric jitter
+    angle_rad: float = 0.0       # in-plane camera rotation about the optical axis
+    contrast: float = 1.0
+    brightness: float = 1.0
+
+    @property
+    def size(self) -> Tuple[int, int]:
+        """(height, width) of the output image."""
+        return (self.crop[2], self.crop[3]) if self.crop is not None else (self.height,
+                                                                           self.width)
+
+
+@dataclass(frozen=True)
+class AugmentGeometry:
+    """Where `AugmentParams` moves the pixels of a frame, and the camera that sees them."""
+
+    K: np.ndarray               # (3, 3) intrinsics of the output image
+    cam_from_world: np.ndarray  # (4, 4): the input pose with the in-plane rotation applied
+    #: (3, 3) pixel homography K R K^-1 from the resized (and cropped) image to the output
+    rotation_homography: np.ndarray
+    #: (3, 3) homography from the frame's pixels to the output's (OpenCV pixel centres)
+    output_from_frame: np.ndarray
+
+
+def _resized_width(frame_width: int, frame_height: int, height: int) -> int:
+    return max(ENCODER_STRIDE, int(round(frame_width * height / frame_height)))
+
+
+def draw_augmentation(rng: np.random.Generator, cfg: MappingConfig, frame_width: int,
+                      frame_height: int, target_height: int) -> AugmentParams:
+    """Draw one image's augmentation from `cfg`'s distributions (see `prepare_image`)."""
+    height = int(round(target_height * rng.uniform(cfg.aug_scale_min, cfg.aug_scale_max)))
+    width = _resized_width(frame_width, frame_height, height)
+    crop = None
+    if cfg.aug_crop and height > target_height:
+        crop_w = min(width, max(ENCODER_STRIDE,
+                                int(round(frame_width * target_height / frame_height))))
+        top = int(rng.integers(0, height - target_height + 1))
+        left = int(rng.integers(0, width - crop_w + 1))
+        crop = (top, left, target_height, crop_w)
+    angle = float(np.radians(rng.uniform(-cfg.aug_rotation_deg, cfg.aug_rotation_deg)))
+    contrast = float(rng.uniform(1 - cfg.aug_contrast, 1 + cfg.aug_contrast))
+    brightness = float(rng.uniform(1 - cfg.aug_brightness, 1 + cfg.aug_brightness))
+    return AugmentParams(height, width, crop, True, angle, contrast, brightness)
+
+
+def no_augmentation(frame_width: int, frame_height: int, target_height: int) -> AugmentParams:
+    """The plain resize to `target_height` (localization, or augmentation off)."""
+    return AugmentParams(target_height, _resized_width(frame_width, frame_height,
+                                                       target_height))
+
+
+def augment_geometry(params: AugmentParams, K: np.ndarray, frame_width: int,
+                     frame_height: int, cam_from_world: np.ndarray) -> AugmentGeometry:
+    """The output intrinsics, pose and pixel maps of `params` applied to a (frame_height,
+    frame_width) frame with (3, 3) `K` and (4, 4) `cam_from_world`."""
+    sx, sy = params.width / frame_width, params.height / frame_height
+    K = geometry.scale_intrinsics(K, sx, sy)
+    # Resize in the pixel-centre convention (x' = (x + 0.5) s - 0.5), then the crop's shift.
+    output_from_frame = np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5],
+                                  [0.0, 0.0, 1.0]])
+    if params.crop is not None:
+        top, left = params.crop[:2]
+        K = K.copy()
+        K[0, 2] -= left
+        K[1, 2] -= top
+        output_from_frame[0, 2] -= left
+        output_from_frame[1, 2] -= top
+    rotation = np.eye(3)
+    homography = np.eye(3)
+    if params.augmented:
+        rotation = geometry.axis_angle_to_matrix(np.array([0.0, 0.0, params.angle_rad]))
+        homography = K @ rotation @ np.linalg.inv(K)
+        cam_from_world = geometry.make_pose(rotation, np.zeros(3)) @ cam_from_world
+    return AugmentGeometry(K, cam_from_world, homography, homography @ output_from_frame)
+
+
 def prepare_image(frame: Frame, target_height: int, rng: Optional[np.random.Generator] = None,
-                  cfg: Optional[MappingConfig] = None) -> EncoderInput:
+                  cfg: Optional[MappingConfig] = None,
+                  params: Optional[AugmentParams] = None) -> EncoderInput:
     """Resize `frame` to `target_height` and, when `rng` and `cfg` are given, augment it.
 
     Augmentation (mapping only): height scale in [aug_scale_min, aug_scale_max], an
@@ -49,48 +139,37 @@ def prepare_image(frame: Frame, target_height: int, rng: Optional[np.random.Gene
     homography K R K^-1 (so fx != fy stays correct) with the pose rotated alike, and
     brightness/contrast jitter. Corners the rotation pads are marked invalid. With
     `aug_crop`, an image scaled above `target_height` is cropped at random to the unscaled
-    size (the principal point moved alike).
+    size (the principal point moved alike). `params`, when given, is the draw to apply
+    (`draw_augmentation`) instead of one from `rng`.
     """
-    augment = rng is not None and cfg is not None and cfg.augment
-    height = target_height
-    if augment:
-        height = int(round(target_height * rng.uniform(cfg.aug_scale_min, cfg.aug_scale_max)))
-    scale = height / frame.height
-    width = max(ENCODER_STRIDE, int(round(frame.width * scale)))
-    K = geometry.scale_intrinsics(frame.K, width / frame.width, height / frame.height)
-    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    if params is None:
+        if rng is not None and cfg is not None and cfg.augment:
+            params = draw_augmentation(rng, cfg, frame.width, frame.height, target_height)
+        else:
+            params = no_augmentation(frame.width, frame.height, target_height)
+    cam_from_world = (geometry.invert_pose(frame.world_from_cam)
+                      if frame.world_from_cam is not None else np.eye(4))
+    placed = augment_geometry(params, frame.K, frame.width, frame.height, cam_from_world)
+    height, width = params.height, params.width
+    interp = cv2.INTER_AREA if height < frame.height else cv2.INTER_LINEAR
     gray = to_gray(cv2.resize(frame.image, (width, height), interpolation=interp))
-    if augment and cfg.aug_crop and height > target_height:
+    if params.crop is not None:
         # A random window of the unscaled size: the encoder's cost is that of an unscaled
         # image (an AVX2 CPU encodes 720 px in 2.7x the time of 480 px), and the cells
         # still look as from a camera closer to the scene.
-        crop_w = min(width, max(ENCODER_STRIDE,
-                                int(round(frame.width * target_height / frame.height))))
-        top = int(rng.integers(0, height - target_height + 1))
-        left = int(rng.integers(0, width - crop_w + 1))
-        gray = np.ascontiguousarray(gray[top:top + target_height, left:left + crop_w])
-        K = K.copy()
-        K[0, 2] -= left
-        K[1, 2] -= top
-        height, width = gray.shape
-    cam_from_world = (geometry.invert_pose(frame.world_from_cam)
-                      if frame.world_from_cam is not None else np.eye(4))
+        top, left, height, width = params.crop
+        gray = np.ascontiguousarray(gray[top:top + height, left:left + width])
     valid = np.ones((height, width), dtype=bool)
-    if augment:
-        angle = np.radians(rng.uniform(-cfg.aug_rotation_deg, cfg.aug_rotation_deg))
-        rot = geometry.axis_angle_to_matrix(np.array([0.0, 0.0, angle]))
-        homography = K @ rot @ np.linalg.inv(K)
+    if params.augmented:
+        homography = placed.rotation_homography
         gray = cv2.warpPerspective(gray, homography, (width, height), flags=cv2.INTER_LINEAR,
                                    borderMode=cv2.BORDER_CONSTANT, borderValue=0)
         valid = cv2.warpPerspective(np.ones((height, width), np.uint8), homography,
                                     (width, height), flags=cv2.INTER_NEAREST,
                                     borderValue=0).astype(bool)
-        cam_from_world = geometry.make_pose(rot, np.zeros(3)) @ cam_from_world
-        contrast = rng.uniform(1 - cfg.aug_contrast, 1 + cfg.aug_contrast)
-        brightness = rng.uniform(1 - cfg.aug_brightness, 1 + cfg.aug_brightness)
         mean = float(gray[valid].mean()) if valid.any() else 0.0
-        gray = np.clip(((gray - mean) * contrast + mean) * brightness, 0.0, 1.0)
-    return EncoderInput(gray.astype(np.float32), K, cam_from_world, valid)
+        gray = np.clip(((gray - mean) * params.contrast + mean) * params.brightness, 0.0, 1.0)
+    return EncoderInput(gray.astype(np.float32), placed.K, placed.cam_from_world, valid)
 
 
 def valid_cells(valid_pixels: np.ndarray) -> np.ndarray:
