@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import platform
 from typing import ContextManager, Optional
 
@@ -84,3 +85,11 @@ def describe(device: torch.device, int8_encoder: bool = False) -> str:
     return f'cpu ({torch.get_num_threads()} threads, ' \
         f"{computes}{'' if computes == 'bf16' else ', no native bf16'}" \
         f"{', int8 encoder' if int8_encoder else ''})"
+
+
+def free_device_memory() -> None:
+    """Give the memory of dropped models back: Python's garbage, and torch's CUDA cache
+    (a ROS node's cleanup, after it dropped its model)."""
+    gc.collect()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()

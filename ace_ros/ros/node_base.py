@@ -27,7 +27,6 @@ with exit code 2, and a clean shutdown. Parameters themselves are `ace_ros.ros.p
 
 from __future__ import annotations
 
-import gc
 import logging
 import signal
 import threading
@@ -105,18 +104,6 @@ class RosLogHandler(logging.Handler):
             self._logger.info(message)
         else:
             self._logger.debug(message)
-
-
-def free_device_memory() -> None:
-    """Give the memory of dropped models back: Python's garbage, and torch's CUDA cache.
-
-    Called after a node's cleanup dropped its model. (It belongs in `ace_ros.core.device`,
-    the one place that speaks of CUDA; it is here until that module can take it.)
-    """
-    gc.collect()
-    import torch
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.empty_cache()
 
 
 class AceNode(LifecycleNode):
@@ -308,6 +295,7 @@ class AceNode(LifecycleNode):
         self._destroy(self._until_deactivate)  # an activate that failed half-way
         self._destroy(self._until_cleanup)
         self._configured = False
+        from ace_ros.core.device import free_device_memory  # torch: only once a model was made
         free_device_memory()
 
     def shutdown(self) -> None:

@@ -101,8 +101,9 @@ class Lifecycle:
         self._node, self._spin, self._process = node, spin_until, process
         self._get = node.create_client(GetState, f'{name}/get_state')
         self._change = node.create_client(ChangeState, f'{name}/change_state')
+        # A node process imports torch before its services exist: slow on a loaded machine.
         assert spin_until([node], lambda: self._get.service_is_ready()
-                          and self._change.service_is_ready(), 30), process.log
+                          and self._change.service_is_ready(), 120), process.log
 
     def _call(self, client, request, timeout_s: float = 60.0):
         future = client.call_async(request)
