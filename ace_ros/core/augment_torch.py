@@ -86,8 +86,8 @@ class _GeneratorDraws:
 def to_gray_batch(images: torch.Tensor) -> torch.Tensor:
     """(B, H, W, 3) uint8 RGB or (B, H, W) float gray in [0, 1] -> (B, H, W) float32."""
     if images.dim() == 4 and images.shape[-1] == 3:
-        weights = torch.tensor(_LUMA, dtype=torch.float32, device=images.device) / 255.0
-        return images.float() @ weights
+        rgb = images.float()  # element-wise, not a matmul: no TF32 rounding on a GPU
+        return (rgb[..., 0] * _LUMA[0] + rgb[..., 1] * _LUMA[1] + rgb[..., 2] * _LUMA[2]) / 255.0
     if images.dim() == 3:
         return images.float()
     raise ValueError(f'images must be (B, H, W, 3) RGB or (B, H, W) gray, got shape '
@@ -172,8 +172,10 @@ def _warp(source: torch.Tensor, source_from_frame: np.ndarray,
     ys, xs = torch.meshgrid(torch.arange(canvas[0], device=device, dtype=torch.float32),
                             torch.arange(canvas[1], device=device, dtype=torch.float32),
                             indexing='ij')
-    pixels = torch.stack([xs, ys, torch.ones_like(xs)], -1).reshape(-1, 3)  # (P, 3)
-    mapped = (maps @ pixels.T).reshape(n, 2, 3, -1)  # (B, 2 maps, xyw, P)
+    pixels = torch.stack([xs, ys], -1).reshape(-1, 2)  # (P, 2)
+    # Element-wise rather than a matmul, which a GPU may run in TF32 (~1 px off at 1000 px).
+    mapped = (maps[:, :, 0, None] * pixels[:, 0] + maps[:, :, 1, None] * pixels[:, 1]
+              + maps[:, :, 2, None]).reshape(n, 2, 3, -1)  # (B, 2 maps, xyw, P)
     mapped = mapped[:, :, :2] / mapped[:, :, 2:]
     src, crop = mapped[:, 0], mapped[:, 1]  # (B, 2, P) each
     scale = torch.tensor([2.0 / src_w, 2.0 / src_h], device=device)[None, :, None]
@@ -182,7 +184,7 @@ def _warp(source: torch.Tensor, source_from_frame: np.ndarray,
                         align_corners=False)[:, 0]
     sizes = torch.tensor([p.size for p in params], device=device, dtype=torch.float32)
     inside = ((crop >= -0.5) & (crop < sizes.flip(1)[:, :, None] - 0.5)).all(1)
-    on_image = ((pixels[None, :, :2] < sizes.flip(1)[:, None, :]).all(-1))
+    on_image = (pixels[None] < sizes.flip(1)[:, None, :]).all(-1)
     warped = torch.tensor([p.augmented for p in params], device=device)[:, None]
     valid = (on_image & (inside | ~warped)).reshape(n, *canvas)
     out = out * valid
