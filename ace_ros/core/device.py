@@ -54,10 +54,12 @@ def cpu_has_fast_bf16() -> bool:
 
 
 def autocast_dtype(device: torch.device) -> Optional[torch.dtype]:
-    """The reduced precision for matrix work on `device`, or None for plain fp32: fp16 on CUDA
-    (tensor cores), bf16 on a CPU that computes it natively, fp32 on other CPUs."""
+    """The reduced precision for matrix work on `device`, or None for plain fp32: on CUDA bf16
+    where the GPU has it (Ampere and later: tensor cores, and fp32's range, so training needs
+    no loss scaling, whose overflow check makes the host wait at every step), else fp16; bf16
+    on a CPU that computes it natively, fp32 on other CPUs."""
     if device.type == 'cuda':
-        return torch.float16
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16 if cpu_has_fast_bf16() else None
 
 

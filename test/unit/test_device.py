@@ -32,9 +32,13 @@ def test_cpu_precision_follows_the_hardware(bf16_cpu):
     assert device_lib.describe(CPU).endswith('bf16)' if bf16_cpu else 'no native bf16)')
 
 
-def test_cuda_always_takes_fp16():
-    assert device_lib.autocast_dtype(torch.device('cuda')) == torch.float16
-    assert device_lib.precision(torch.device('cuda')) == 'fp16'
+@pytest.mark.parametrize('has_bf16, expected', [(True, 'bf16'), (False, 'fp16')])
+def test_cuda_takes_bf16_where_the_gpu_has_it(monkeypatch, has_bf16, expected):
+    monkeypatch.setattr(torch.cuda, 'is_bf16_supported', lambda *args, **kwargs: has_bf16)
+    cuda = torch.device('cuda')
+    assert device_lib.precision(cuda) == expected
+    assert device_lib.autocast_dtype(cuda) == {'bf16': torch.bfloat16,
+                                               'fp16': torch.float16}[expected]
 
 
 def test_fast_bf16_check_answers_a_bool():
