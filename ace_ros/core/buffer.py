@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
@@ -29,7 +29,7 @@ _logger = logging.getLogger(__name__)
 class EncoderInput:
     """An image ready for the encoder, with the geometry that goes with it."""
 
-    gray: np.ndarray            # (H, W) float32 in [0, 1]
+    gray: Union[np.ndarray, torch.Tensor]  # (H, W) float32 in [0, 1], host or device
     K: np.ndarray               # (3, 3) intrinsics of `gray`
     cam_from_world: np.ndarray  # (4, 4), or identity when unknown
     valid: np.ndarray           # (H, W) bool: pixels that come from the source image
@@ -181,10 +181,11 @@ def valid_cells(valid_pixels: np.ndarray) -> np.ndarray:
     return padded.reshape(rows, ENCODER_STRIDE, cols, ENCODER_STRIDE).all(axis=(1, 3))
 
 
-def encode(encoder: Encoder, gray: np.ndarray, device: torch.device,
+def encode(encoder: Encoder, gray: Union[np.ndarray, torch.Tensor], device: torch.device,
            mixed_precision: bool = True) -> torch.Tensor:
-    """(H, W) float32 gray -> (512, ceil(H/8), ceil(W/8)) features (autocast dtype)."""
-    image = torch.from_numpy(gray)[None, None].to(device)
+    """(H, W) float32 gray (numpy, or a tensor on any device) -> (512, ceil(H/8), ceil(W/8))
+    features (autocast dtype)."""
+    image = torch.as_tensor(gray)[None, None].to(device)
     image = image_to_network_input(image).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode(), autocast(device, mixed_precision):
         return encoder(image)[0]

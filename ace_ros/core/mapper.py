@@ -13,7 +13,9 @@ import numpy as np
 import torch
 
 from ace_ros.core import device as device_lib
-from ace_ros.core.buffer import TrainingBuffer, prepare_image
+from ace_ros.core import geometry
+from ace_ros.core.augment_torch import augment_batch
+from ace_ros.core.buffer import EncoderInput, TrainingBuffer, prepare_image
 from ace_ros.core.config import MappingConfig, config_to_dict
 from ace_ros.core.map_cloud import MAX_CLOUD_POINTS, predict_cloud
 from ace_ros.core.mapping_results import (  # noqa: F401 - re-exported: callers import them here
@@ -41,6 +43,9 @@ BUFFER_SHARE_OF_BUDGET = 0.25
 STEP_OVERHEAD = 1.15
 #: Under a budget too tight for them, this many iterations run anyway (with a warning).
 MIN_BUDGETED_ITERATIONS = 100
+#: Frames a mapper that augments on the device (`Mapper.augment_on_device`) uploads and
+#: augments at once: one `grid_sample` per batch instead of three OpenCV resamplings per image.
+DEVICE_AUGMENT_BATCH = 16
 
 
 class Mapper:
@@ -59,6 +64,9 @@ class Mapper:
         self._torch_rng = torch.Generator().manual_seed(cfg.seed)
         #: Set from another thread to stop encoding or training at the next image/iteration.
         self.cancel = threading.Event()
+        #: Augment the buffer's images on the device in batches (`augment_torch`): on a GPU;
+        #: on a CPU OpenCV is faster (52.5 against 9.6 ms per 640x480 image on 1 core).
+        self.augment_on_device = self.device.type == 'cuda'
 
     def _check_cancel(self, what: str) -> None:
         if self.cancel.is_set():
@@ -74,14 +82,37 @@ class Mapper:
         return TrainingBuffer(self.planned_cells(n_frames), self.device)
 
     def add_to_buffer(self, buffer: TrainingBuffer, frame: Frame,
-                      points: Optional[FramePoints] = None) -> int:
+                      points: Optional[FramePoints] = None,
+                      augmented: Optional[EncoderInput] = None) -> int:
         """Augment, encode and sample one posed frame into `buffer`; returns cells added.
-        `points` are the frame's triangulated points (cells they fall in become targets)."""
+        `points` are the frame's triangulated points (cells they fall in become targets);
+        `augmented`, the frame already augmented on the device (`augment_on_device`)."""
         cfg = self.cfg
-        encoded = prepare_image(frame, cfg.image_height, self._rng, cfg)
+        encoded = augmented or prepare_image(frame, cfg.image_height, self._rng, cfg)
         features = self._encoder_features(encoded.gray)
         return buffer.add_image(encoded, features, cfg.samples_per_image, self._torch_rng,
                                 points.world if points is not None else None, frame.name)
+
+    def _augment_on_device(self, frames: Sequence[Frame]) -> List[Optional[EncoderInput]]:
+        """`frames` augmented in batches on the device (frames of one size together): each
+        one's gray image stays there (for the encoder), its geometry and valid mask come to
+        the host (for the buffer's cell sampling)."""
+        out: List[Optional[EncoderInput]] = [None] * len(frames)
+        by_size: Dict[tuple, List[int]] = {}
+        for i, frame in enumerate(frames):
+            by_size.setdefault(frame.image.shape, []).append(i)
+        for members in by_size.values():
+            images = torch.from_numpy(np.stack([frames[i].image for i in members]))
+            batch = augment_batch(
+                images.to(self.device), np.stack([frames[i].K for i in members]),
+                np.stack([geometry.invert_pose(frames[i].world_from_cam) for i in members]),
+                self.cfg.image_height, self.cfg, self._torch_rng)
+            valid = batch.valid.cpu().numpy()
+            for j, i in enumerate(members):
+                h, w = batch.sizes[j]
+                out[i] = EncoderInput(batch.gray[j, :h, :w], batch.K[j],
+                                      batch.cam_from_world[j], valid[j, :h, :w])
+        return out
 
     @staticmethod
     def attach_targets(buffer: TrainingBuffer, frames: Sequence[Frame],
@@ -123,10 +154,17 @@ class Mapper:
         total = min(len(frames) * max(0, cfg.max_buffer_passes - passes_done), images_to_fill)
         done = 0
         start = time.perf_counter()
+        chunk = DEVICE_AUGMENT_BATCH if self.augment_on_device else 1
         for _ in range(passes_done, cfg.max_buffer_passes):
             if buffer.full:
                 break
-            for index in self._rng.permutation(len(frames)):
+            order = self._rng.permutation(len(frames))
+            augmented: dict = {}
+            for position, index in enumerate(order):
+                if self.augment_on_device and position % chunk == 0:
+                    upcoming = order[position:position + chunk]
+                    augmented = dict(zip(upcoming, self._augment_on_device(
+                        [frames[i] for i in upcoming])))
                 self._check_cancel('encoding')
                 if deadline is not None and buffer.n_images >= 2 \
                         and time.perf_counter() >= deadline:
@@ -134,10 +172,9 @@ class Mapper:
                                  'cells) to leave time for training', buffer.n_images,
                                  buffer.size)
                     return buffer
-                if points is None:
-                    self.add_to_buffer(buffer, frames[index])
-                else:
-                    self.add_to_buffer(buffer, frames[index], points[index])
+                self.add_to_buffer(buffer, frames[index],
+                                   points[index] if points is not None else None,
+                                   augmented.get(index))
                 done += 1
                 if progress:
                     # Frames with invalid cells give fewer samples: the total may grow.
