@@ -5,16 +5,15 @@ Usage (from the source tree, no venv needed on a bare CUDA machine):
     PYTHONPATH=. python benchmarks/bench_gpu.py DATASET [--device cuda] [--queries N]
         [--map-frames N] [--json] [--smoke]
 
-Maps DATASET's train split twice on `--device`: with the `default` preset and with a faster
-setting (GPU_FAST: fewer buffer passes and iterations, given as `mapping_config` overrides,
-printed), float encoder features in both. Localizes up to `--queries` frames of the test
-split (or, where there is none, every 10th train frame, held out of mapping) with each map:
-on the device with the torch RANSAC, on the device with the numpy RANSAC, and on the CPU
-(torch backend, numpy RANSAC). Prints per-stage times (decode, CPU vs batched-device
-augmentation, encode, train step, RANSAC, end to end per frame), accuracy (within
-10cm/5deg, 5cm/5deg, 2cm/2deg, 1cm/1deg), peak GPU memory and the CPU/device ratio.
-`--json` prints one JSON object instead. `--smoke`: tiny images and a few iterations, to
-check the script itself on a CPU in a minute or two.
+Maps DATASET's train split twice on `--device`: with the `default` and the `gpu-fast`
+presets (fewer buffer passes and iterations), float encoder features in both. Localizes up
+to `--queries` frames of the test split (or, where there is none, every 10th train frame,
+held out of mapping) with each map: on the device with the torch RANSAC, on the device with
+the numpy RANSAC, and on the CPU (torch backend, numpy RANSAC). Prints per-stage times
+(decode, CPU vs batched-device augmentation, encode, train step, RANSAC, end to end per
+frame), accuracy (within 10cm/5deg, 5cm/5deg, 2cm/2deg, 1cm/1deg), peak GPU memory and the
+CPU/device ratio. `--json` prints one JSON object instead. `--smoke`: tiny images and a few
+iterations, to check the script itself on a CPU in a minute or two.
 
 It imports only torch, numpy, OpenCV, safetensors and PyYAML (no OpenVINO, rosbags or
 rclpy): the encoder precision is 'float' and the localization backend 'torch'. Without
@@ -47,11 +46,6 @@ from ace_ros.core.types import Frame
 from ace_ros.data.base import Subset
 from ace_ros.data.sources import open_source
 
-#: The faster mapping setting, as overrides of the `default` preset (not a preset: those
-#: live in config.py): 3 buffer passes into at most 3 M cells, at most 6000 iterations
-#: (default: 10 passes, 8 M cells, 16 epochs, ~25k iterations).
-GPU_FAST: Dict[str, Any] = {'max_buffer_passes': 3, 'buffer_size': 3_000_000,
-                            'max_iterations': 6000}
 #: Both settings: float features (int8 needs OpenVINO, a CPU-only path).
 COMMON: Dict[str, Any] = {'encoder_precision': 'float'}
 #: --smoke: tiny images, buffer and schedule, on top of the settings above.
@@ -218,7 +212,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     device = runtime.device
     frames, queries, decode_ms, where = load_frames(args.dataset, args.queries,
                                                     args.map_frames)
-    settings = {'default': dict(COMMON), 'gpu-fast': {**COMMON, **GPU_FAST}}
+    settings = {'default': dict(COMMON), 'gpu-fast': dict(COMMON)}
     if args.smoke:
         for name, overrides in settings.items():
             overrides.update(SMOKE, max_iterations=SMOKE_ITERATIONS[name])
@@ -233,7 +227,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                                 runtime, 8 if args.smoke else TIMING_BATCH)
     cpu_runtime = runtime if device.type == 'cpu' else make_runtime('cpu', args.encoder)
     for name, overrides in settings.items():
-        cfg = mapping_config('default', **overrides)
+        cfg = mapping_config(name, **overrides)
         result: Dict[str, Any] = {}
         scene_map, result['mapping'] = map_scene(frames, cfg, runtime)
         loc_cfg = LocalizationConfig(device=str(device), backend='torch')
@@ -272,7 +266,7 @@ def print_report(out: Dict[str, Any]) -> None:
           f"encode {s['encode_ms']:.2f} ms/image one by one, {s['encode_batched_ms']:.2f} "
           f"batched ({s['encoded']} images)")
     for name, result in out['maps'].items():
-        print(f"\n== {name}: mapping_config('default', **{out['overrides'][name]})")
+        print(f"\n== {name}: mapping_config({name!r}, **{out['overrides'][name]})")
         m = result['mapping']
         peak = f", peak GPU memory {m['peak_gpu_mib']:.0f} MiB" if 'peak_gpu_mib' in m else ''
         print(f"mapping {m['total_s']:.1f} s: buffer {m['buffer_s']:.1f} s "
