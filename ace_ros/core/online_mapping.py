@@ -22,13 +22,14 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import numpy.typing as npt
 
 from ace_ros.core.buffer import TrainingBuffer
 from ace_ros.core.config import _f, MappingConfig
+from ace_ros.core.coverage import Coverage, CoverageSummary
 from ace_ros.core.keyframes import KeyframePolicy
 from ace_ros.core.mapfile import save_map
 from ace_ros.core.mapper import (Mapper, MappingCancelled, MappingStats, Progress,
@@ -138,6 +139,12 @@ class SessionStatus:
     #: error (px) of the latest one (nan before the first)
     warm_iterations: int = 0
     warm_median_error_px: float = math.nan
+    #: the latest training median reprojection error (px): the final training's once it
+    #: reports one, else the one while collecting (nan: none yet)
+    median_error_px: float = math.nan
+    #: where the keyframes' cameras have been and which ways they looked (core/coverage.py);
+    #: keyframes later thinned stay counted (the thinned map spans the same drive)
+    coverage: Optional[CoverageSummary] = None
 
 
 class OnlineMappingSession:
@@ -196,6 +203,7 @@ class OnlineMappingSession:
         self._progress: Optional[Progress] = None
         self._keyframes_dir: Optional[str] = None
         self._error = ''
+        self._coverage = Coverage()
         self._worker = KeyframeEncoder(self._mapper, online.max_keyframes,
                                        online.train_while_collecting, self._lock,
                                        lambda: self._state, lambda: self._policy.keyframes,
@@ -295,12 +303,25 @@ class OnlineMappingSession:
             trainer = self._worker.trainer
             last = trainer.last if trainer is not None else None
             buffer = self._worker.buffer
+            warm_error = last.median_error_px if last is not None else math.nan
+            progress = self._progress
+            final_error = (progress.median_error_px if progress is not None
+                           and progress.stage == 'train' else math.nan)
             return SessionStatus(self._state, dict(self.counts), len(self._keyframes),
                                  self._input.pending, self.queued_count, self._worker.encoded,
                                  buffer.size if buffer else 0,
-                                 self._progress, self._keyframes_dir, self._error,
+                                 progress, self._keyframes_dir, self._error,
                                  trainer.warm_steps if trainer is not None else 0,
-                                 last.median_error_px if last is not None else math.nan)
+                                 warm_error,
+                                 final_error if math.isfinite(final_error) else warm_error,
+                                 self._coverage.summary())
+
+    def coverage_cloud(self) -> Tuple[npt.NDArray[np.float64], npt.NDArray[np.float64],
+                                      npt.NDArray[np.uint8]]:
+        """The voxels the keyframes' cameras visited: centres (N, 3) in the world frame,
+        direction shares (N,) and display colours (N, 3) (`Coverage.voxel_cloud`)."""
+        with self._lock:
+            return self._coverage.voxel_cloud()
 
     def wait_encoded(self, timeout_s: Optional[float] = None,
                      cancel: Optional[threading.Event] = None) -> bool:
@@ -429,6 +450,7 @@ class OnlineMappingSession:
             self._worker.restart(kept)
         if outcome == 'keyframe':
             self._worker.enqueue(frame)
+            self._coverage.add(frame.world_from_cam)
         return outcome
 
     def _drop_unencodable(self, frame: Frame, error: BaseException) -> None:

@@ -19,6 +19,13 @@ camera standing still); past max_keyframes they are thinned evenly (every second
 the spacing doubled), so a long drive stays covered within a bounded memory (see
 `ace_ros.core.online_mapping`).
 
+Coverage feedback, so an operator knows when to stop driving: /diagnostics carries the
+session's coverage of the space (`ace_ros.ros.mapping_diagnostics`: voxels visited, view
+cells seen, new ones lately, path length; the message says when coverage is saturating), and
+`~/coverage` (sensor_msgs/PointCloud2, transient local, in the map's frame, at most once a
+second while it changes) holds the visited voxel centres coloured by the share of viewing
+directions seen from them (red: one, green: all round; `ace_ros.core.coverage`).
+
 Mapping ends, trains and writes map_path on `~/finish` (std_srvs/Trigger), or after
 idle_timeout_s without images; with finish_at_max_keyframes (off by default) also when
 max_keyframes are collected. `~/save_keyframes` writes the keyframes so far as an ACE-layout
@@ -27,9 +34,10 @@ dataset (`ace-ros map FOLDER -o MAP` redoes mapping offline).
 Life cycle (a managed node, `ace_ros.ros.node_base.AceNode`; `autostart`, default true,
 goes through configure and activate at start-up): configure checks the parameters (a
 refused value fails the transition, named), loads the encoder and opens the session and
-the services; activate subscribes to the inputs; deactivate unsubscribes (the keyframes so
-far stay, ~/finish can still train them, and no idle timeout runs); cleanup stops training
-or saves the keyframes (as Ctrl-C does) and drops the session and the encoder.
+the services; activate subscribes to the inputs and opens ~/coverage; deactivate
+unsubscribes and closes ~/coverage (the keyframes so far stay, ~/finish can still train
+them, and no idle timeout runs); cleanup stops training or saves the keyframes (as Ctrl-C
+does) and drops the session and the encoder.
 """
 
 from __future__ import annotations
@@ -53,7 +61,8 @@ from geometry_msgs.msg import PoseStamped
 from nav_msgs.msg import Odometry
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
-from sensor_msgs.msg import CameraInfo, Image
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_srvs.srv import Trigger
 
 #: Node parameters that are not settings-dataclass fields.
@@ -92,6 +101,10 @@ NODE_PARAMETERS: Dict[str, params.ParamSpec] = {
 CONFIG_CLASSES = (OnlineMappingConfig, MappingConfig)
 POSE_SOURCES = ('pose', 'odom', 'tf')
 _CAMERA_INFO_WAIT = 30  # images kept while waiting for the first camera_info
+_COVERAGE_PERIOD_S = 1.0  # ~/coverage is rebuilt at most this often (wall clock)
+#: Latched: RViz started later still gets the latest cloud.
+_LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
 class TfPoseSource:
@@ -179,7 +192,7 @@ class MappingNode(node_base.AceNode):
         own(self.create_timer(0.05, self._on_tick, clock=steady))
 
     def activate_node(self) -> None:
-        """Subscribe to the images, camera_info and the pose source."""
+        """Subscribe to the images, camera_info and the pose source; open ~/coverage."""
         image_type, image_topic = self._image_input
         own = self.until_deactivate
         own(self.create_subscription(image_type, image_topic, self._on_image,
@@ -191,6 +204,10 @@ class MappingNode(node_base.AceNode):
         elif self.p['pose_source'] == 'odom':
             own(self.create_subscription(Odometry, 'odom', self._on_odometry,
                                          self._qos['pose']))
+        self._coverage_pub = own(self.create_publisher(PointCloud2, '~/coverage', _LATCHED))
+        self._coverage_cells = 0  # view cells in the cloud last published (none yet)
+        own(self.create_timer(_COVERAGE_PERIOD_S, self._publish_coverage,
+                              clock=Clock(clock_type=ClockType.STEADY_TIME)))
         online = self.session.online
         limit = ('then training starts' if online.finish_at_max_keyframes
                  else 'thinned evenly beyond that')
@@ -200,9 +217,9 @@ class MappingNode(node_base.AceNode):
             f'keyframes ({limit}), map to {online.map_path}; call ~/finish to train')
 
     def deactivate_node(self) -> None:
-        """The subscriptions go (node_base): no more images or poses; the keyframes so far
-        stay (~/finish may still train them), and the idle timeout starts again with the
-        next image."""
+        """The subscriptions and ~/coverage go (node_base): no more images or poses; the
+        keyframes so far stay (~/finish may still train them), and the idle timeout starts
+        again with the next image."""
         self._last_image_time = None
         if hasattr(self, '_waiting_for_info'):
             self._waiting_for_info.clear()
@@ -326,6 +343,17 @@ class MappingNode(node_base.AceNode):
                 'right, y down, z forward; REP-103), e.g. camera_color_optical_frame; the '
                 'body-style camera_link (x forward, z up) is rotated 90 degrees from it and '
                 'would give a wrong map. Ignore this if the frame is optical by another name.')
+
+    def _publish_coverage(self) -> None:
+        """~/coverage, when the keyframes have seen new view cells since the last one."""
+        summary = self.session.status().coverage
+        if summary is None or summary.view_cells == self._coverage_cells:
+            return
+        self._coverage_cells = summary.view_cells
+        centres, _, colors = self.session.coverage_cloud()
+        frame_id = self.session.world_frame_id or self.p['fixed_frame']
+        self._coverage_pub.publish(conversions.to_point_cloud2(
+            centres, colors, self.get_clock().now().to_msg(), frame_id))
 
     # -- mapping -------------------------------------------------------------------------
 
