@@ -71,10 +71,10 @@ def _gate_encoder(session):
     gate, calls = threading.Event(), []
     encode = session._mapper.add_to_buffer
 
-    def gated(buffer, frame):
+    def gated(buffer, frame, *rest):
         calls.append(frame.name)
         assert gate.wait(30.0), 'the test never opened the encoder gate'
-        return encode(buffer, frame)
+        return encode(buffer, frame, *rest)
 
     session._mapper.add_to_buffer = gated
     return gate, calls
