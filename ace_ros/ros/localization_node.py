@@ -52,6 +52,15 @@ odom re-broadcast and publishes the map cloud (pose and cloud publishers are lif
 publishers); deactivate unsubscribes, and a frame being localized publishes nothing
 (`skipped_inactive`); cleanup stops the worker and drops the map and the encoder.
 
+Warm-up: the first frame of an image size pays for compiling the encoder and every region's
+head (OpenVINO; ~1.5 s per head on 2 cores), which would otherwise be spread over the first
+frames that use each region, stalling the stream several times. So before the first image
+of a size is localized, the worker runs `Localizer.warm_up` on a blank frame of that size:
+as soon as a CameraInfo gives it (before the first image, when camera_info comes first), or
+on the first image's own size; a map loaded by ~/reload_map is warmed up before it replaces
+the old one when the camera's size is known. Images arriving meanwhile are dropped as
+stale (the newest waits); /diagnostics reports `warm_up_s` and the size it was for.
+
 The pose covariance follows the pose: the camera pose's (`conversions.
 covariance_from_confidence`) is moved to the base with `conversions.offset_pose_covariance`.
 """
@@ -76,7 +85,7 @@ from ace_ros.ros.diagnostics import Report
 from ace_ros.ros.params import ParamSpec
 from ace_ros.ros.pose_output import PoseOutput
 from ace_ros.ros.tf import TfInterface
-from ace_ros.ros.timing import Counters, LatestSlot, TimeJumpGuard
+from ace_ros.ros.timing import Counters, LatestSlot, TimeJumpGuard, WarmUps
 from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
 import numpy as np
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
@@ -174,6 +183,7 @@ class LocalizationNode(node_base.AceNode):
         self._cloud_msg: Optional[PointCloud2] = None
         self._may_load = False  # configured: ~/reload_map may load (not after cleanup)
         self._load_lock = threading.Lock()  # ~/reload_map against cleanup
+        self._warm_ups = WarmUps()
         self.start_up()
 
     # -- life cycle ----------------------------------------------------------------------
@@ -279,6 +289,7 @@ class LocalizationNode(node_base.AceNode):
             if key not in self._runtimes:  # a reload keeps the encoder when it can
                 self._runtimes = {key: make_runtime(cfg.device, cfg.encoder, calibration_inputs)}
             localizer = Localizer(scene_map, cfg, self._runtimes[key])
+            self._warm_up_before_swap(localizer)
         except Exception as e:  # noqa: BLE001 - any bad map or setting must leave us running
             what = 'keeping the previous map' if self._localizer else \
                 'not localizing until ~/reload_map succeeds'
@@ -300,6 +311,18 @@ class LocalizationNode(node_base.AceNode):
                    f'{localizer.backend}, {localizer.head_precision} head')
         self.get_logger().info(message)
         return True, message
+
+    def _warm_up_before_swap(self, localizer: Localizer) -> None:
+        """A reload while the camera's size is known: warm the new map up before it takes
+        over (the old one keeps localizing meanwhile); if that fails, the worker does it."""
+        info = self._camera_info
+        if info is None or self._localizer is None or not (info.width and info.height):
+            return
+        try:
+            self._warm_up(localizer, info.width, info.height,
+                          conversions.camera_info_to_K(info, self._p['image_is_rectified']))
+        except ValueError as e:  # a bad CameraInfo: the images will say so
+            self.get_logger().warning(f'no warm-up for the new map: {e}')
 
     def _on_reload(self, request: Trigger.Request, response: Trigger.Response):
         response.success, response.message = self._load_map()
@@ -337,12 +360,13 @@ class LocalizationNode(node_base.AceNode):
             wait = next_allowed - time.monotonic()
             if wait > 0 and self._stop.wait(wait):
                 break
-            item = self._slot.take(timeout_s=0.2)
-            if item is None:
-                continue
-            if self._p['max_rate'] > 0:
-                next_allowed = time.monotonic() + 1.0 / self._p['max_rate']
             try:
+                self._warm_up_for_camera()
+                item = self._slot.take(timeout_s=0.2)
+                if item is None:
+                    continue
+                if self._p['max_rate'] > 0:
+                    next_allowed = time.monotonic() + 1.0 / self._p['max_rate']
                 self._process(*item)
             except Exception as e:  # noqa: BLE001 - one bad frame must not stop the worker
                 if not self.context.ok():  # shutting down: publishing fails, nothing to say
@@ -358,6 +382,30 @@ class LocalizationNode(node_base.AceNode):
         rgb = self._rectifier.rectify(conversions.decode_image(msg))
         stamp_ns = conversions.stamp_to_ns(msg.header.stamp)
         return Frame(name=str(stamp_ns), image=rgb, K=self._rectifier.K, stamp=stamp_ns / 1e9)
+
+    def _warm_up_for_camera(self) -> None:
+        """Worker: a CameraInfo of a size not warmed up yet: warm up before its images."""
+        info, localizer = self._camera_info, self._localizer
+        if (info is None or localizer is None or not (info.width and info.height)
+                or not self._warm_ups.needed(localizer, info.width, info.height)):
+            return
+        try:
+            K = conversions.camera_info_to_K(info, self._p['image_is_rectified'])
+        except ValueError:  # a bad CameraInfo: _process says so with the image
+            return
+        self._warm_up(localizer, info.width, info.height, K)
+
+    def _warm_up(self, localizer: Localizer, width: int, height: int, K: np.ndarray) -> None:
+        """Compile `localizer`'s encoder and every region's head for `width` x `height`
+        images (a blank frame with intrinsics `K`), once per size."""
+        if not self._warm_ups.needed(localizer, width, height):
+            return
+        blank = Frame(name='warm-up', image=np.zeros((height, width, 3), np.uint8), K=K)
+        seconds = localizer.warm_up(blank)
+        self._warm_ups.done(localizer, width, height, seconds)
+        self.get_logger().info(
+            f'warmed up for {width}x{height} images in {seconds:.1f} s (the encoder and '
+            f'{localizer.scene_map.n_regions} region head(s) compiled before localizing)')
 
     def _process(self, msg: Image, epoch: int) -> None:
         info, localizer = self._camera_info, self._localizer
@@ -379,6 +427,7 @@ class LocalizationNode(node_base.AceNode):
             log.warning(f"cannot use image from '{self._image_sub.topic_name}': {e}",
                         throttle_duration_sec=5.0)
             return
+        self._warm_up(localizer, frame.width, frame.height, frame.K)
         result = localizer.localize(frame)
         self._counts.add('processed')
         self._processed_rate.tick()
@@ -426,7 +475,9 @@ class LocalizationNode(node_base.AceNode):
             'mode': self._controls.mode, 'paused': self._controls.paused,
             'initialpose_gate': 'waiting for a pose near it' if self._gate.pending else 'off',
             'input_rate_hz': self._input_rate.rate(),
-            'processed_rate_hz': self._processed_rate.rate(), **c}
+            'processed_rate_hz': self._processed_rate.rate(), **c,
+            'warm_up_s': self._warm_ups.last_s,
+            'warmed_up_for': self._warm_ups.last_size or '(not yet)'}
         for stage, (mean, worst) in sorted(self._latency.summary().items()):
             values[f'{stage}_ms_mean'] = mean
             values[f'{stage}_ms_max'] = worst

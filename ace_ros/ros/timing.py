@@ -9,6 +9,7 @@
   that cannot update it.
 - `Counters`: named event counters shared by the subscriber callbacks and the worker thread.
 - `LatestSlot`: the one-image mailbox from the image callback to the worker thread.
+- `WarmUps`: which image sizes each localizer was warmed up for (compiled before use).
 
 All of them are thread-safe.
 """
@@ -16,7 +17,8 @@ All of them are thread-safe.
 from __future__ import annotations
 
 import threading
-from typing import Any, Dict, Iterable, Optional, Tuple
+from typing import Any, Dict, Iterable, Optional, Set, Tuple
+import weakref
 
 
 class TimeJumpGuard:
@@ -222,3 +224,27 @@ class LatestSlot:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+
+
+class WarmUps:
+    """The image sizes each model (a `Localizer`) was warmed up for, and the last warm-up.
+
+    Models are held weakly: a map replaced by a reload takes its record with it. `needed`
+    and `done` may be called from the worker and from a reload's thread.
+    """
+
+    def __init__(self) -> None:
+        self._sizes: 'weakref.WeakKeyDictionary[Any, Set[Tuple[int, int]]]' = \
+            weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+        #: Seconds the last warm-up took, and the 'WxH' it was for ('' before one).
+        self.last_s, self.last_size = 0.0, ''
+
+    def needed(self, model: Any, width: int, height: int) -> bool:
+        with self._lock:
+            return (int(width), int(height)) not in self._sizes.get(model, set())
+
+    def done(self, model: Any, width: int, height: int, seconds: float) -> None:
+        with self._lock:
+            self._sizes.setdefault(model, set()).add((int(width), int(height)))
+            self.last_s, self.last_size = float(seconds), f'{int(width)}x{int(height)}'
