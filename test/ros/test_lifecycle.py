@@ -15,6 +15,7 @@ from pathlib import Path
 import subprocess
 import sys
 import time
+from typing import Optional
 
 from ace_ros.core.config import mapping_config
 from ace_ros.core.mapfile import load_map, save_map
@@ -119,6 +120,17 @@ class Lifecycle:
         request.transition.label = transition
         return self._call(self._change, request).success
 
+    def shut_down(self, probe, timeout_s: float = 20.0) -> Optional[int]:
+        """Request 'shutdown' and wait for the process to end; its exit code (None: it
+        did not end). The reply may not outlive the process, so none is awaited."""
+        request = ChangeState.Request()
+        request.transition.label = 'shutdown'
+        self._change.call_async(request)
+        deadline = time.monotonic() + timeout_s
+        while self._process.proc.poll() is None and time.monotonic() < deadline:
+            _quiet(self._spin, probe, 0.1)
+        return self._process.proc.poll()
+
 
 def _quiet(spin_until, node, seconds: float) -> None:
     spin_until([node], lambda: False, seconds)
@@ -219,13 +231,7 @@ def test_localization_node_transitions(scene, make_node, spin_until, ros_env, tm
         assert poses_flow(5), process.log
 
         # 6. shutdown from active: finalized, and the process ends cleanly.
-        request = ChangeState.Request()
-        request.transition.label = 'shutdown'
-        lifecycle._change.call_async(request)  # the reply may not outlive the process
-        deadline = time.monotonic() + 20
-        while process.proc.poll() is None and time.monotonic() < deadline:
-            _quiet(spin_until, probe, 0.1)
-        assert process.proc.poll() == 0, process.log
+        assert lifecycle.shut_down(probe) == 0, process.log
         assert 'shut down (from active)' in process.log
         assert 'Traceback' not in process.log and 'localization failed' not in process.log
     finally:
@@ -246,13 +252,7 @@ def test_localization_node_autostart_is_active_by_itself(scene, make_node, spin_
         assert 'autostart is false' not in process.log
         # Shutdown from inactive too (deactivate first).
         assert lifecycle.set('deactivate')
-        request = ChangeState.Request()
-        request.transition.label = 'shutdown'
-        lifecycle._change.call_async(request)
-        deadline = time.monotonic() + 20
-        while process.proc.poll() is None and time.monotonic() < deadline:
-            _quiet(spin_until, probe, 0.1)
-        assert process.proc.poll() == 0, process.log
+        assert lifecycle.shut_down(probe) == 0, process.log
         assert 'shut down (from inactive)' in process.log
     finally:
         process.stop()
@@ -365,13 +365,7 @@ def test_mapping_node_cleanup_saves_keyframes_and_shutdown_from_unconfigured(
         assert lifecycle.set('deactivate') and lifecycle.set('cleanup'), process.log
         assert lifecycle.state() == 'unconfigured'
         assert process.logged('cleaned up while collecting: 3 keyframes saved to'), process.log
-        request = ChangeState.Request()
-        request.transition.label = 'shutdown'
-        lifecycle._change.call_async(request)
-        deadline = time.monotonic() + 20
-        while process.proc.poll() is None and time.monotonic() < deadline:
-            _quiet(spin_until, probe, 0.1)
-        assert process.proc.poll() == 0, process.log
+        assert lifecycle.shut_down(probe) == 0, process.log
         assert 'shut down (from unconfigured)' in process.log
         assert 'Traceback' not in process.log
     finally:
