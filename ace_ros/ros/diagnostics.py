@@ -11,7 +11,7 @@ import collections
 from dataclasses import dataclass, field
 import threading
 import time
-from typing import Callable, Deque, Dict, List, Mapping, Optional, Tuple
+from typing import Callable, Deque, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.clock import Clock, ClockType
@@ -135,3 +135,13 @@ class Diagnostics:
         msg.header.stamp = self._node.get_clock().now().to_msg()
         msg.status = self.statuses()
         self._pub.publish(msg)
+
+
+def latest_values(arrays: Sequence[DiagnosticArray], name: str) -> Dict[str, str]:
+    """A /diagnostics client's view: the key values of the newest status called `name` in the
+    `arrays` received so far, oldest first ({} before the first)."""
+    for array in reversed(arrays):
+        for status in array.status:
+            if status.name == name:
+                return {kv.key: kv.value for kv in status.values}
+    return {}

@@ -22,6 +22,7 @@ from ace_ros.core.mapfile import load_map, save_map
 from ace_ros.core.mapper import map_frames
 from ace_ros.data.synthetic import SyntheticSceneConfig, generate_frames
 from ace_ros.ros import conversions
+from ace_ros.ros.diagnostics import latest_values
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
 from lifecycle_msgs.srv import ChangeState, GetState
@@ -164,8 +165,9 @@ def test_localization_node_transitions(scene, make_node, spin_until, ros_env, tm
                 info_pub.get_subscription_count() > 0
 
         def poses_flow(sec: int) -> bool:
-            """Images stamped `sec` are sent until one gives a pose."""
-            for _ in range(10):
+            """Images stamped `sec` are sent until one gives a pose (those that arrive while
+            the node warms up are dropped: up to ~30 s on a loaded machine)."""
+            for _ in range(40):
                 send(sec)
                 if spin_until([probe], lambda: any(
                         conversions.stamp_to_ns(p.header.stamp) == sec * S for p in poses), 3):
@@ -279,11 +281,7 @@ def test_mapping_node_transitions(scene, make_node, spin_until, ros_env, tmp_pat
         lifecycle = Lifecycle(probe, name, spin_until, process)
 
         def keyframes() -> int:
-            for array in reversed(diags):
-                for status in array.status:
-                    if status.name == 'mapping_node: mapping':
-                        return int({kv.key: kv.value for kv in status.values}['keyframes'])
-            return -1
+            return int(latest_values(diags, 'mapping_node: mapping').get('keyframes', -1))
 
         def send(i: int) -> None:
             stamp = conversions.ns_to_stamp(100 * S + i * S // 5)

@@ -21,6 +21,7 @@ from ace_ros.core.mapfile import save_map
 from ace_ros.core.mapper import map_frames
 from ace_ros.data.synthetic import SyntheticSceneConfig, generate_frames
 from ace_ros.ros import conversions
+from ace_ros.ros.diagnostics import latest_values
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
 import pytest
@@ -107,11 +108,7 @@ def test_node_warms_up_before_its_first_pose(scene, tmp_path, make_node, spin_un
         assert text.split(WARMED)[0].count('compiled the head') == 2, text  # every region's
 
         def diagnostic() -> dict:
-            for array in reversed(diags):
-                for status in array.status:
-                    if status.name == 'localization_node: localization':
-                        return {kv.key: kv.value for kv in status.values}
-            return {}
+            return latest_values(diags, 'localization_node: localization')
 
         assert spin_until(nodes, lambda: diagnostic().get('warmed_up_for') == '160x120', 10)
         assert float(diagnostic()['warm_up_s']) > 0

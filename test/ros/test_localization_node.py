@@ -27,6 +27,7 @@ from ace_ros.core.mapper import map_frames
 from ace_ros.data.synthetic import SyntheticSceneConfig, generate_frames
 from ace_ros.ros import conversions
 from ace_ros.ros.tf import TfInterface
+from ace_ros.ros.diagnostics import latest_values
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
 import numpy as np
@@ -49,10 +50,11 @@ SCENE = SyntheticSceneConfig(seed=1, width=WIDTH, height=HEIGHT, focal=525 * HEI
                              n_train=8, n_test=4, texel_size=0.01)
 
 
-def _resend_until(send, predicate, spin_until, nodes, tries: int = 8,
+def _resend_until(send, predicate, spin_until, nodes, tries: int = 30,
                   each_s: float = 4.0) -> bool:
     """Send, spin until `predicate`; resend a few times (the topics are best effort, and a
-    message sent while discovery is still settling may be lost)."""
+    message sent while discovery is still settling may be lost; images that arrive while
+    the node warms its network up are dropped, and on a loaded machine that takes ~30 s)."""
     for _ in range(tries):
         send()
         if spin_until(nodes, predicate, each_s):
@@ -128,11 +130,7 @@ class Probe:
         self.image_pub.publish(msg)
 
     def diagnostic(self) -> dict:
-        for array in reversed(self.diags):
-            for status in array.status:
-                if status.name == 'localization_node: localization':
-                    return {kv.key: kv.value for kv in status.values}
-        return {}
+        return latest_values(self.diags, 'localization_node: localization')
 
 
 def _log(log_path: Path) -> str:
@@ -534,11 +532,7 @@ def test_image_stamps_jumping_back_reset_tf_and_map_to_odom(
             return [conversions.stamp_to_ns(t.header.stamp) for t in map_odom]
 
         def diagnostic() -> dict:
-            for array in reversed(diags):
-                for status in array.status:
-                    if status.name == 'localization_node: localization':
-                        return {kv.key: kv.value for kv in status.values}
-            return {}
+            return latest_values(diags, 'localization_node: localization')
 
         base_from_cam = geometry.make_pose(geometry.axis_angle_to_matrix([0, 0.2, 0]),
                                            [0.1, 0, 0.4])
@@ -627,12 +621,7 @@ def test_controls_on_demand_trigger_pause_resume_initialpose_reset(
             return future.result()
 
         def count(key: str) -> int:
-            for array in reversed(diags):
-                for status in array.status:
-                    if status.name == 'localization_node: localization':
-                        return int(next((kv.value for kv in status.values if kv.key == key),
-                                        0))
-            return 0
+            return int(latest_values(diags, 'localization_node: localization').get(key, 0))
 
         def send(sec: int) -> None:
             _send_camera_frame(image_pub, info_pub, frames[0], sec)

@@ -62,11 +62,7 @@ POSES = ([looking([0.1, 0.1, 0.1], yaw) for yaw in (0, 90, 180, 270)]
 
 def _values(arrays) -> dict:
     """The newest mapping_node 'mapping' status's key values ({} before the first)."""
-    for array in reversed(arrays):
-        for status in array.status:
-            if status.name == 'mapping_node: mapping':
-                return {kv.key: kv.value for kv in status.values}
-    return {}
+    return diagnostics.latest_values(arrays, 'mapping_node: mapping')
 
 
 def test_coverage_grows_in_diagnostics_and_on_the_cloud(tmp_path: Path, ros_env, make_node,

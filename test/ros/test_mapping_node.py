@@ -24,6 +24,7 @@ from ace_ros.core.mapfile import load_map
 from ace_ros.data.ace_layout import AceLayoutSource
 from ace_ros.data.synthetic import generate_frames, SyntheticSceneConfig
 from ace_ros.ros import conversions
+from ace_ros.ros.diagnostics import latest_values
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
 import numpy as np
@@ -146,11 +147,7 @@ def _camera_info(K: np.ndarray) -> CameraInfo:
 
 def _keyframes(diagnostics) -> int:
     """The keyframe count in the newest mapping_node diagnostics (-1: none yet)."""
-    for array in reversed(diagnostics):
-        for status in array.status:
-            if status.name == 'mapping_node: mapping':
-                return int({kv.key: kv.value for kv in status.values}['keyframes'])
-    return -1
+    return int(latest_values(diagnostics, 'mapping_node: mapping').get('keyframes', -1))
 
 
 def _check_map_localizes(map_path: Path, queries) -> None:
