@@ -50,7 +50,8 @@ def test_every_field_has_help_and_a_supported_type():
 def test_presets_apply():
     assert mapping_config() == MappingConfig()
     cpu = mapping_config('cpu')
-    assert (cpu.preset, cpu.max_iterations, cpu.batch_size) == ('cpu', 10_000, 2560)
+    assert (cpu.preset, cpu.max_iterations, cpu.batch_size) == ('cpu', 20_000, 2560)
+    assert cpu.learning_rate == 0.01  # twice the default: short schedules, regions (session 21)
     assert (cpu.head_channels, cpu.triangulate) == (128, True)
     # Upscaled images are cropped: an upscaled encoding costs a CPU 2.7x an unscaled one.
     assert (cpu.aug_scale_min, cpu.aug_scale_max) == pytest.approx((1 / 1.5, 1.5))
@@ -215,7 +216,7 @@ def test_precedence_defaults_preset_yaml_flags(tmp_path, ros_layout):
     # A preset given as a flag still loses to the YAML's explicit values.
     cfg = _parse(MappingConfig, ['--config', config, '--preset', 'cpu'])
     assert cfg.preset == 'cpu' and cfg.batch_size == 100 and cfg.epochs == 3.0
-    assert cfg.max_iterations == 10_000            # the preset's own
+    assert cfg.max_iterations == 20_000            # the preset's own
 
 
 def test_ros_layout_ignores_node_only_parameters(tmp_path):
