@@ -88,7 +88,8 @@ class Mapper:
         `points` are the frame's triangulated points (cells they fall in become targets);
         `augmented`, the frame already augmented on the device (`augment_on_device`)."""
         cfg = self.cfg
-        encoded = augmented or prepare_image(frame, cfg.image_height, self._rng, cfg)
+        encoded = augmented if augmented is not None else prepare_image(
+            frame, cfg.image_height, self._rng, cfg)
         features = self._encoder_features(encoded.gray)
         return buffer.add_image(encoded, features, cfg.samples_per_image, self._torch_rng,
                                 points.world if points is not None else None, frame.name)
