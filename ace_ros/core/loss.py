@@ -104,5 +104,5 @@ def target_loss(points_world: torch.Tensor, targets: torch.Tensor,
     rotation, translation = cam_from_world[:, :, :3], cam_from_world[:, :, 3]
     depth = (torch.einsum('bj,bj->b', rotation[:, 2], target) + translation[:, 2]).clamp(min=0.1)
     focal = 0.5 * (K[:, 0, 0] + K[:, 1, 1])
-    distance = ((points - target).square().sum(dim=1) + 1e-12).sqrt()
+    distance = (points - target).norm(dim=1)  # its gradient at 0 is 0 (torch masks it)
     return torch.where(has, focal * distance / depth, torch.zeros_like(depth)).sum()
